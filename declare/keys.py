@@ -1,0 +1,84 @@
+"""Per-stack keys and tokens: from the environment when set, else generated once.
+
+Generated values live in `.skyform/<stack>.keys.json` (mode 0600), beside but
+never inside the state, so a state file can be shared without leaking them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from pathlib import Path
+
+from skyform.errors import SkyformError
+
+ENV_NAMES: dict[str, str] = {
+    "bundle_key": "SKYFORM_BUNDLE_KEY",  # signs and verifies bundles
+    "admin_token": "SKYFORM_ADMIN_TOKEN",  # the gateway's admin API
+    "runner_token": "SKYFORM_RUNNER_TOKEN",  # gateway -> runner calls
+    "api_key": "SKYFORM_API_KEY",  # callers of private apps
+}
+
+SKYFORM_DIR = ".skyform"
+
+
+def keys_path(workdir: Path, stack: str) -> Path:
+    return Path(workdir) / SKYFORM_DIR / f"{stack}.keys.json"
+
+
+def stack_secret(name: str, workdir: Path, stack: str) -> str:
+    """The value of key `name` for `stack`: `$SKYFORM_...` if set, else the stored one."""
+    env_name = ENV_NAMES[name]
+    from_env = os.environ.get(env_name)
+    if from_env:
+        return from_env
+    return stack_secrets(workdir, stack)[name]
+
+
+def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
+    """Every key of `stack`, generating and storing (0600) the ones not yet made.
+
+    Environment values win over stored ones and are never written to disk.
+    """
+    path = keys_path(workdir, stack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_suffix(".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = _read(path)
+        missing = [n for n in ENV_NAMES if n not in stored]
+        if missing:
+            stored.update({n: secrets.token_urlsafe(32) for n in missing})
+            _write_private(path, stored)
+    resolved = dict(stored)
+    for name, env_name in ENV_NAMES.items():
+        if os.environ.get(env_name):
+            resolved[name] = os.environ[env_name]
+    return resolved
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SkyformError(f"cannot read keys file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SkyformError(f"keys file {path} is not a JSON object")
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def _write_private(path: Path, data: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

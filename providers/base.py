@@ -1,0 +1,86 @@
+"""What every provider offers: start, list and stop runners and gateways, and price them.
+
+The gateway scales through a provider; `apply` places the gateway through one.
+Implementations: `skyform.providers.local` (subprocesses on this host) and
+`skyform.providers.skypilot` (one SkyPilot cluster per runner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Everything needed to start one runner of one app revision."""
+
+    stack: str
+    app: str
+    revision: str  # the bundle's fingerprint
+    bundle_path: Path
+    machine_types: list[str]  # ordered candidates
+    requirements: list[str]
+    python_version: str  # "3.11": the bundle's minor version
+    env: dict[str, str] = field(default_factory=dict)  # app env + secrets + skyform keys
+    runner_id: str = ""
+
+
+@dataclass
+class RunnerHandle:
+    """A runner a provider started; `url` is where the gateway reaches it."""
+
+    runner_id: str
+    app: str
+    revision: str
+    url: str
+    provider: str
+    info: dict[str, object] = field(default_factory=dict)  # pid, cluster name, log path ...
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    stack: str
+    port: int
+    state_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GatewayHandle:
+    stack: str
+    url: str
+    provider: str
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one runner of a machine type costs where the provider would place it."""
+
+    machine_type: str
+    instance_type: str
+    cloud: str
+    region: str | None
+    hourly_usd: float
+
+
+class Provider(Protocol):
+    name: str
+
+    def start_runner(self, spec: RunnerSpec) -> RunnerHandle: ...
+
+    def runner_alive(self, handle: RunnerHandle) -> bool: ...
+
+    def stop_runner(self, handle: RunnerHandle, grace: float = 10.0) -> None: ...
+
+    def list_runners(self, stack: str) -> list[RunnerHandle]: ...
+
+    def start_gateway(self, spec: GatewaySpec) -> GatewayHandle: ...
+
+    def gateway_alive(self, handle: GatewayHandle) -> bool: ...
+
+    def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None: ...
+
+    def price(self, machine_type: str) -> Price | None: ...

@@ -1,0 +1,1 @@
+"""skyform.runtime"""
