@@ -68,6 +68,5 @@ def _usage_message(exc: Exception) -> str:
 
 
 def _exit(code: int) -> int:
-    if __name__ != "__main__":
-        sys.exit(code)
+    sys.stdout.flush()
     return code
