@@ -192,7 +192,7 @@ def test_unused_project_files_do_not_change_fingerprint(hello_project: Path) -> 
             "with _LOCK:\n            pass",
             "_thread.lock",
         ),
-        ("_LOG = open('app.log', 'a')\n", "_LOG.write('x')", "TextIOWrapper"),
+        ("_LOG = open(__file__ + '.log', 'a')\n", "_LOG.write('x')", "TextIOWrapper"),
     ],
 )
 def test_unpicklable_module_object_is_named(
