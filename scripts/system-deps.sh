@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite drives for real: PostgreSQL
-# (the postgres state backend) and Chromium (the playground's browser test).
+# (the postgres state backend), Chromium (the playground's browser test) and
+# rsync (SkyPilot's file mounts).
 set -euo pipefail
 
 have_postgres() {
@@ -9,10 +10,14 @@ have_postgres() {
 have_chromium() {
     command -v chromium >/dev/null 2>&1
 }
+have() {
+    command -v "$1" >/dev/null 2>&1
+}
 
 missing=()
 have_postgres || missing+=(postgresql)
 have_chromium || missing+=(chromium)
+have rsync || missing+=(rsync)  # SkyPilot syncs file mounts with it, even in a dry run
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,305 @@
+"""SkyPilot task files for runners and gateways, as plain YAML-ready dicts.
+
+Nothing here imports `sky`: a task is built as the dict `sky.Task.from_yaml_config`
+reads, so it can be rendered, inspected and written to disk (for audit) without
+SkyPilot, and keys and tokens never enter it — they travel separately as the
+task's secrets (environment values SkyPilot redacts in logs and YAML dumps).
+
+Cluster names carry stack, app and revision, so an orphan sweep can find every
+cluster a stack owns by name alone (`sky status | grep sf-<stack>--`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skyform.errors import SkyformError
+
+RUNNER_PORT = 8080  # every runner cluster runs one runner, so one fixed port serves
+REMOTE_HOME = "~/.skyform"  # file-mount destinations (SkyPilot expands "~")
+REMOTE_HOME_SH = "$HOME/.skyform"  # the same folder inside shell commands
+WHEEL_ENV = "SKYFORM_WHEEL"  # a skyform wheel to ship instead of building or using the index
+CLUSTER_PREFIX = "sf-"
+_SEP = "--"  # sanitised name parts never contain "--", so names split unambiguously
+_GATEWAY = "gateway"
+
+
+# --- cluster names ----------------------------------------------------------------
+
+
+def _part(value: str) -> str:
+    """Lowercase, [a-z0-9-] only, no doubled or edge hyphens (a valid cluster-name part)."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
+    return cleaned or "x"
+
+
+def stack_prefix(stack: str) -> str:
+    """Every cluster of `stack` starts with this."""
+    return f"{CLUSTER_PREFIX}{_part(stack)}{_SEP}"
+
+
+def gateway_cluster_name(stack: str) -> str:
+    return f"{stack_prefix(stack)}{_GATEWAY}"
+
+
+def runner_cluster_name(stack: str, app: str, revision: str, runner_id: str) -> str:
+    return f"{stack_prefix(stack)}{_part(app)}{_SEP}{_part(revision)[:8]}{_SEP}{_part(runner_id)}"
+
+
+def new_runner_id() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class ClusterName:
+    """What a skyform cluster name says about the cluster."""
+
+    stack: str
+    kind: str  # "runner" or "gateway"
+    app: str = ""
+    revision: str = ""  # first 8 characters of the fingerprint
+    runner_id: str = ""
+
+
+def parse_cluster_name(name: str) -> ClusterName | None:
+    """The parts of a skyform cluster name; None for clusters skyform did not name."""
+    if not name.startswith(CLUSTER_PREFIX):
+        return None
+    parts = name[len(CLUSTER_PREFIX) :].split(_SEP)
+    if len(parts) == 2 and parts[1] == _GATEWAY:
+        return ClusterName(stack=parts[0], kind="gateway")
+    if len(parts) == 4 and all(parts):
+        return ClusterName(parts[0], "runner", parts[1], parts[2], parts[3])
+    return None
+
+
+def cluster_labels(stack: str, app: str, revision: str) -> dict[str, str]:
+    """Cloud labels (instance tags) so a sweep in the cloud console finds them too."""
+    return {
+        "skyform-stack": _part(stack)[:63],
+        "skyform-app": _part(app)[:63],
+        "skyform-revision": _part(revision)[:63],
+    }
+
+
+# --- the skyform package the remote side installs --------------------------------
+
+
+@dataclass(frozen=True)
+class SkyformPackage:
+    """How the remote side gets the deploying side's skyform.
+
+    `requirement` is what the installer is given (a shell word, double-quoted in
+    the setup script); when `wheel` is set, that local file travels as a file
+    mount and `requirement` points at its remote path.
+    """
+
+    version: str
+    requirement: str
+    wheel: Path | None = None
+    digest: str = ""  # content hash of the wheel: the environment key changes with the code
+
+    @property
+    def remote_wheel(self) -> str | None:
+        return f"{REMOTE_HOME}/wheels/{self.wheel.name}" if self.wheel else None
+
+
+def source_root() -> Path | None:
+    """The checkout skyform runs from, or None when it is installed from an index.
+
+    A checkout (editable install) has `pyproject.toml` next to the package folders.
+    """
+    import skyform
+
+    root = Path(skyform.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "skyform"' in pyproject.read_text():
+        return root
+    return None
+
+
+def skyform_package(wheel_dir: Path, extras: tuple[str, ...] = ()) -> SkyformPackage:
+    """The skyform the remote side installs: the same version as this side.
+
+    Installed from a package index, the index has that version, so the remote side
+    installs `skyform==VERSION`. Run from a checkout, the version may not be on any
+    index (or be a different build of it), so this side builds its wheel and ships it.
+    A gateway on SkyPilot was itself given a wheel (`$SKYFORM_WHEEL`): it ships that
+    same wheel on to its runners.
+    """
+    from skyform import __version__
+
+    extra = f"[{','.join(extras)}]" if extras else ""
+    given = os.environ.get(WHEEL_ENV)
+    if given:
+        wheel = Path(given).expanduser()
+        if not wheel.is_file():
+            raise SkyformError(f"${WHEEL_ENV} names {given}, which is not a file")
+    else:
+        root = source_root()
+        if root is None:
+            return SkyformPackage(__version__, f"skyform{extra}=={__version__}")
+        wheel = build_wheel(root, wheel_dir)
+    digest = wheel_digest(wheel)
+    remote = f"{REMOTE_HOME_SH}/wheels/{wheel.name}"
+    return SkyformPackage(__version__, f"skyform{extra} @ file://{remote}", wheel, digest)
+
+
+_BUILT: dict[Path, Path] = {}
+
+
+def build_wheel(root: Path, out_dir: Path) -> Path:
+    """Build skyform's wheel from a checkout (once per process), offline.
+
+    Builds from a clean copy of the package folders so stale `build/` leftovers in
+    the checkout never end up in the wheel, and the checkout is not written to.
+    """
+    if root in _BUILT and _BUILT[root].exists():
+        return _BUILT[root]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skyform-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "declare", "state", "providers", "runtime"):
+            path = root / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            elif path.is_file():
+                shutil.copy2(path, src / name)
+        build = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
+                str(out_dir.resolve()),
+            ],
+            cwd=src,
+            capture_output=True,
+            text=True,
+        )
+    if build.returncode != 0:
+        tail = (build.stderr or build.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SkyformError(f"cannot build the skyform wheel to ship: {tail[0]}")
+    wheel = out_dir / build.stdout.strip().splitlines()[-1]
+    _BUILT[root] = wheel
+    return wheel
+
+
+def wheel_digest(wheel: Path) -> str:
+    """Hash of the wheel's member names and contents (zip timestamps left out)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            digest.update(name.encode() + b"\0" + zf.read(name) + b"\0")
+    return digest.hexdigest()[:16]
+
+
+# --- setup: the same environment recipe as local runners ---------------------------
+
+
+def _setup(
+    requirements: list[str], python_version: str, package: SkyformPackage, kind: str
+) -> tuple[str, str]:
+    """(setup script, remote python word) for the environment with these inputs.
+
+    The environment is built by `skyform.providers.environments`' remote recipe,
+    cached on the machine under the hash of its inputs; a shipped wheel's
+    content hash is part of the skyform identity, so changed code gets a fresh one.
+    """
+    from skyform.providers import environments
+
+    version = f"{package.version}+{package.digest}" if package.digest else package.version
+    reqs = environments.normalize_requirements(requirements)
+    minor = environments.python_minor(python_version)
+    key = environments.environment_key(reqs, minor, version, kind=kind)
+    script = environments.remote_setup_script(reqs, minor, package.requirement, version, kind=kind)
+    return script, environments.remote_env_python(key)
+
+
+# --- task configs -----------------------------------------------------------------
+
+
+def _file_mounts(package: SkyformPackage, extra: dict[str, Path]) -> dict[str, str]:
+    mounts = {remote: str(Path(local).resolve()) for remote, local in extra.items()}
+    if package.wheel is not None and package.remote_wheel is not None:
+        mounts[package.remote_wheel] = str(package.wheel.resolve())
+    return mounts
+
+
+def runner_task_config(
+    *,
+    name: str,
+    bundle_path: Path,
+    revision: str,
+    requirements: list[str],
+    python_version: str,
+    package: SkyformPackage,
+    port: int = RUNNER_PORT,
+) -> dict[str, Any]:
+    """The task of one runner cluster (resources are added by the provider).
+
+    Keys and tokens are not part of it: the provider adds them as secrets.
+    """
+    remote_bundle = f"{REMOTE_HOME}/bundles/{_part(revision)}.skyb"
+    setup, python = _setup(requirements, python_version, package, "runner")
+    run = (
+        f"exec {python} -m skyform.runtime.runner --bundle {remote_bundle} "
+        f"--port {int(port)} --host 0.0.0.0"
+    )
+    return {
+        "name": name,
+        "setup": setup,
+        "run": run,
+        "file_mounts": _file_mounts(package, {remote_bundle: bundle_path}),
+    }
+
+
+def gateway_task_config(
+    *,
+    name: str,
+    stack: str,
+    port: int,
+    remote_state_dir: str,
+    provider_json: Path,
+    python_version: str,
+    package: SkyformPackage,
+    requirements: list[str],
+) -> dict[str, Any]:
+    """The task of the gateway cluster: it runs the gateway, which scales runners
+    through SkyPilot (its provider config arrives as `<state-dir>/provider.json`)."""
+    setup, python = _setup(requirements, python_version, package, "gateway")
+    # The gateway ships the wheel it was given on to the runners it starts.
+    wheel = (
+        f'export {WHEEL_ENV}="{REMOTE_HOME_SH}/wheels/{package.wheel.name}" && '
+        if package.wheel
+        else ""
+    )
+    run = (
+        f"mkdir -p {remote_state_dir} && {wheel}exec {python} -m skyform.runtime.gateway "
+        f"--port {int(port)} --state-dir {remote_state_dir} --host 0.0.0.0 "
+        f"--stack {shlex.quote(stack)}"
+    )
+    return {
+        "name": name,
+        "setup": setup,
+        "run": run,
+        "file_mounts": _file_mounts(package, {f"{remote_state_dir}/provider.json": provider_json}),
+    }
+
+
+def local_python() -> str:
+    """This interpreter's minor version: the gateway runs under the same one remotely."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
