@@ -216,6 +216,10 @@ def _resolve_endpoint(cls: type, spec: EndpointSpec, func: Callable[..., Any]) -
         hints = get_type_hints(func)
     except Exception as exc:
         raise AppDefinitionError(f"{where}: cannot resolve type hints: {exc}") from None
+    # Carry the resolved types, not their names: under `from __future__ import
+    # annotations` the names would have to be looked up again on the runner,
+    # where a by-value pickle keeps only the globals the code itself uses.
+    _set_annotations(func, hints)
     input_model: type[BaseModel] | None = None
     input_name: str | None = None
     if params:
@@ -235,3 +239,9 @@ def _resolve_endpoint(cls: type, spec: EndpointSpec, func: Callable[..., Any]) -
         output_type=hints.get("return", Any),
         is_async=inspect.iscoroutinefunction(func),
     )
+
+
+def _set_annotations(func: Callable[..., Any], hints: dict[str, Any]) -> None:
+    target = getattr(func, "__func__", func)
+    if any(isinstance(v, str) for v in getattr(target, "__annotations__", {}).values()):
+        target.__annotations__ = dict(hints)

@@ -33,7 +33,7 @@ from typing import Any
 
 import cloudpickle
 
-from skyform.app import App, app_endpoints, app_options
+from skyform.app import App, AppOptions, app_endpoints, app_options
 from skyform.errors import BundleError
 from skyform.loader import LoadedApp, loaded_app
 
@@ -92,22 +92,11 @@ def bundle_loaded_app(
     from skyform.openapi import openapi_schema
 
     cls = loaded.cls
-    options = app_options(cls, overrides)
+    identity = app_identity(loaded, overrides)
+    options, revision, fingerprint = identity.options, identity.revision, identity.fingerprint
     endpoints = app_endpoints(cls)
-    modules = {name: loaded.relative(path) for name, path in loaded.project_modules.items()}
-    sources = {rel: _source_hash(loaded.project_modules[name]) for name, rel in modules.items()}
+    modules = identity.modules
     options_json = options.model_dump(mode="json")
-
-    revision = _hash(
-        {
-            "python": PYTHON_VERSION,
-            "app": f"{cls.__module__}:{cls.__qualname__}",
-            "sources": sources,
-            "requirements": options.requirements,
-            "machine_types": options.machine_types,
-        }
-    )
-    fingerprint = _hash({"revision": revision, "options": options_json})
     payload = _pickle(cls, [loaded.module, *_modules(modules)])
     meta: dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -127,6 +116,40 @@ def bundle_loaded_app(
         "payload_size": len(payload),
     }
     return Bundle(meta, _assemble(meta, payload, key))
+
+
+@dataclass(frozen=True)
+class AppIdentity:
+    """What identifies an app without pickling it: enough for `plan` to see "no change"."""
+
+    options: AppOptions
+    revision: str
+    fingerprint: str
+    modules: dict[str, str]  # project module name -> path relative to the app's folder
+
+
+def app_identity(loaded: LoadedApp, overrides: dict[str, Any] | None = None) -> AppIdentity:
+    """The revision and fingerprint `bundle_loaded_app` would give, at a fraction of the cost.
+
+    A plan compares these against what is live; only apps that changed need a
+    full bundle (pickle + OpenAPI schema), which is what keeps a no-change plan
+    of a large stack fast.
+    """
+    cls = loaded.cls
+    options = app_options(cls, overrides)
+    modules = {name: loaded.relative(path) for name, path in loaded.project_modules.items()}
+    sources = {rel: _source_hash(loaded.project_modules[name]) for name, rel in modules.items()}
+    revision = _hash(
+        {
+            "python": PYTHON_VERSION,
+            "app": f"{cls.__module__}:{cls.__qualname__}",
+            "sources": sources,
+            "requirements": options.requirements,
+            "machine_types": options.machine_types,
+        }
+    )
+    fingerprint = _hash({"revision": revision, "options": options.model_dump(mode="json")})
+    return AppIdentity(options, revision, fingerprint, modules)
 
 
 def read_bundle_meta(data: bytes, key: str) -> dict[str, Any]:

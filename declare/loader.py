@@ -11,6 +11,7 @@ bundle pickles them by value.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import sys
@@ -71,7 +72,8 @@ def loaded_app(ref: str, base_dir: Path | str = ".") -> Iterator[LoadedApp]:
     path_before = list(sys.path)
     displaced = sys.modules.pop(module_name, None)
     sys.path[:0] = [str(r) for r in roots]
-    importlib.invalidate_caches()
+    if not _batch_depth:
+        importlib.invalidate_caches()
     try:
         module = _exec_user_module(module_name, path, roots)
         cls = _find_class(module, class_name, file_part)
@@ -80,11 +82,33 @@ def loaded_app(ref: str, base_dir: Path | str = ".") -> Iterator[LoadedApp]:
         yield LoadedApp(cls, ref, path, app_dir, module, dict(sorted(project.items())))
     finally:
         sys.path[:] = path_before
-        for name in [n for n in sys.modules if n not in modules_before or n == module_name]:
+        for name in [*(sys.modules.keys() - modules_before.keys()), module_name]:
+            if name not in sys.modules:
+                continue
             if name == module_name or _is_project_module(sys.modules[name], roots):
                 del sys.modules[name]
         if displaced is not None:
             sys.modules[module_name] = displaced
+
+
+_batch_depth = 0
+
+
+@contextlib.contextmanager
+def batch_loading() -> Iterator[None]:
+    """Load many apps with one refresh of the import caches instead of one per app.
+
+    `loaded_app` normally refreshes them so a file written a moment ago is
+    importable; within one plan no file changes, and refreshing per app would
+    re-list every app folder once per app (quadratic for large stacks).
+    """
+    global _batch_depth
+    importlib.invalidate_caches()
+    _batch_depth += 1
+    try:
+        yield
+    finally:
+        _batch_depth -= 1
 
 
 def load_app_class(ref: str, base_dir: Path | str = ".") -> type[App]:
@@ -158,8 +182,9 @@ def _find_class(module: ModuleType, class_name: str, file_part: str) -> type[App
 
 def _project_modules(before: dict[str, ModuleType], roots: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for name, module in list(sys.modules.items()):
-        if name in before or module is None:
+    for name in sys.modules.keys() - before.keys():
+        module = sys.modules.get(name)
+        if module is None:
             continue
         if _is_project_module(module, roots):
             found[name] = Path(module.__file__).resolve()  # type: ignore[arg-type]
@@ -170,21 +195,28 @@ def _is_project_module(module: ModuleType | None, roots: list[Path]) -> bool:
     file = getattr(module, "__file__", None)
     if not file:
         return False
-    path = Path(file).resolve()
+    path = _resolved(Path(file))
     if _is_ours(path) or any(p in {"site-packages", "dist-packages"} for p in path.parts):
         return False
     return any(_is_under(path, r) for r in roots)
 
 
+_OUR_DIRS = tuple(_SKYFORM_ROOT / d for d in ("declare", "state", "providers", "runtime"))
+
+
 def _is_ours(path: Path) -> bool:
-    return any(
-        _is_under(path, _SKYFORM_ROOT / d) for d in ("declare", "state", "providers", "runtime")
-    )
+    return any(_is_under(path, d) for d in _OUR_DIRS)
+
+
+@functools.lru_cache(maxsize=16384)
+def _resolved(path: Path) -> Path:
+    """`path.resolve()`, memoised: a plan of many apps checks the same module files often."""
+    return path.resolve()
 
 
 def _is_under(path: Path, root: Path) -> bool:
     try:
-        path.resolve().relative_to(root)
+        _resolved(path).relative_to(root)
     except ValueError:
         return False
     return True

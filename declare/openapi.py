@@ -36,15 +36,32 @@ def add_endpoint_routes(api: FastAPI, endpoints: list[Endpoint], invoke: Invoke)
         )
 
 
+def endpoint_api(
+    cls: type[App], invoke: Invoke, endpoints: list[Endpoint] | None = None
+) -> FastAPI:
+    """The FastAPI app of an App's endpoints; the runner serves it, bundles store its schema.
+
+    Both go through here so the schema a bundle carries is the one its runner serves.
+    No /docs pages: the gateway's playground is the human interface.
+    """
+    from fastapi import FastAPI
+
+    api = FastAPI(
+        title=cls.__name__, version="1", openapi_url="/openapi.json", docs_url=None, redoc_url=None
+    )
+    add_endpoint_routes(api, app_endpoints(cls) if endpoints is None else endpoints, invoke)
+    return api
+
+
 def openapi_schema(cls: type[App], title: str | None = None) -> dict[str, Any]:
     """The OpenAPI document of an App's endpoints, as its runner will serve it."""
-    from fastapi import FastAPI
 
     async def never(_ep: Endpoint, _body: BaseModel | None) -> Any:
         raise RuntimeError("schema-only app")
 
-    api = FastAPI(title=title or cls.__name__, version="1", openapi_url="/openapi.json")
-    add_endpoint_routes(api, app_endpoints(cls), never)
+    api = endpoint_api(cls, never)
+    if title is not None:
+        api.title = title
     return api.openapi()
 
 

@@ -14,7 +14,7 @@ import typer
 
 from skyform.errors import SkyformError
 
-COMMAND_MODULES: tuple[str, ...] = ("bundle",)
+COMMAND_MODULES: tuple[str, ...] = ("bundle", "env", "state", "stack", "devrun")
 
 app = typer.Typer(
     name="skyform",

@@ -247,3 +247,46 @@ def test_write_is_atomic_and_readable(hello_project: Path, tmp_path: Path) -> No
     assert path.read_bytes() == bundle.data
     assert read_bundle_meta(path.read_bytes(), KEY)["fingerprint"] == bundle.fingerprint
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_postponed_annotations_survive_the_trip(tmp_path: Path) -> None:
+    project = write_project(
+        tmp_path / "proj",
+        {
+            "fut.py": """
+            from __future__ import annotations
+            from pydantic import BaseModel
+            from skyform import App, endpoint
+
+            class Item(BaseModel):
+                name: str
+
+            class In(BaseModel):
+                item: Item
+                n: int | None = None
+
+            class Out(BaseModel):
+                message: str
+
+            class Fut(App):
+                @endpoint("/")
+                def go(self, req: In) -> Out:
+                    return Out(message=f"{req.item.name} x{req.n}")
+            """
+        },
+    )
+    path = build_bundle("fut.py::Fut", project, KEY).write(tmp_path / "fut.skyb")
+    result = run_python(
+        f"""
+        from pathlib import Path
+        from skyform.app import app_endpoints
+        from skyform.bundle import open_bundle
+        meta, cls = open_bundle(Path({str(path)!r}).read_bytes(), {KEY!r})
+        (ep,) = app_endpoints(cls)
+        req = ep.input_model(item={{"name": "ada"}}, n=2)
+        print(cls.go(object.__new__(cls), req).message)
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ada x2"

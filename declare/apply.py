@@ -1,0 +1,461 @@
+"""Apply: carry out a plan step by step, recording each step in the state.
+
+Why every step writes twice: before a provider call the resource is recorded
+as `pending` (what is about to happen), after it the result replaces that
+record. A process killed between the two leaves a pending record; the next
+plan refreshes it against what is live and repairs it, so nothing a stack
+started is ever unaccounted for. Large stacks batch app registrations so the
+state is written once per batch, not once per app.
+
+Order: a gateway being replaced or removed goes first (its runners die with
+it), then the gateway is (re)started, then removed apps are unregistered, then
+new and changed apps are registered, then apply waits for each app's
+`min_runners` to be ready, and finally the outputs are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skyform.errors import SkyformError
+from skyform.plan import (
+    APP_PREFIX,
+    GATEWAY,
+    Plan,
+    ResourceChange,
+    app_address,
+    stack_outputs,
+)
+from skyform.stackfile import Stack
+
+BATCH = 25  # app registrations per state write
+FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
+READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class StackContext:
+    """Everything plan and apply need about one stack: its file, keys, state and provider."""
+
+    stack: Stack
+    workdir: Path  # where `.skyform/` lives
+    keys: dict[str, str]
+    backend: Any  # skyform.state.StateBackend
+    provider: Any  # skyform.providers.base.Provider
+    runtime_dir: Path
+
+    @property
+    def gateway_state_dir(self) -> Path:
+        return self.runtime_dir / "gateway"
+
+    def gateway_env(self) -> dict[str, str]:
+        return {
+            "SKYFORM_ADMIN_TOKEN": self.keys["admin_token"],
+            "SKYFORM_RUNNER_TOKEN": self.keys["runner_token"],
+            "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
+            "SKYFORM_API_KEY": self.keys["api_key"],
+        }
+
+
+def runtime_dir_for(workdir: Path, stack: str) -> Path:
+    """`<stack dir>/.skyform/runtime/<stack>/`: gateway state, runner logs."""
+    return Path(workdir) / ".skyform" / "runtime" / stack
+
+
+def open_context(stack: Stack, workdir: Path | None = None, state: Any = None) -> StackContext:
+    """Keys, state backend and provider of `stack` (nothing is started or locked).
+
+    `workdir` and `state` override where `.skyform/` lives and the state
+    backend (`run` keeps both in a temporary directory).
+    """
+    from skyform.keys import stack_secrets
+    from skyform.providers import create_provider
+    from skyform.state import open_backend
+
+    where = Path(workdir) if workdir is not None else stack.base_dir
+    runtime = runtime_dir_for(where, stack.name)
+    keys = stack_secrets(where, stack.name)
+    backend = open_backend(
+        state if state is not None else stack.model.state, stack=stack.name, workdir=where
+    )
+    provider = create_provider(stack.model.provider, stack=stack.name, runtime_dir=runtime)
+    return StackContext(stack, where, keys, backend, provider, runtime)
+
+
+def check_plan_current(plan: Plan, doc: Any, source: str) -> None:
+    """Refuse a saved plan when the state moved on since it was made."""
+    if plan.stack != doc.stack:
+        raise SkyformError(f"{source} is a plan for stack {plan.stack!r}, not {doc.stack!r}")
+    if plan.lineage is None:
+        if doc.serial != 0:
+            raise SkyformError(
+                f"{source} is stale: it was made when stack {doc.stack!r} had no state, "
+                f"and the state is now at serial {doc.serial}; run plan again"
+            )
+        return
+    if doc.lineage != plan.lineage:
+        raise SkyformError(
+            f"{source} was made for state lineage {plan.lineage}, but the state has lineage "
+            f"{doc.lineage}; it belongs to another state: run plan again"
+        )
+    if doc.serial != plan.serial:
+        raise SkyformError(
+            f"{source} is stale: it was made at state serial {plan.serial}, the state is now at "
+            f"serial {doc.serial} (applied or changed since); run plan again"
+        )
+
+
+def secret_values(plan: Plan, stack: Stack | None) -> dict[str, dict[str, str]]:
+    """Each changing app's secrets, read from the environment now; a missing one is an error."""
+    out: dict[str, dict[str, str]] = {}
+    for change in plan.changes:
+        if change.type != "app" or change.after is None:
+            continue
+        names = change.after.get("secrets") or []
+        missing = [n for n in names if n not in os.environ]
+        if missing:
+            raise SkyformError(
+                f"app {change.name}: secret {missing[0]} is not set in the environment "
+                "(secrets are read from the environment at apply)"
+            )
+        out[change.name] = {n: os.environ[n] for n in names}
+    return out
+
+
+class _Interrupts:
+    """First Ctrl-C: finish the step in flight, then stop. Second: stop at once."""
+
+    def __init__(self, report: Report) -> None:
+        self.requested = False
+        self._report = report
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        with contextlib.suppress(ValueError):  # not the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._report("Interrupt received: finishing the step in progress, then stopping.")
+
+    def check(self) -> None:
+        if self.requested:
+            raise SkyformError(
+                "apply interrupted; the state records what was done (run plan to see the rest)"
+            )
+
+
+class Applier:
+    """Executes one plan against a locked state."""
+
+    def __init__(
+        self,
+        ctx: StackContext,
+        plan: Plan,
+        doc: Any,
+        report: Report,
+        wait_ready: bool = True,
+        progress: Any = None,
+    ) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.doc = doc
+        self.report = report
+        self.wait_ready = wait_ready
+        self.progress = progress
+        self.done: dict[str, int] = {"add": 0, "change": 0, "destroy": 0}
+
+    # -- state bookkeeping ---------------------------------------------------------
+
+    def _write(self, updates: dict[str, dict[str, Any] | None], outputs: Any = None) -> None:
+        resources = dict(self.doc.resources)
+        for address, record in updates.items():
+            if record is None:
+                resources.pop(address, None)
+            else:
+                resources[address] = record
+        self.doc = self.ctx.backend.write(self.doc.evolve(resources=resources, outputs=outputs))
+
+    def _pending(self, address: str, operation: str, extra: dict[str, Any] | None = None) -> dict:
+        record = dict(self.doc.resources.get(address) or {})
+        record["pending"] = {"operation": operation, **(extra or {})}
+        return record
+
+    # -- the steps -----------------------------------------------------------------
+
+    def run(self) -> Any:
+        with _Interrupts(self.report) as interrupts:
+            gw = self.plan.change(GATEWAY)
+            if gw is not None and "delete" in gw.actions:
+                self._stop_gateway(gw)
+                interrupts.check()
+            if gw is not None and "create" in gw.actions:
+                self._start_gateway()
+                interrupts.check()
+            apps = [c for c in self.plan.changes if c.type == "app"]
+            deletes = [c for c in apps if c.actions == ["delete"]]
+            registers = [c for c in apps if c.actions != ["delete"]]
+            if deletes and self.plan.mode != "destroy":
+                for batch in _batches(deletes):
+                    self._delete_apps(batch)
+                    interrupts.check()
+            elif deletes:
+                self._write({app_address(c.name): None for c in deletes})
+                self.done["destroy"] += len(deletes)
+            secrets = secret_values(self.plan, self.ctx.stack)
+            for batch in _batches(registers):
+                self._register_apps(batch, secrets)
+                interrupts.check()
+            if self.plan.mode != "destroy" and self.wait_ready:
+                self._wait_ready()
+            self._write({}, outputs=self._outputs())
+        return self.doc
+
+    def _handle(self) -> Any:
+        from skyform.providers.base import GatewayHandle
+
+        record = self.doc.resources.get(GATEWAY) or {}
+        handle = record.get("handle")
+        return GatewayHandle(**handle) if handle else None
+
+    def _client(self) -> Any:
+        from skyform.gatewayclient import GatewayClient
+
+        handle = self._handle()
+        if handle is None:
+            raise SkyformError("the gateway is not running; run apply without a saved plan")
+        return GatewayClient(handle.url, self.ctx.keys["admin_token"], timeout=120.0)
+
+    def _stop_gateway(self, change: ResourceChange) -> None:
+        self.report("gateway: stopping...")
+        self._write({GATEWAY: self._pending(GATEWAY, "delete")})
+        handle = self._handle()
+        if handle is not None and should_stop(self.ctx.provider, handle):
+            self.ctx.provider.stop_gateway(handle)
+        stop_orphans(self.ctx)
+        self._write({GATEWAY: None})
+        self.done["destroy"] += 1
+        self.report("gateway: stopped")
+
+    def _start_gateway(self) -> None:
+        from skyform.providers.base import GatewaySpec
+
+        spec = self.plan.gateway_spec
+        self.report(f"gateway: starting on port {spec['port']}...")
+        attrs = {k: spec[k] for k in ("provider", "host", "port")}
+        self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
+        stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
+        started = time.monotonic()
+        handle = self.ctx.provider.start_gateway(
+            GatewaySpec(
+                stack=self.ctx.stack.name,
+                port=int(spec["port"]),
+                state_dir=self.ctx.gateway_state_dir,
+                env=self.ctx.gateway_env(),
+            )
+        )
+        handle_dict = {
+            "stack": handle.stack,
+            "url": handle.url,
+            "provider": handle.provider,
+            "info": dict(handle.info),
+        }
+        self._write({GATEWAY: {**attrs, "url": handle.url, "handle": handle_dict}})
+        self.done["add"] += 1
+        self.report(f"gateway: ready at {handle.url} [{time.monotonic() - started:.1f}s]")
+
+    def _delete_apps(self, batch: list[ResourceChange]) -> None:
+        self._write({c.address: self._pending(c.address, "delete") for c in batch})
+        with self._client() as client:
+            for c in batch:
+                self.report(f"{c.address}: removing...")
+                client.delete_app(c.name)
+        self._write({c.address: None for c in batch})
+        self.done["destroy"] += len(batch)
+
+    def _register_apps(
+        self, batch: list[ResourceChange], secrets: dict[str, dict[str, str]]
+    ) -> None:
+        from skyform.bundle import read_bundle_meta
+
+        self._write(
+            {
+                c.address: self._pending(
+                    c.address, "+".join(c.actions), {"revision": (c.after or {}).get("revision")}
+                )
+                for c in batch
+            }
+        )
+        results: dict[str, dict[str, Any] | None] = {}
+        with self._client() as client:
+            for c in batch:
+                after = dict(c.after or {})
+                data = self.plan.bundles.get(c.name)
+                if data is None:
+                    raise SkyformError(f"{c.address}: the plan carries no bundle for it")
+                read_bundle_meta(data, self.ctx.keys["bundle_key"])  # refuse a foreign bundle early
+                verb = {"create": "creating", "update": "updating"}.get(
+                    c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
+                )
+                self.report(f"{c.address}: {verb}...")
+                env = {**after.get("env", {}), **secrets.get(c.name, {})}
+                answer = client.put_app(c.name, data, after.get("auth") or "private", env)
+                after["revision"] = answer.get("revision", after.get("revision"))
+                after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
+                results[c.address] = after
+                acts = set(c.actions)
+                if "create" in acts:
+                    self.done["add"] += 1
+                if "delete" in acts:
+                    self.done["destroy"] += 1
+                if acts == {"update"}:
+                    self.done["change"] += 1
+        self._write(results)
+
+    def _wait_ready(self) -> None:
+        """Wait until every app has `min_runners` ready runners of its current revision."""
+        wanted = {
+            name[len(APP_PREFIX) :]: rec
+            for name, rec in self.doc.resources.items()
+            if name.startswith(APP_PREFIX) and int(rec.get("min_runners") or 0) > 0
+        }
+        if not wanted:
+            return
+        deadline = (
+            time.monotonic()
+            + max(float(r.get("startup_timeout") or 600) for r in wanted.values())
+            + READY_MARGIN
+        )
+        with self._client() as client:
+            last: dict[str, dict[str, Any]] = {}
+            while True:
+                live = client.list_apps()
+                pending = {}
+                for name, rec in wanted.items():
+                    app = live.get(name) or {}
+                    ready = [
+                        r
+                        for r in app.get("runners", [])
+                        if r.get("state") == "ready" and r.get("revision") == rec.get("revision")
+                    ]
+                    if self.progress is not None:
+                        states: dict[str, int] = {}
+                        for r in app.get("runners", []):
+                            if (
+                                r.get("revision") == rec.get("revision")
+                                and r.get("state") != "ready"
+                            ):
+                                states[str(r.get("state"))] = states.get(str(r.get("state")), 0) + 1
+                        self.progress(name, len(ready), int(rec["min_runners"]), states)
+                    if len(ready) < int(rec["min_runners"]):
+                        pending[name] = app
+                        failed = [
+                            r
+                            for r in app.get("runners", [])
+                            if r.get("state") == "failed"
+                            and r.get("revision") == rec.get("revision")
+                        ]
+                        if len(failed) >= FAILED_RUNNERS_LIMIT and not ready:
+                            error = failed[-1].get("error") or app.get("last_error") or "no error"
+                            raise SkyformError(
+                                f"app {name}: its runners fail to start: {error} "
+                                f"(see `skyform logs {name}`)"
+                            )
+                last = pending
+                if not pending:
+                    return
+                if time.monotonic() > deadline:
+                    name, app = next(iter(sorted(last.items())))
+                    error = app.get("last_error") or _runner_error(app) or "no error reported"
+                    raise SkyformError(
+                        f"app {name}: min_runners not ready in time ({error}); "
+                        f"see `skyform logs {name}`"
+                    )
+                time.sleep(0.25)
+
+    def _outputs(self) -> dict[str, Any]:
+        if self.plan.mode == "destroy" or GATEWAY not in self.doc.resources:
+            return {}
+        base = self.doc.resources[GATEWAY].get("url") or self.plan.outputs.get("gateway_url", "")
+        names = [a[len(APP_PREFIX) :] for a in self.doc.resources if a.startswith(APP_PREFIX)]
+        return stack_outputs(base, names)
+
+
+def should_stop(provider: Any, handle: Any) -> bool:
+    """Whether to stop a recorded gateway through its handle.
+
+    Locally, a recorded pid that no longer answers as our gateway may belong
+    to another process by now: only a live gateway is stopped by pid, the rest
+    by `stop_orphans` (which checks command lines). Elsewhere (a cloud cluster)
+    a gateway that does not answer must be torn down all the more.
+    """
+    return getattr(provider, "name", "") != "local" or bool(provider.gateway_alive(handle))
+
+
+def stop_orphans(ctx: StackContext) -> list[int]:
+    """Stop any gateway of this stack's runtime dir that the state does not know (local only).
+
+    A gateway whose start was interrupted after it was spawned, but before its
+    handle reached the state, would otherwise hold the port forever.
+    """
+    if getattr(ctx.provider, "name", "") != "local":
+        return []
+    from skyform.providers.base import GatewayHandle
+
+    pids = _gateway_pids(ctx.gateway_state_dir)
+    for pid in pids:
+        ctx.provider.stop_gateway(
+            GatewayHandle(ctx.stack.name, "", "local", {"pid": pid}), grace=5.0
+        )
+    return pids
+
+
+def _gateway_pids(state_dir: Path) -> list[int]:
+    """Pids of live gateway processes started for `state_dir`, found by their command line."""
+    target = str(state_dir)
+    found: set[int] = set()
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if "skyform.runtime.gateway" in args and target in args:
+                with contextlib.suppress(OSError):
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state not in ("Z", "X"):
+                        found.add(int(entry.name))
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def _runner_error(app: dict[str, Any]) -> str | None:
+    for runner in app.get("runners", []):
+        if runner.get("error"):
+            return str(runner["error"])
+    return None
+
+
+def _batches(items: list[ResourceChange]) -> Iterator[list[ResourceChange]]:
+    for i in range(0, len(items), BATCH):
+        yield items[i : i + BATCH]

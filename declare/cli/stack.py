@@ -1,0 +1,483 @@
+"""The Terraform-style loop: `plan`, `apply`, `destroy`, `output`, `status`, `logs`, `schema`.
+
+(`run`, the ephemeral foreground stack, lives in `skyform.cli.devrun`.)
+Every command reads the stack file first (`-f`, default `skyform.yaml`), so a
+bad file fails before anything is locked or started. `plan`, `apply` and
+`destroy` hold the state's lock for their whole run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from skyform.cli.output import console, err_console, print_json
+from skyform.errors import SkyformError
+from skyform.stackfile import DEFAULT_FILE
+
+FILE_OPTION = typer.Option(Path(DEFAULT_FILE), "--file", "-f", help="The stack file.")
+LOCK_TIMEOUT = typer.Option(
+    0.0, "--lock-timeout", help="Seconds to wait for the state lock (0: fail at once)."
+)
+TARGET = typer.Option(None, "--target", help="Only this app (repeatable): APP or app.APP.")
+REPLACE = typer.Option(
+    None, "--replace", help="Force a new revision of APP, or replace the gateway (repeatable)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+    app.command("apply")(apply)
+    app.command("destroy")(destroy)
+    app.command("output")(output)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("schema")(schema)
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def plan(
+    file: Path = FILE_OPTION,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the plan for `apply PLAN`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable plan."),
+    fmt: str = typer.Option("text", "--format", help="text, json or markdown (a PR comment)."),
+    detailed_exitcode: bool = typer.Option(
+        False, "--detailed-exitcode", help="Exit 0: no changes, 1: error, 2: changes."
+    ),
+    target: list[str] | None = TARGET,
+    replace: list[str] | None = REPLACE,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> None:
+    """Show what apply would change: the stack file against what is live."""
+    from skyform.plan import save_plan
+
+    fmt = "json" if as_json else _check_format(fmt)
+    ctx, built = _make_plan(file, "plan", target, replace, lock_timeout, quiet=fmt != "text")
+    if out is not None:
+        save_plan(built, out, ctx.keys["bundle_key"], str(file))
+    _print_plan(built, fmt)
+    if out is not None and fmt == "text":
+        console.print(f'\nSaved the plan to: {out}\nTo apply exactly it: skyform apply "{out}"')
+    if detailed_exitcode and built.has_changes:
+        raise typer.Exit(2)
+
+
+def _check_format(fmt: str) -> str:
+    from skyform.suggest import did_you_mean
+
+    if fmt not in ("text", "json", "markdown"):
+        raise SkyformError(
+            f"--format {fmt}: not a format{did_you_mean(fmt, ['text', 'json', 'markdown'])}; "
+            "use text, json or markdown"
+        )
+    return fmt
+
+
+def _make_plan(
+    file: Path,
+    operation: str,
+    target: list[str] | None,
+    replace: list[str] | None,
+    lock_timeout: float,
+    mode: str = "apply",
+    quiet: bool = False,
+) -> tuple[Any, Any]:
+    from skyform.apply import open_context
+    from skyform.plan import PlanRequest, build_plan, refresh
+    from skyform.stackfile import load_stack
+
+    stack = load_stack(file)
+    ctx = open_context(stack)
+    with ctx.backend.lock(operation=operation, timeout=lock_timeout):
+        doc = ctx.backend.read()
+        with _status("Refreshing state...", quiet):
+            live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+        with _status("Building bundles...", quiet):
+            built = build_plan(
+                stack,
+                doc,
+                live,
+                ctx.keys,
+                PlanRequest(mode=mode, targets=tuple(target or ()), replace=tuple(replace or ())),
+                provider=ctx.provider,
+            )
+    return ctx, built
+
+
+def _status(message: str, quiet: bool) -> Any:
+    import contextlib
+
+    if quiet or not err_console.is_terminal:
+        return contextlib.nullcontext()
+    return err_console.status(message)
+
+
+def _print_plan(built: Any, fmt: str) -> None:
+    from skyform.render import render_markdown, render_text
+
+    if fmt == "json":
+        print_json(built.to_dict())
+    elif fmt == "markdown":
+        sys.stdout.write(render_markdown(built))
+        sys.stdout.flush()
+    else:
+        print_plan_text(render_text(built))
+
+
+def print_plan_text(text: str) -> None:
+    """Print a rendered plan with Terraform's colours (off without a terminal or with NO_COLOR)."""
+    from rich.text import Text
+
+    styles = {"+/-": "yellow", "-/+": "yellow", "+": "green", "-": "red", "~": "yellow"}
+    for line in text.rstrip("\n").split("\n"):
+        stripped = line.lstrip()
+        style = ""
+        for prefix, colour in styles.items():
+            if stripped.startswith(prefix + " "):
+                style = colour
+                break
+        if stripped.startswith(("Plan:", "Destroy:", "No changes")):
+            style = "bold"
+        console.print(Text(line, style=style))
+
+
+# -- apply / destroy -----------------------------------------------------------------------
+
+
+def apply(
+    plan_file: Path | None = typer.Argument(None, metavar="[PLAN]", help="A saved plan."),
+    file: Path = FILE_OPTION,
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Do not ask for `yes`."),
+    target: list[str] | None = TARGET,
+    replace: list[str] | None = REPLACE,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> None:
+    """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
+    from skyform.apply import Applier, check_plan_current, open_context
+    from skyform.plan import PlanRequest, build_plan, load_plan, refresh
+    from skyform.stackfile import load_stack
+
+    if plan_file is not None and (target or replace):
+        raise SkyformError(
+            "--target and --replace are planning options; a saved plan is applied as it is"
+        )
+    stack = load_stack(file)
+    ctx = open_context(stack)
+    with ctx.backend.lock(operation="apply", timeout=lock_timeout):
+        doc = ctx.backend.read()
+        if plan_file is not None:
+            built = load_plan(plan_file, ctx.keys["bundle_key"])
+            check_plan_current(built, doc, str(plan_file))
+        else:
+            with _status("Refreshing state...", False):
+                live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+            with _status("Building bundles...", False):
+                built = build_plan(
+                    stack,
+                    doc,
+                    live,
+                    ctx.keys,
+                    PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ())),
+                    provider=ctx.provider,
+                )
+            from skyform.render import render_text
+
+            print_plan_text(render_text(built))
+            if built.has_changes and not auto_approve:
+                _confirm("apply")
+        started = time.monotonic()
+        with _ReadyProgress() as progress:
+            applier = Applier(ctx, built, doc, _report, progress=progress.update)
+            doc = applier.run()
+        done = applier.done
+    console.print(
+        f"\n[bold green]Apply complete![/] Resources: {done['add']} added, "
+        f"{done['change']} changed, {done['destroy']} destroyed. "
+        f"[{time.monotonic() - started:.1f}s]"
+    )
+    _print_outputs(doc.outputs)
+
+
+def destroy(
+    file: Path = FILE_OPTION,
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Do not ask for `yes`."),
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> None:
+    """Stop the gateway and every runner of the stack, and empty its state."""
+    from skyform.apply import Applier, open_context, stop_orphans
+    from skyform.plan import PlanRequest, build_plan, refresh
+    from skyform.render import render_text
+    from skyform.stackfile import load_stack
+
+    stack = load_stack(file)
+    ctx = open_context(stack)
+    with ctx.backend.lock(operation="destroy", timeout=lock_timeout):
+        doc = ctx.backend.read()
+        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+        built = build_plan(stack, doc, live, ctx.keys, PlanRequest(mode="destroy"))
+        if not built.has_changes:
+            stopped = stop_orphans(ctx)
+            if doc.outputs:
+                ctx.backend.write(doc.evolve(outputs={}))
+            note = f" (stopped {len(stopped)} stray gateway process)" if stopped else ""
+            console.print(f"No changes. No objects need to be destroyed.{note}")
+            return
+        print_plan_text(render_text(built))
+        if not auto_approve:
+            _confirm("destroy")
+        applier = Applier(ctx, built, doc, _report)
+        applier.run()
+        stop_orphans(ctx)
+    console.print(
+        f"\n[bold green]Destroy complete![/] Resources: {applier.done['destroy']} destroyed."
+    )
+
+
+def _confirm(what: str) -> None:
+    if not sys.stdin.isatty():
+        hint = " or apply a saved plan (skyform plan --out PLAN)" if what == "apply" else ""
+        raise SkyformError(
+            f"{what} needs confirmation but there is no terminal to ask on; "
+            f"pass --auto-approve{hint}"
+        )
+    verb = "perform these actions" if what == "apply" else "destroy all resources"
+    console.print(f"\nDo you want to {verb}?\n  Only 'yes' will be accepted to approve.\n")
+    answer = typer.prompt("  Enter a value", default="", show_default=False)
+    if answer.strip() != "yes":
+        raise SkyformError(f"{what} cancelled (the answer was not 'yes'); nothing was changed")
+
+
+def _report(message: str) -> None:
+    err_console.print(message)
+
+
+class _ReadyProgress:
+    """How many of each app's min_runners are ready: a live bar on a terminal, lines otherwise."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ReadyProgress:
+        if err_console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} runners ready"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(
+        self, app: str, ready: int, wanted: int, states: dict[str, int] | None = None
+    ) -> None:
+        others = ", ".join(f"{n} {s}" for s, n in sorted((states or {}).items()))
+        detail = f" ({others})" if others else ""
+        if self._progress is not None:
+            if app not in self._tasks:
+                self._tasks[app] = self._progress.add_task(f"app.{app}", total=wanted)
+            self._progress.update(
+                self._tasks[app], completed=min(ready, wanted), description=f"app.{app}{detail}"
+            )
+            return
+        line = f"app.{app}: {min(ready, wanted)}/{wanted} runners ready{detail}"
+        if self._seen.get(app) != line:
+            self._seen[app] = line
+            err_console.print(line)
+
+
+# -- inspect -------------------------------------------------------------------------------
+
+
+def _print_outputs(outputs: dict[str, Any]) -> None:
+    if not outputs:
+        return
+    console.print("\nOutputs:\n")
+    console.print(f"gateway_url = {outputs.get('gateway_url')}")
+    for name, urls in sorted((outputs.get("apps") or {}).items()):
+        console.print(f"\napp.{name}:")
+        for key in ("url", "queue_url", "playground_url"):
+            console.print(f"  {key:<14} = {urls[key]}")
+
+
+def output(
+    file: Path = FILE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable outputs."),
+) -> None:
+    """The stack's URLs: gateway, and per app its sync, queue and playground URLs."""
+    from skyform.apply import open_context
+    from skyform.stackfile import load_stack
+
+    ctx = open_context(load_stack(file))
+    outputs = ctx.backend.read().outputs
+    if as_json:
+        print_json(outputs)
+        return
+    if not outputs:
+        err_console.print(
+            "[yellow]Warning:[/] no outputs: the stack has not been applied (run skyform apply)"
+        )
+        return
+    _print_outputs(outputs)
+
+
+def status(
+    file: Path = FILE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable status."),
+) -> None:
+    """Apps, revisions, runners and URLs, as the gateway sees them now."""
+    from rich.table import Table
+
+    from skyform.apply import open_context
+    from skyform.plan import APP_PREFIX, GATEWAY, app_urls, refresh
+    from skyform.stackfile import load_stack
+
+    ctx = open_context(load_stack(file))
+    doc = ctx.backend.read()
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    gw_record = doc.resources.get(GATEWAY) or {}
+    base = gw_record.get("url") or ""
+    names = sorted(
+        {a[len(APP_PREFIX) :] for a in doc.resources if a.startswith(APP_PREFIX)}
+        | set(live.apps or {})
+    )
+    apps = []
+    for name in names:
+        record = doc.resources.get(APP_PREFIX + name) or {}
+        app = (live.apps or {}).get(name) or {}
+        runners = app.get("runners", [])
+        apps.append(
+            {
+                "name": name,
+                "revision": app.get("revision") or record.get("revision"),
+                "auth": app.get("auth") or record.get("auth"),
+                "registered": name in (live.apps or {}),
+                "pending": record.get("pending"),
+                "runners": [
+                    {k: r.get(k) for k in ("id", "state", "revision", "url", "error")}
+                    for r in runners
+                ],
+                "queue_depth": app.get("queue_depth"),
+                "last_error": app.get("last_error"),
+                **(app_urls(base, name) if base else {}),
+            }
+        )
+    body = {
+        "stack": ctx.stack.name,
+        "gateway": {"url": base or None, "alive": live.gateway_alive},
+        "apps": apps,
+        "state": {"lineage": doc.lineage, "serial": doc.serial},
+        "drift": live.drift,
+    }
+    if as_json:
+        print_json(body)
+        return
+    alive = "[green]running[/]" if live.gateway_alive else "[red]not running[/]"
+    console.print(f"stack [bold]{ctx.stack.name}[/] (state serial {doc.serial})")
+    console.print(f"gateway: {base or '-'} {alive}")
+    if not apps:
+        console.print("no apps")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("app", "revision", "auth", "runners", "queue", "url"):
+        table.add_column(col)
+    for a in apps:
+        states: dict[str, int] = {}
+        for r in a["runners"]:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        runner_text = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
+        if not a["registered"]:
+            runner_text = "[red]not registered[/]"
+        table.add_row(
+            a["name"],
+            (a["revision"] or "-")[:12],
+            a["auth"] or "-",
+            runner_text,
+            str(a["queue_depth"] if a["queue_depth"] is not None else "-"),
+            a.get("url", "-"),
+        )
+    console.print(table)
+    for a in apps:
+        if a["last_error"]:
+            console.print(f"[red]app.{a['name']}: last error:[/] {a['last_error']}")
+
+
+def logs(
+    app_name: str = typer.Argument(..., metavar="APP", help="The app whose runner logs to show."),
+    file: Path = FILE_OPTION,
+    tail: int = typer.Option(200, "--tail", "-n", help="How many lines."),
+    follow: bool = typer.Option(False, "--follow", help="Keep printing new lines."),
+) -> None:
+    """The recent log lines of an app's runners, from the gateway."""
+    from skyform.apply import open_context
+    from skyform.gatewayclient import GatewayClient
+    from skyform.plan import GATEWAY, refresh
+    from skyform.stackfile import load_stack
+    from skyform.suggest import did_you_mean
+
+    stack = load_stack(file)
+    ctx = open_context(stack)
+    doc = ctx.backend.read()
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    if not live.gateway_alive or live.apps is None:
+        raise SkyformError(
+            f"the gateway of stack {stack.name!r} is not running (run skyform apply)"
+        )
+    if app_name not in live.apps:
+        known = sorted(live.apps)
+        raise SkyformError(
+            f'no app "{app_name}" is running in stack {stack.name!r}{did_you_mean(app_name, known)}'
+        )
+    url = (doc.resources.get(GATEWAY) or {}).get("url") or live.gateway_url
+    with GatewayClient(url, ctx.keys["admin_token"]) as client:
+        follower = LogFollower()
+        for line in follower.new_lines(client.logs(app_name, tail)):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        while follow:
+            time.sleep(1.0)
+            for line in follower.new_lines(client.logs(app_name, max(tail, 500))):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+
+class LogFollower:
+    """Turns repeated `tail` snapshots into only the lines not printed yet."""
+
+    def __init__(self) -> None:
+        self._last: list[str] = []
+
+    def new_lines(self, text: str) -> list[str]:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        previous = self._last
+        self._last = lines
+        if not previous:
+            return lines
+        # The longest suffix of what we printed that starts the new snapshot.
+        for size in range(min(len(previous), len(lines)), 0, -1):
+            if previous[-size:] == lines[:size]:
+                return lines[size:]
+        return lines
+
+
+def schema() -> None:
+    """Print the JSON Schema of skyform.yaml (for editors)."""
+    from skyform.stackfile import stack_json_schema
+
+    print_json(stack_json_schema())

@@ -1,0 +1,400 @@
+"""The stack file (`skyform.yaml`): parsed, expanded and validated into a `Stack`.
+
+Why a custom YAML walk: pydantic reports *where in the data* a value is wrong,
+but a user needs *where in the file*. The document is composed into YAML nodes
+first, every key's line is recorded by its path, and each validation error is
+reported as `file:line: key: message`, with a nearest-name suggestion for
+unknown keys. `${VAR}` is expanded from the environment while walking, so a
+missing variable is reported at the line that uses it (`$${` writes a literal
+`${`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skyform.app import OPTION_NAMES
+from skyform.errors import SkyformError
+from skyform.machines import machine_type_names
+from skyform.suggest import did_you_mean
+
+DEFAULT_FILE = "skyform.yaml"
+DEFAULT_PORT = 8765
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+Path_ = tuple[str | int, ...]
+
+
+class StackFileError(SkyformError):
+    """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
+
+
+class GatewayConfig(BaseModel):
+    """Where the stack's gateway listens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+
+
+class AppEntry(BaseModel):
+    """One app of the stack: which App class, and any App option overridden here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: str = Field(..., description="FILE.py::Class, relative to the stack file.")
+    machine_type: str | list[str] | None = Field(
+        None, description="CPU, GPU-H100, GPU-B200 ... or an ordered fallback list."
+    )
+    requirements: list[str] | None = None
+    min_runners: int | None = Field(None, ge=0)
+    max_runners: int | None = Field(None, ge=1)
+    keep_alive: float | None = Field(None, ge=0)
+    max_multiplexing: int | None = Field(None, ge=1)
+    request_timeout: float | None = Field(None, gt=0)
+    startup_timeout: float | None = Field(None, gt=0)
+    auth: Literal["private", "public"] | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables passed to runners; values never stored.",
+    )
+
+    @field_validator("app")
+    @classmethod
+    def _check_ref(cls, value: str) -> str:
+        from skyform.loader import parse_ref
+
+        try:
+            parse_ref(value)
+        except SkyformError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("machine_type")
+    @classmethod
+    def _check_machine_type(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None:
+            try:
+                machine_type_names(value)
+            except SkyformError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _check_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        if len(set(value)) != len(value):
+            raise ValueError("a secret is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> AppEntry:
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"{both[0]} is both in env and in secrets; keep secrets out of env")
+        if (
+            self.min_runners is not None
+            and self.max_runners is not None
+            and self.min_runners > self.max_runners
+        ):
+            raise ValueError(
+                f"min_runners ({self.min_runners}) is greater than max_runners ({self.max_runners})"
+            )
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The App options this entry sets (they win over the class's)."""
+        return {
+            name: getattr(self, name)
+            for name in OPTION_NAMES
+            if name in self.model_fields_set and getattr(self, name) is not None
+        }
+
+
+class StackModel(BaseModel):
+    """The whole `skyform.yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="skyform stack file")
+
+    stack: str = Field(..., pattern=NAME_PATTERN, description="The stack's name.")
+    provider: str | dict[str, dict[str, Any] | None] = Field(
+        "local", description='"local", or {skypilot: {clouds: [...], use_spot, autostop_minutes}}'
+    )
+    state: str | dict[str, Any] = Field("local", description='"local", or {postgres: {url: ...}}')
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    apps: dict[str, AppEntry] = Field(default_factory=dict)
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _check_provider(cls, value: Any) -> Any:
+        from skyform.providers import provider_name
+
+        if isinstance(value, dict) and len(value) != 1:
+            raise ValueError("provider must name exactly one provider")
+        if not isinstance(value, str | dict):
+            raise ValueError('provider must be "local" or {skypilot: {...}}')
+        try:
+            provider_name(value)
+        except SkyformError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _check_state(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "local":
+            raise ValueError(
+                f'unknown state backend "{value}"{did_you_mean(value, ["local", "postgres"])}'
+            )
+        if isinstance(value, dict):
+            if list(value) != ["postgres"]:
+                name = next(iter(value), "")
+                raise ValueError(
+                    f'unknown state backend "{name}"{did_you_mean(name, ["local", "postgres"])}'
+                )
+            if not isinstance(value["postgres"], dict) or not value["postgres"].get("url"):
+                raise ValueError("state.postgres needs a url")
+        return value
+
+    @field_validator("apps")
+    @classmethod
+    def _check_app_names(cls, value: dict[str, AppEntry]) -> dict[str, AppEntry]:
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(
+                    f'app name "{name}" must be lowercase letters, digits and "-" '
+                    "(it becomes a URL path)"
+                )
+            if name in {"queue", "-"}:
+                raise ValueError(f'app name "{name}" is reserved by the gateway')
+        return value
+
+
+@dataclass
+class Stack:
+    """A validated stack file and where it came from."""
+
+    model: StackModel
+    path: Path  # the stack file, absolute
+    lines: dict[Path_, int] = field(default_factory=dict)  # key path -> 1-based line
+
+    @property
+    def name(self) -> str:
+        return self.model.stack
+
+    @property
+    def base_dir(self) -> Path:
+        """Where app references are resolved, and where `.skyform/` lives."""
+        return self.path.parent
+
+    @property
+    def apps(self) -> dict[str, AppEntry]:
+        return self.model.apps
+
+    def where(self, *key: str | int) -> str:
+        """`file:line` of the deepest known part of `key`, for error messages."""
+        return f"{_display(self.path)}:{_line_of(self.lines, tuple(key))}"
+
+
+def load_stack(path: Path | str) -> Stack:
+    """Read, expand and validate a stack file. Errors name the file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StackFileError(
+            f"{_display(path)}: no such stack file (create one, or pass -f FILE)"
+        ) from None
+    except OSError as exc:
+        raise StackFileError(f"{_display(path)}: cannot read: {exc.strerror or exc}") from None
+    return parse_stack(text, path.resolve(), display=_display(path))
+
+
+def parse_stack(
+    text: str, path: Path, *, display: str | None = None, environ: dict[str, str] | None = None
+) -> Stack:
+    """Validate stack-file `text` as if read from `path`."""
+    shown = display or _display(path)
+    env = os.environ if environ is None else environ
+    try:
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise StackFileError(f"{shown}{line}: not valid YAML: {problem}") from None
+    if node is None:
+        raise StackFileError(f"{shown}: the stack file is empty (it needs at least `stack: NAME`)")
+    lines: dict[Path_, int] = {}
+    data = _to_python(node, (), lines, shown, env)
+    if not isinstance(data, dict):
+        raise StackFileError(
+            f"{shown}:{node.start_mark.line + 1}: the stack file must be a mapping"
+        )
+    try:
+        model = StackModel.model_validate(data)
+    except ValidationError as exc:
+        raise StackFileError(_describe(exc, shown, lines)) from None
+    except SkyformError as exc:  # raised inside a validator
+        raise StackFileError(f"{shown}: {exc}") from None
+    return Stack(model=model, path=path, lines=lines)
+
+
+def stack_json_schema() -> dict[str, Any]:
+    """The JSON Schema of `skyform.yaml`, for editors."""
+    schema = StackModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _to_python(node: yaml.Node, where: Path_, lines: dict[Path_, int], shown: str, env: Any) -> Any:
+    lines.setdefault(where, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise StackFileError(
+                    f"{shown}:{key_node.start_mark.line + 1}: merge keys (<<) are not supported"
+                )
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise StackFileError(
+                    f"{shown}:{key_node.start_mark.line + 1}: keys must be plain names"
+                )
+            key = key_node.value
+            child = (*where, str(key))
+            if str(key) in out:
+                raise StackFileError(
+                    f"{shown}:{key_node.start_mark.line + 1}: {_dotted(child)}: duplicate key"
+                )
+            lines[child] = key_node.start_mark.line + 1
+            out[str(key)] = _to_python(value_node, child, lines, shown, env)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_python(item, (*where, i), lines, shown, env) for i, item in enumerate(node.value)
+        ]
+    value = _scalar(node)
+    if isinstance(value, str) and "$" in value:
+        value = _expand(value, where, node.start_mark.line + 1, shown, env)
+    return value
+
+
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return _SCALAR_LOADER.construct_object(node, deep=True)
+
+
+def _expand(value: str, where: Path_, line: int, shown: str, env: Any) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        if not ENV_NAME_PATTERN.match(name):
+            raise StackFileError(
+                f"{shown}:{line}: {_dotted(where)}: ${{{name}}} is not a variable name"
+            )
+        if name not in env:
+            raise StackFileError(
+                f"{shown}:{line}: {_dotted(where)}: environment variable {name} is not set"
+            )
+        return env[name]
+
+    return _VAR.sub(replace, value)
+
+
+def _describe(exc: ValidationError, shown: str, lines: dict[Path_, int]) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = _data_loc(err["loc"])
+        line = _line_of(lines, loc)
+        key = _dotted(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            name = str(loc[-1])
+            hint = did_you_mean(name, known)
+            message = f'unknown key "{name}"{hint}; valid keys: {", ".join(known)}'
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "literal_error" and "input" in err:
+                message += f" (got {err['input']!r})"
+        messages.append(f"{shown}:{line}: {key}: {message}")
+    # One line per problem; the first is usually the one to fix.
+    seen: list[str] = []
+    for m in messages:
+        if m not in seen:
+            seen.append(m)
+    return (
+        seen[0]
+        if len(seen) == 1
+        else seen[0] + f" (and {len(seen) - 1} more: " + "; ".join(seen[1:]) + ")"
+    )
+
+
+def _data_loc(loc: tuple[Any, ...]) -> Path_:
+    """Drop pydantic's union-branch labels ('str', 'dict[...]', 'literal[...]') from a loc."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part.startswith(("literal[", "dict[", "list[", "function-")) or part in {"str", "int"}
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _known_keys(parent: Path_) -> list[str]:
+    if parent == ():
+        return list(StackModel.model_fields)
+    if parent == ("gateway",):
+        return list(GatewayConfig.model_fields)
+    if len(parent) == 2 and parent[0] == "apps":
+        return list(AppEntry.model_fields)
+    return []
+
+
+def _line_of(lines: dict[Path_, int], key: Path_) -> int:
+    for end in range(len(key), -1, -1):
+        if key[:end] in lines:
+            return lines[key[:end]]
+    return 1
+
+
+def _dotted(key: Path_) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("../..") else str(path)
