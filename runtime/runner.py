@@ -1,0 +1,360 @@
+"""`python -m skyform.runtime.runner --bundle PATH --port N [--host H]`: serve one App bundle.
+
+The runner's life (DESIGN §6, fal's readiness and liveness rules):
+
+1. Verify and open the bundle (key from `SKYFORM_BUNDLE_KEY`), bind the port.
+   Any problem: one line on stderr, exit 1, nothing served.
+2. Serve at once, `/health` answering 503 `{"status": "starting"}` while
+   `setup()` runs in a thread; 200 `{"status": "ready", "app", "revision"}`
+   after. `setup()` raising, or outliving `startup_timeout`: its traceback
+   is logged and the process exits 2, never having answered 200.
+3. Endpoints answer by the status rules (`runner_asgi`, `runner_endpoints`):
+   a 503 ends the runner (exit 3) right after the response is written,
+   a request past `request_timeout` gets 504 and ends it too (exit 4).
+4. SIGTERM or SIGINT: stop accepting, let requests in flight finish within
+   `--grace` seconds, run `teardown()`, exit 0.
+
+The runner exits through `os._exit` after flushing its logs: a stuck endpoint
+thread must not hold the process open, and an unhealthy runner must not wait
+for keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import uvicorn
+
+from skyform.app import App, app_endpoints
+from skyform.bundle import open_bundle, read_bundle_file
+from skyform.errors import SkyformError
+from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
+from skyform.runtime.runner_context import configure_logging, flush_logs
+from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
+from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
+
+log = logging.getLogger("skyform.runner")
+
+ENV_BUNDLE_KEY = "SKYFORM_BUNDLE_KEY"
+ENV_RUNNER_TOKEN = "SKYFORM_RUNNER_TOKEN"
+ENV_APP_NAME = "SKYFORM_APP_NAME"
+ENV_GRACE = "SKYFORM_RUNNER_GRACE"
+DEFAULT_GRACE = 30.0
+# Longest wait for an unhealthy runner's last response to leave its buffers.
+_FLUSH_WAIT = 0.5
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Everything the runner needs, read and checked before anything is served."""
+
+    meta: dict[str, Any]
+    cls: type[App]
+    host: str
+    port: int
+    grace: float
+    token: str | None
+    app_name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.meta.get("options", {})
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: exit 1 with one line on a bad start, else serve until told to stop."""
+    configure_logging()
+    try:
+        config = load_config(argv, os.environ)
+        sock = bind(config.host, config.port)
+    except SkyformError as exc:
+        print(f"skyform runner: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_START)
+    _run(Runner(config, sock).serve_then_exit())
+    raise AssertionError("unreachable: the runner leaves through os._exit")
+
+
+def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) -> RunnerConfig:
+    """Parse the command line and environment, verify and open the bundle."""
+    args = _parser().parse_args(argv)
+    key = env.get(ENV_BUNDLE_KEY, "")
+    if not key:
+        raise SkyformError(f"{ENV_BUNDLE_KEY} is not set; the runner cannot verify its bundle")
+    grace = args.grace if args.grace is not None else _env_float(env, ENV_GRACE, DEFAULT_GRACE)
+    if grace < 0:
+        raise SkyformError("--grace must not be negative")
+    if not 0 <= args.port <= 65535:
+        raise SkyformError(f"--port {args.port} is not a TCP port (0-65535)")
+    meta, cls = open_bundle(read_bundle_file(args.bundle), key)
+    app_endpoints(cls)  # an App without endpoints was never bundled; refuse anything odd
+    return RunnerConfig(
+        meta=meta,
+        cls=cls,
+        host=args.host,
+        port=args.port,
+        grace=grace,
+        token=env.get(ENV_RUNNER_TOKEN) or None,
+        app_name=env.get(ENV_APP_NAME) or str(meta.get("app") or cls.__name__),
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind and listen now, so a taken port is a one-line start error, not a crash later."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise SkyformError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SkyformError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class Runner:
+    """One App instance served by uvicorn, with the readiness and liveness rules."""
+
+    def __init__(self, config: RunnerConfig, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self._exit_code: int | None = None
+        self._failed: asyncio.Event | None = None
+
+    async def serve_then_exit(self) -> NoReturn:
+        """Serve, then leave through `os._exit`: stuck user threads must not keep the process."""
+        _exit(await self.serve())
+
+    async def serve(self) -> int:
+        """Serve until told to stop or until unhealthy; the process exit code."""
+        config, options = self.config, self.config.options
+        self._failed = asyncio.Event()
+        state = RunnerState(config.app_name, str(config.meta.get("revision", "")), self._fail)
+        instance = config.cls()
+        endpoints = app_endpoints(config.cls)
+        invoker = EndpointInvoker(
+            instance,
+            endpoints,
+            request_timeout=float(options.get("request_timeout", 120)),
+            max_threads=int(options.get("max_multiplexing", 1)),
+        )
+        api = build_api(config.cls, invoker, endpoints)
+        asgi = RunnerASGI(
+            api, state, RunnerMetrics(state), {ep.path for ep in endpoints}, config.token
+        )
+        server = _Server(
+            uvicorn.Config(
+                asgi,
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+                proxy_headers=False,
+                ws="none",
+                timeout_graceful_shutdown=config.grace,
+            )
+        )
+        self._install_signals(server, state)
+        host, port = self.sock.getsockname()[:2]
+        log.info(
+            "serving %s (revision %s) on http://%s:%s",
+            config.app_name,
+            state.revision[:12],
+            host,
+            port,
+        )
+        serving = asyncio.ensure_future(server.serve(sockets=[self.sock]))
+        failed = asyncio.ensure_future(self._failed.wait())
+
+        if _overrides(config.cls, "setup"):
+            code = await self._setup(instance, float(options.get("startup_timeout", 600)), serving)
+            if code is not None:
+                return code
+        state.mark_ready()
+        if state.phase is Phase.READY:
+            log.info("ready")
+
+        await asyncio.wait({serving, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if self._exit_code is not None:
+            await _let_responses_leave(server)
+            return self._exit_code
+        serving.result()  # re-raise if uvicorn itself failed
+        if not _overrides(config.cls, "teardown"):
+            return 0
+        return await self._teardown(instance)
+
+    async def _setup(
+        self, instance: App, timeout: float, serving: asyncio.Future[None]
+    ) -> int | None:
+        """Run setup() with its time limit; None when ready, else the exit code."""
+        log.info("running setup() (startup_timeout %gs)", timeout)
+        started = time.monotonic()
+        setup = asyncio.ensure_future(_call(instance.setup))
+        done, _ = await asyncio.wait(
+            {setup, serving}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if setup in done:
+            exc = setup.exception()
+            if exc is None:
+                log.info("setup() finished in %.2fs", time.monotonic() - started)
+                return None
+            log.error("setup() failed; this runner never becomes ready\n%s", user_traceback(exc))
+            return EXIT_SETUP_FAILED
+        if serving in done:
+            log.info("stopped while setup() was running; teardown() skipped")
+            return 0
+        log.error(
+            "setup() did not finish within startup_timeout (%gs); this runner never becomes ready",
+            timeout,
+        )
+        return EXIT_SETUP_FAILED
+
+    async def _teardown(self, instance: App) -> int:
+        log.info("running teardown()")
+        try:
+            await asyncio.wait_for(_call(instance.teardown), timeout=max(self.config.grace, 1.0))
+        except TimeoutError:
+            log.error("teardown() did not finish within %gs", max(self.config.grace, 1.0))
+            return 1
+        except Exception as exc:
+            log.error("teardown() failed\n%s", user_traceback(exc))
+            return 1
+        log.info("teardown() finished; exiting")
+        return 0
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.error("runner is unhealthy: %s; exiting with code %d", reason, code)
+        self._exit_code = code
+        assert self._failed is not None
+        self._failed.set()
+
+    def _install_signals(self, server: _Server, state: RunnerState) -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+                return
+            log.info(
+                "%s: draining (in-flight requests get up to %gs), then teardown()",
+                sig.name,
+                self.config.grace,
+            )
+            state.drain()
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal capture: the runner handles signals itself.
+
+    (uvicorn re-raises a captured SIGTERM after shutdown, which would end the
+    process by the signal instead of with exit code 0.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _call(func: Any) -> Any:
+    """Call a user hook: coroutine functions on the loop, plain ones in a thread."""
+    if inspect.iscoroutinefunction(func):
+        return await func()
+    return await asyncio.to_thread(func)
+
+
+async def _let_responses_leave(server: _Server) -> None:
+    """Wait (briefly) until every connection's write buffer is empty."""
+    deadline = time.monotonic() + _FLUSH_WAIT
+    await asyncio.sleep(0)
+    while time.monotonic() < deadline:
+        pending = 0
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                pending += transport.get_write_buffer_size()
+        if not pending:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _overrides(cls: type[App], name: str) -> bool:
+    return getattr(cls, name) is not getattr(App, name)
+
+
+def _run(coro: Any) -> Any:
+    """Run the server on uvloop when it is installed (it is faster), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _exit(code: int) -> NoReturn:
+    flush_logs()
+    os._exit(code)
+
+
+def _env_float(env: Any, name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SkyformError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise SkyformError(f"{name} must not be negative")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="python -m skyform.runtime.runner",
+        description="Serve one skyform App bundle over HTTP.",
+    )
+    parser.add_argument("--bundle", required=True, type=Path, help="the signed bundle file")
+    parser.add_argument("--port", required=True, type=int, help="TCP port to listen on")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help=f"seconds in-flight requests get after SIGTERM (${ENV_GRACE}, default {DEFAULT_GRACE:g})",
+    )
+    return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a SkyformError (one line, exit 1)."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        raise SkyformError(f"{message} (usage: {usage})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Readiness: /health while setup() runs, after it, and when it fails or overruns."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from runner_helpers import RunnerProcess, runner_env, running, wait_for_file
+
+pytestmark = pytest.mark.slow
+
+
+def _statuses_until_exit(runner: RunnerProcess, limit: float = 30) -> list[int]:
+    """Every /health status seen (and one endpoint call per round) until the process ends."""
+    seen: list[int] = []
+    deadline = time.monotonic() + limit
+    while runner.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            seen.append(runner.health().status_code)
+            seen.append(httpx.post(f"{runner.url}/", json={"x": 1}, timeout=5).status_code)
+        time.sleep(0.02)
+    return seen
+
+
+def test_health_is_503_starting_during_setup_then_200_ready(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    env = runner_env(tmp_path, PROBE_SETUP="gate")
+    with running(bundles["probe"], tmp_path, env=env) as runner:
+        wait_for_file(tmp_path / "setup-started", runner)
+        for _ in range(200):
+            with contextlib.suppress(httpx.TransportError):
+                starting = runner.health()
+                break
+            time.sleep(0.05)
+        assert starting.status_code == 503
+        assert starting.json() == {"status": "starting"}
+        early = httpx.post(f"{runner.url}/", json={"x": 1}, timeout=5)
+        assert early.status_code == 503
+        assert early.json()["error_type"] == "runner_not_ready"
+        assert runner.proc.poll() is None  # a call before ready does not end the runner
+
+        (tmp_path / "setup-gate").write_text("go")
+        runner.wait_ready()
+        ready = runner.health().json()
+        assert ready["status"] == "ready" and ready["app"] == "Probe" and ready["revision"]
+        assert httpx.post(f"{runner.url}/", json={"x": 4}, timeout=5).json() == {"y": 8}
+
+
+def test_without_setup_ready_as_soon_as_up(bundles: dict[str, Path], tmp_path: Path) -> None:
+    with running(bundles["nosetup"], tmp_path) as runner:
+        runner.wait_ready()
+        assert runner.health().json()["app"] == "NoSetup"
+        assert httpx.post(f"{runner.url}/", timeout=5).json() == {"hello": "world"}
+        assert "running setup()" not in runner.log()
+
+
+def test_app_name_comes_from_the_environment(bundles: dict[str, Path], tmp_path: Path) -> None:
+    env = runner_env(tmp_path, SKYFORM_APP_NAME="hello-app")
+    with running(bundles["nosetup"], tmp_path, env=env) as runner:
+        runner.wait_ready()
+        assert runner.health().json()["app"] == "hello-app"
+
+
+def test_setup_raising_exits_nonzero_with_traceback_never_ready(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    env = runner_env(tmp_path, PROBE_SETUP="raise")
+    with running(bundles["probe"], tmp_path, env=env) as runner:
+        seen = _statuses_until_exit(runner)
+        code = runner.wait_exit()
+        log = runner.log()
+    assert code == 2
+    assert 200 not in seen
+    assert "Traceback (most recent call last)" in log
+    assert "ValueError: setup exploded on purpose" in log
+    assert "in setup" in log
+
+
+def test_setup_past_startup_timeout_exits_nonzero_never_ready(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    env = runner_env(tmp_path, PROBE_SETUP="gate")  # the gate never opens
+    with running(bundles["short-startup"], tmp_path, env=env) as runner:
+        seen = _statuses_until_exit(runner)
+        code = runner.wait_exit()
+        log = runner.log()
+    assert code == 2
+    assert 200 not in seen
+    assert "startup_timeout (1s)" in log
