@@ -1,0 +1,356 @@
+"""The `local` provider: runners and the gateway as processes on this machine.
+
+Runners are children of the gateway, bound to 127.0.0.1 on a free port, each
+with its own log file `<runtime_dir>/runners/<runner_id>.log`. They are started
+with `PR_SET_PDEATHSIG`, so the kernel stops them when the gateway dies, even
+by SIGKILL: a crashed gateway leaves no runner behind.
+
+`PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not
+the process. The gateway calls `start_runner` from worker threads, so every
+fork happens on one spawner thread that lives as long as the process.
+
+The gateway itself runs detached (its own session), logs to
+`<state_dir>/gateway.log` and records its pid in `<state_dir>/gateway.pid`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from skyform.errors import SkyformError
+from skyform.providers.base import (
+    GatewayHandle,
+    GatewaySpec,
+    Price,
+    RunnerHandle,
+    RunnerSpec,
+)
+
+_PR_SET_PDEATHSIG = 1
+# Never handed to a runner: user code has no business with the gateway's own keys.
+_GATEWAY_ONLY_ENV = ("SKYFORM_ADMIN_TOKEN", "SKYFORM_API_KEY")
+GATEWAY_START_TIMEOUT = 60.0
+
+
+def runner_python(spec: RunnerSpec) -> str:
+    """The Python interpreter a runner of `spec` runs with.
+
+    Today: this interpreter (the app runs in skyform's own environment). This
+    is the one place where a per-app virtual environment gets built.
+    """
+    return sys.executable
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class _Spawner:
+    """One long-lived thread that forks every runner (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="skyform-spawner", daemon=True)
+        self._thread.start()
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        if threading.current_thread() is self._thread:
+            return job()
+        future: Future[Any] = Future()
+        self._jobs.put((job, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _get_spawner() -> _Spawner:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        return _spawner
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask the kernel to SIGTERM this child when its parent thread dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class LocalProvider:
+    """Runners as subprocesses of the calling process; the gateway as a daemon."""
+
+    name = "local"
+
+    def __init__(self, stack: str, runtime_dir: Path, **options: Any) -> None:
+        if options:
+            raise SkyformError(
+                f"the local provider takes no options, got: {', '.join(sorted(options))}"
+            )
+        self.stack = stack
+        self.runtime_dir = Path(runtime_dir)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._handles: dict[str, RunnerHandle] = {}
+        self._lock = threading.Lock()
+
+    # --- runners ----------------------------------------------------------
+
+    def start_runner(self, spec: RunnerSpec) -> RunnerHandle:
+        runner_id = spec.runner_id or f"{spec.app}-{secrets.token_hex(4)}"
+        python = runner_python(spec)
+        logs = self.runtime_dir / "runners"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{runner_id}.log"
+        env = {k: v for k, v in os.environ.items() if k not in _GATEWAY_ONLY_ENV}
+        env.update(spec.env)
+        env.setdefault("SKYFORM_APP_NAME", spec.app)
+        env["PYTHONUNBUFFERED"] = "1"
+        host = "127.0.0.1"
+        port = free_port(host)
+        cmd = [
+            python,
+            "-m",
+            "skyform.runtime.runner",
+            "--bundle",
+            str(spec.bundle_path),
+            "--port",
+            str(port),
+            "--host",
+            host,
+        ]
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with open(log_path, "ab") as log:
+                return subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=str(self.runtime_dir),
+                    # Its own session: a Ctrl-C meant for the gateway does not
+                    # reach the runner; the gateway stops it (drain, teardown).
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+
+        proc = _get_spawner().run(spawn)
+        handle = RunnerHandle(
+            runner_id=runner_id,
+            app=spec.app,
+            revision=spec.revision,
+            url=f"http://{host}:{port}",
+            provider=self.name,
+            info={"pid": proc.pid, "log": str(log_path), "host": host, "port": port},
+        )
+        with self._lock:
+            self._procs[runner_id] = proc
+            self._handles[runner_id] = handle
+        return handle
+
+    def runner_alive(self, handle: RunnerHandle) -> bool:
+        proc = self._procs.get(handle.runner_id)
+        if proc is not None:
+            return proc.poll() is None
+        return _pid_alive(_int(handle.info.get("pid")))
+
+    def runner_exit_code(self, handle: RunnerHandle) -> int | None:
+        """The runner's exit status once it has exited (None while it runs)."""
+        proc = self._procs.get(handle.runner_id)
+        return proc.poll() if proc is not None else None
+
+    def stop_runner(self, handle: RunnerHandle, grace: float = 10.0) -> None:
+        """SIGTERM (the runner drains and runs teardown), SIGKILL after `grace` seconds."""
+        with self._lock:
+            proc = self._procs.pop(handle.runner_id, None)
+            self._handles.pop(handle.runner_id, None)
+        if proc is None:
+            _terminate_pid(_int(handle.info.get("pid")), grace)
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+
+    def list_runners(self, stack: str) -> list[RunnerHandle]:
+        if stack != self.stack:
+            return []
+        with self._lock:
+            return [h for rid, h in self._handles.items() if self._procs[rid].poll() is None]
+
+    def runner_log(self, handle: RunnerHandle) -> Path | None:
+        log = handle.info.get("log")
+        return Path(str(log)) if log else None
+
+    # --- the gateway ------------------------------------------------------
+
+    def start_gateway(self, spec: GatewaySpec) -> GatewayHandle:
+        """Start the gateway detached; return once `GET /-/health` answers."""
+        state_dir = Path(spec.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = state_dir / "gateway.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        env = dict(os.environ)
+        env.update(spec.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [
+            sys.executable,
+            "-m",
+            "skyform.runtime.gateway",
+            "--port",
+            str(spec.port),
+            "--state-dir",
+            str(state_dir),
+            "--stack",
+            spec.stack,
+        ]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        (state_dir / "gateway.pid").write_text(f"{proc.pid}\n")
+        url = f"http://127.0.0.1:{spec.port}"
+        handle = GatewayHandle(
+            stack=spec.stack,
+            url=url,
+            provider=self.name,
+            info={"pid": proc.pid, "log": str(log_path), "state_dir": str(state_dir)},
+        )
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SkyformError(
+                    f"gateway exited with status {proc.returncode} while starting: "
+                    f"{_failure_line(log_path, log_start)} (log: {log_path})"
+                )
+            if _health_answers(url):
+                return handle
+            time.sleep(0.1)
+        self.stop_gateway(handle, grace=2.0)
+        raise SkyformError(
+            f"gateway did not answer on {url} within {GATEWAY_START_TIMEOUT:.0f}s (log: {log_path})"
+        )
+
+    def gateway_alive(self, handle: GatewayHandle) -> bool:
+        return _pid_alive(_int(handle.info.get("pid"))) and _health_answers(handle.url)
+
+    def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None:
+        """SIGTERM the gateway (it stops its runners and persists its queue), SIGKILL later."""
+        _terminate_pid(_int(handle.info.get("pid")), grace)
+        state_dir = handle.info.get("state_dir")
+        if state_dir:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(str(state_dir)) / "gateway.pid").unlink()
+
+    def price(self, machine_type: str) -> Price | None:
+        return None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """True when `pid` runs and is not a zombie (reaping it if it is our zombie child)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def _terminate_pid(pid: int | None, grace: float) -> None:
+    if not _pid_alive(pid):
+        return
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _health_answers(url: str) -> bool:
+    """The gateway answers `/-/health` (200, or 401 without the admin token: it is up)."""
+    try:
+        with urllib.request.urlopen(f"{url}/-/health", timeout=1.0) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code in (200, 401)
+    except (OSError, ValueError):
+        return False
+
+
+def _failure_line(path: Path, start: int) -> str:
+    """The line of a log (from byte `start` on) that best says why a start failed."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [""])[-1]
+
+
+def read_gateway_pid(state_dir: Path) -> int | None:
+    """The pid `start_gateway` recorded for the gateway of `state_dir`, if it still runs."""
+    try:
+        pid = int((Path(state_dir) / "gateway.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None

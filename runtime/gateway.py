@@ -1,0 +1,613 @@
+"""The gateway: a stack's front door (`python -m skyform.runtime.gateway`).
+
+    python -m skyform.runtime.gateway --port N --state-dir DIR [--host H] [--stack NAME]
+
+Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
+private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners).
+The provider comes from `<state-dir>/provider.json` (absent: local).
+
+Routes (DESIGN §7):
+    POST /{app}/{path}                         synchronous call
+    POST /queue/{app}/{path}                   202 {request_id, status_url, response_url, cancel_url}
+    GET  /queue/{app}/requests/{id}/status     IN_QUEUE (queue_position) / IN_PROGRESS / COMPLETED
+    GET  /queue/{app}/requests/{id}            the result once COMPLETED
+    PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
+    GET  /{app}/playground                     a page to try each endpoint
+    /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+
+A plain ASGI callable rather than a framework: the proxy path is the hot path
+and every microsecond there shows in added latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from skyform.errors import SkyformError
+from skyform.runtime.gateway_metrics import GatewayMetrics
+from skyform.runtime.gateway_scheduler import (
+    APP_NAME_RE,
+    MAX_ATTEMPTS,
+    RESERVED_NAMES,
+    AppState,
+    RequestNotCancellable,
+    Scheduler,
+)
+from skyform.runtime.queue_store import QueueStore, StoredRequest
+from skyform.suggest import did_you_mean
+
+log = logging.getLogger("skyform.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_HTML = b"text/html; charset=utf-8"
+NO_RETRY_HEADER = b"x-skyform-no-retry"
+MAX_BODY = 64 * 1024 * 1024
+
+
+class HTTPError(Exception):
+    def __init__(
+        self, status: int, detail: str, error_type: str = "", extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.error_type = error_type
+        self.extra = extra or {}
+
+
+class Gateway:
+    """The ASGI application; owns the store, the scheduler and the metrics."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        stack: str,
+        provider: Any,
+        admin_token: str,
+        api_key: str,
+        bundle_key: str,
+        runner_token: str,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.stack = stack
+        self.admin_token = admin_token.encode()
+        self.api_key = api_key
+        self.bundle_key = bundle_key
+        self.metrics = GatewayMetrics()
+        self.store = QueueStore(self.state_dir / "gateway.sqlite3")
+        runner_env = {"SKYFORM_BUNDLE_KEY": bundle_key, "SKYFORM_RUNNER_TOKEN": runner_token}
+        self.scheduler = Scheduler(
+            store=self.store,
+            provider=provider,
+            metrics=self.metrics,
+            stack=stack,
+            state_dir=self.state_dir,
+            runner_env={k: v for k, v in runner_env.items() if v},
+            runner_token=runner_token,
+        )
+        self.accepting = True
+
+    # --- ASGI ---------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except HTTPError as exc:
+            body = {"detail": exc.detail, **exc.extra}
+            if exc.error_type:
+                body["error_type"] = exc.error_type
+            headers = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
+            await _send(send, exc.status, _dump(body), _JSON, headers)
+        except Exception:
+            log.exception("error while serving %s %s", scope["method"], scope["path"])
+            body = {
+                "detail": "internal gateway error (see the gateway log)",
+                "error_type": "internal_error",
+            }
+            await _send(send, 500, _dump(body))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.scheduler.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.accepting = False
+                await self.scheduler.close()
+                self.store.close()
+                log.info("gateway stopped; unfinished requests stay queued for the next start")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/-/"):
+            await self._admin(scope, receive, send, path[3:], method)
+            return
+        if not self.accepting:
+            raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+        if path.startswith("/queue/"):
+            await self._queue(scope, receive, send, path[7:], method)
+            return
+        name, _, rest = path[1:].partition("/")
+        app = self._app(name)
+        rest = "/" + rest.strip("/")
+        if rest == "/playground" and method == "GET" and app.endpoint_method(rest) is None:
+            await self._playground(send, app)
+            return
+        if rest == "/openapi.json" and method == "GET" and app.endpoint_method(rest) is None:
+            self._check_caller(scope, app)
+            await _send(send, 200, _dump(app.meta.get("openapi", {})), _JSON)
+            return
+        self._check_caller(scope, app)
+        await self._sync_call(scope, receive, send, app, rest, method)
+
+    # --- public routes ------------------------------------------------------
+
+    async def _sync_call(
+        self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
+    ) -> None:
+        ep_method = self._endpoint(app, path, method)
+        body = await _read_body(receive)
+        req = self.scheduler.submit(
+            app,
+            _with_query(path, scope),
+            ep_method,
+            body,
+            _header(scope, b"content-type") or "application/json",
+            no_retry=_header(scope, NO_RETRY_HEADER) == "1",
+            persist=False,
+        )
+        bound = app.limits.request_timeout * MAX_ATTEMPTS + app.limits.startup_timeout
+        try:
+            async with asyncio.timeout(bound):
+                await req.done.wait()
+        except TimeoutError:
+            self.scheduler.forget(req)
+        if req.status != "COMPLETED":
+            raise HTTPError(
+                504,
+                f"no answer within {bound:g}s; the request is still running",
+                "timeout",
+                extra={"request_id": req.id},
+            )
+        await self._send_result(send, req)
+
+    async def _queue(
+        self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
+    ) -> None:
+        name, _, tail = rest.partition("/")
+        app = self._app(name)
+        self._check_caller(scope, app)
+        parts = tail.strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == "requests" and len(parts) <= 3:
+            request_id = parts[1]
+            action = parts[2] if len(parts) == 3 else ""
+            if action == "" and method == "GET":
+                await self._result(send, scope, app, request_id)
+                return
+            if action == "status" and method == "GET":
+                await _send(send, 200, _dump(self._status(scope, self._request(app, request_id))))
+                return
+            if action == "cancel" and method in ("PUT", "POST"):
+                await self._cancel(send, app, request_id)
+                return
+        path = "/" + tail.strip("/")
+        ep_method = self._endpoint(app, path, "POST" if method == "POST" else method, queue=True)
+        body = await _read_body(receive)
+        req = self.scheduler.submit(
+            app,
+            _with_query(path, scope),
+            ep_method,
+            body,
+            _header(scope, b"content-type") or "application/json",
+            no_retry=_header(scope, NO_RETRY_HEADER) == "1",
+            persist=True,
+        )
+        await _send(send, 202, _dump(self._urls(scope, app.name, req.id)))
+
+    async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
+        req = self._request(app, request_id)
+        if req.status != "COMPLETED":
+            await _send(send, 202, _dump(self._status(scope, req)))
+            return
+        await self._send_result(send, req)
+
+    async def _cancel(self, send: Send, app: AppState, request_id: str) -> None:
+        self._request(app, request_id)
+        try:
+            self.scheduler.cancel(request_id)
+        except RequestNotCancellable as exc:
+            status = "ALREADY_COMPLETED" if str(exc) == "COMPLETED" else str(exc)
+            raise HTTPError(
+                400,
+                f"request {request_id} is {str(exc).lower()}; only queued ones can be cancelled",
+                extra={"status": status},
+            ) from None
+        await _send(
+            send, 202, _dump({"status": "CANCELLATION_REQUESTED", "request_id": request_id})
+        )
+
+    async def _send_result(self, send: Send, req: StoredRequest) -> None:
+        headers = [(b"x-skyform-request-id", req.id.encode())]
+        content_type = (req.result_type or "application/json").encode()
+        await _send(send, req.result_status or 200, req.result_body or b"", content_type, headers)
+
+    def _status(self, scope: Scope, req: StoredRequest) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": req.status, "request_id": req.id}
+        if req.status == "IN_QUEUE":
+            position = self.scheduler.queue_position(req)
+            out["queue_position"] = position if position is not None else 0
+        out.update(self._urls(scope, req.app, req.id))
+        out["attempts"] = req.attempts
+        if req.status == "COMPLETED":
+            out["response_status"] = req.result_status
+            if req.error_type:
+                out["error"] = req.error
+                out["error_type"] = req.error_type
+            if req.started is not None and req.completed is not None:
+                out["metrics"] = {
+                    "queue_seconds": round(req.started - req.created, 6),
+                    "run_seconds": round(req.completed - req.started, 6),
+                }
+        return out
+
+    def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
+        base = f"{_base_url(scope)}/queue/{app}/requests/{request_id}"
+        return {
+            "request_id": request_id,
+            "status_url": f"{base}/status",
+            "response_url": base,
+            "cancel_url": f"{base}/cancel",
+        }
+
+    async def _playground(self, send: Send, app: AppState) -> None:
+        from skyform.runtime.playground import render_playground
+
+        page = render_playground(app.name, app.auth, app.meta.get("openapi", {}))
+        await _send(send, 200, page.encode(), _HTML)
+
+    # --- admin API ----------------------------------------------------------
+
+    async def _admin(
+        self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
+    ) -> None:
+        given = _header(scope, b"authorization") or ""
+        if not hmac.compare_digest(given.encode(), b"Bearer " + self.admin_token):
+            raise HTTPError(401, "admin API: missing or wrong bearer token", "unauthorized")
+        parts = rest.strip("/").split("/")
+        if rest == "health" and method == "GET":
+            from skyform import __version__
+
+            body = {"status": "ok", "stack": self.stack, "version": __version__, "pid": os.getpid()}
+            await _send(send, 200, _dump(body))
+        elif rest == "metrics" and method == "GET":
+            s = self.scheduler
+            text = self.metrics.render(
+                {a.name: len(a.pending) for a in s.apps.values()},
+                {a.name: a.in_progress() for a in s.apps.values()},
+                s.runner_counts(),
+            )
+            await _send(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        elif rest == "runners" and method == "GET":
+            runners = [r.describe() for r in self.scheduler.all_runners()]
+            await _send(send, 200, _dump({"runners": runners}))
+        elif rest == "apps" and method == "GET":
+            apps = [a.describe() for a in self.scheduler.apps.values()]
+            await _send(send, 200, _dump({"apps": apps}))
+        elif len(parts) == 2 and parts[0] == "apps":
+            await self._admin_app(receive, send, parts[1], method)
+        elif len(parts) == 3 and parts[0] == "apps" and parts[2] == "logs" and method == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode())
+            try:
+                tail = int(query.get("tail", ["200"])[0])
+            except ValueError:
+                raise HTTPError(400, "tail must be an integer") from None
+            text = self._logs(self._app(parts[1]), max(tail, 0))
+            await _send(send, 200, text.encode(), _TEXT)
+        else:
+            raise HTTPError(404, f"no admin route {method} /-/{rest}")
+
+    async def _admin_app(self, receive: Receive, send: Send, name: str, method: str) -> None:
+        if method == "GET":
+            await _send(send, 200, _dump(self._app(name).describe()))
+        elif method == "PUT":
+            if not self.accepting:
+                raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+            app = self._register(name, await _read_body(receive))
+            body = {"name": app.name, "revision": app.revision, "fingerprint": app.fingerprint}
+            await _send(send, 200, _dump(body))
+        elif method == "DELETE":
+            if not self.scheduler.remove(name):
+                self._app(name)  # raises a 404 that names the known apps
+            await _send(send, 200, _dump({"name": name, "removed": True}))
+        else:
+            raise HTTPError(405, f"{method} is not allowed on /-/apps/{name}")
+
+    def _register(self, name: str, raw: bytes) -> AppState:
+        from skyform.bundle import read_bundle_meta
+
+        if not APP_NAME_RE.match(name) or name in RESERVED_NAMES:
+            raise HTTPError(
+                400,
+                f"invalid app name {name!r}: use lower-case letters, digits, '-' and '_' "
+                f"(not {', '.join(sorted(RESERVED_NAMES))})",
+            )
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "request body must be JSON") from None
+        if not isinstance(payload, dict):
+            raise HTTPError(400, "request body must be a JSON object")
+        unknown = set(payload) - {"bundle_b64", "auth", "env"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise HTTPError(
+                400,
+                f"unknown field {key!r}{did_you_mean(key, ['bundle_b64', 'auth', 'env'])}",
+            )
+        bundle_b64 = payload.get("bundle_b64")
+        if not isinstance(bundle_b64, str) or not bundle_b64:
+            raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
+        try:
+            data = base64.b64decode(bundle_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPError(400, "bundle_b64 is not valid base64") from None
+        try:
+            meta = read_bundle_meta(data, self.bundle_key)
+        except SkyformError as exc:
+            raise HTTPError(400, f"bundle refused: {exc}", "bundle_refused") from None
+        auth = payload.get("auth") or meta.get("options", {}).get("auth") or "private"
+        if auth not in ("private", "public"):
+            raise HTTPError(400, f'auth must be "private" or "public", got {auth!r}')
+        env = payload.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise HTTPError(400, "env must be an object of string to string")
+        return self.scheduler.register(name, data, meta, auth, env)
+
+    def _logs(self, app: AppState, tail: int) -> str:
+        chunks = []
+        for runner in [*app.retired, *app.runners.values()]:
+            log_path = runner.handle.info.get("log") if runner.handle else None
+            header = f"==> runner {runner.id} ({runner.state}, revision {runner.revision[:12]}) <=="
+            lines: list[str] = []
+            if log_path:
+                try:
+                    lines = Path(str(log_path)).read_text(errors="replace").splitlines()
+                except OSError:
+                    lines = []
+            if runner.error:
+                lines.append(f"[gateway] {runner.error}")
+            chunks.append("\n".join([header, *(lines[-tail:] if tail else [])]))
+        return "\n".join(chunks) + ("\n" if chunks else "")
+
+    # --- helpers ------------------------------------------------------------
+
+    def _app(self, name: str) -> AppState:
+        app = self.scheduler.apps.get(name)
+        if app is None:
+            known = list(self.scheduler.apps)
+            raise HTTPError(
+                404,
+                f"no app named {name!r}{did_you_mean(name, known)}"
+                + (f"; apps: {', '.join(sorted(known))}" if known else "; no app is registered"),
+                "app_not_found",
+            )
+        return app
+
+    def _request(self, app: AppState, request_id: str) -> StoredRequest:
+        req = self.scheduler.find(request_id)
+        if req is None or req.app != app.name:
+            raise HTTPError(
+                404, f"no request {request_id} for app {app.name!r}", "request_not_found"
+            )
+        return req
+
+    def _endpoint(self, app: AppState, path: str, method: str, queue: bool = False) -> str:
+        ep_method = app.endpoint_method(path)
+        if ep_method is None:
+            paths = ", ".join(e["path"] for e in app.meta.get("endpoints", []))
+            raise HTTPError(
+                404,
+                f"app {app.name!r} has no endpoint {path}; endpoints: {paths}",
+                "endpoint_not_found",
+            )
+        if not queue and method != ep_method:
+            raise HTTPError(405, f"{path} of {app.name!r} takes {ep_method}, not {method}")
+        if queue and method not in ("POST", ep_method):
+            raise HTTPError(405, f"queue submissions are POST, not {method}")
+        return ep_method
+
+    def _check_caller(self, scope: Scope, app: AppState) -> None:
+        if app.auth == "public":
+            return
+        given = _header(scope, b"authorization") or ""
+        scheme, _, key = given.partition(" ")
+        ok = (
+            bool(self.api_key)
+            and scheme.lower() in ("bearer", "key")
+            and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
+        )
+        if not ok:
+            raise HTTPError(
+                401,
+                f"app {app.name!r} is private: send Authorization: Bearer <API key>",
+                "unauthorized",
+            )
+
+
+# --- ASGI helpers -------------------------------------------------------------
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPError(413, f"request body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = _JSON,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _with_query(path: str, scope: Scope) -> str:
+    query = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _base_url(scope: Scope) -> str:
+    host = _header(scope, b"host")
+    if not host:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+# --- process ------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m skyform.runtime.gateway", description="Run a stack's gateway."
+    )
+    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--stack", default="default", help="the stack's name")
+    return parser
+
+
+def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
+    """The gateway for `args` (see `_parser`), its provider and keys from `environ`."""
+    from skyform.providers import create_provider
+
+    state_dir: Path = args.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config: Any = "local"
+    provider_file = state_dir / "provider.json"
+    if provider_file.exists():
+        try:
+            config = json.loads(provider_file.read_text())
+        except ValueError as exc:
+            raise SkyformError(f"{provider_file} is not valid JSON: {exc}") from None
+    provider = create_provider(config, stack=args.stack, runtime_dir=state_dir)
+    admin_token = environ.get("SKYFORM_ADMIN_TOKEN") or _stored_admin_token(state_dir)
+    if not environ.get("SKYFORM_BUNDLE_KEY"):
+        log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
+    if not environ.get("SKYFORM_API_KEY"):
+        log.warning("SKYFORM_API_KEY is not set: private apps refuse every caller")
+    return Gateway(
+        state_dir=state_dir,
+        stack=args.stack,
+        provider=provider,
+        admin_token=admin_token,
+        api_key=environ.get("SKYFORM_API_KEY", ""),
+        bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
+        runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
+    )
+
+
+def _stored_admin_token(state_dir: Path) -> str:
+    """Without SKYFORM_ADMIN_TOKEN, a token generated once into `<state-dir>/admin-token` (0600)."""
+    path = state_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.warning("SKYFORM_ADMIN_TOKEN is not set: generated one into %s", path)
+    return token
+
+
+def main(argv: list[str] | None = None) -> int:
+    from skyform.runtime.gateway_server import make_server
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    args = _parser().parse_args(argv)
+    try:
+        gateway = build_gateway(args, dict(os.environ))
+    except SkyformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    server = make_server(gateway, args.host, args.port)
+    started = time.monotonic()
+    log.info("gateway for stack %s on http://%s:%d", args.stack, args.host, args.port)
+    server.run()
+    if not server.started:
+        print(f"error: the gateway could not start on {args.host}:{args.port}", file=sys.stderr)
+        return 1
+    log.info("gateway exits after %.1fs", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

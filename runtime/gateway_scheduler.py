@@ -1,0 +1,887 @@
+"""The gateway's scheduler: which runner serves which request, and when runners come and go.
+
+Everything here runs on the gateway's event loop; state changes happen between
+awaits, so no locks are needed. Provider calls (which may block: building an
+environment, launching a cluster, waiting for a process) run in threads.
+
+Rules (DESIGN §7):
+- A request waits in its app's FIFO until a ready runner of the app's current
+  generation (revision + env) has a free slot (`max_multiplexing`).
+- Runners start while queued work exceeds the capacity of runners already
+  starting, up to `max_runners`; never fewer than `min_runners`.
+- 503 -> the runner is ending itself; retry elsewhere. 504 -> retry, runner
+  kept. Connection refused / dropped -> runner lost; retry. Everything else is
+  the answer. At most `MAX_ATTEMPTS` attempts; `x-skyform-no-retry: 1` = one.
+- A runner that fails to start is replaced after an exponential backoff; after
+  `START_FAILURE_LIMIT` failures in a row (or one environment build failure,
+  which would fail the same way again) the waiting requests fail with the
+  reason instead of waiting forever.
+- New generation: new runners start first; old ones keep serving until one
+  new runner is ready, then drain (finish in-flight work) and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skyform.errors import SkyformError
+from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
+from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
+from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
+from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
+
+log = logging.getLogger("skyform.gateway")
+
+MAX_ATTEMPTS = 10
+START_FAILURE_LIMIT = 3
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+HEALTH_POLL_S = 0.05
+REAP_INTERVAL_S = 0.2
+STOP_GRACE_S = 10.0
+RETIRED_KEPT = 20
+# Results of completed queue requests are kept this long (seconds), then pruned.
+RESULT_TTL_S = float(os.environ.get("SKYFORM_RESULT_TTL_S", 7 * 24 * 3600))
+PRUNE_INTERVAL_S = 300.0
+PROVIDER_THREADS = 64
+REQUEST_ID_HEADER = "x-skyform-request-id"
+ERROR_TYPE_HEADER = "x-skyform-error-type"
+TIMEOUT_MARGIN_S = 5.0
+
+# The HTTP status a caller sees for a request the gateway itself failed.
+ERROR_STATUS = {
+    "runner_unavailable": 503,
+    "max_attempts_exceeded": 503,
+    "startup_failed": 503,
+    "environment_build_failed": 503,
+    "timeout": 504,
+    "cancelled": 409,
+    "app_removed": 410,
+}
+
+APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+RESERVED_NAMES = {"queue", "-", "playground"}
+
+ACTIVE = ("building", "starting", "ready")
+
+
+class RequestNotCancellable(SkyformError):
+    """The request is already running or finished."""
+
+
+@dataclass(eq=False)
+class LiveRequest(StoredRequest):
+    """A request the gateway is working on (queued, running or just finished)."""
+
+    persist: bool = True  # queue requests are stored; synchronous ones live in memory
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_answer: str = ""
+
+
+@dataclass(eq=False)
+class Runner:
+    id: str
+    app: str
+    revision: str
+    generation: str
+    state: str
+    started: float
+    handle: RunnerHandle | None = None
+    client: RunnerClient | None = None
+    in_flight: int = 0
+    idle_since: float = 0.0
+    error: str | None = None
+    served: int = 0
+
+    @property
+    def url(self) -> str | None:
+        return self.handle.url if self.handle else None
+
+    @property
+    def pid(self) -> int | None:
+        pid = self.handle.info.get("pid") if self.handle else None
+        return pid if isinstance(pid, int) else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "app": self.app,
+            "state": self.state,
+            "revision": self.revision,
+            "url": self.url,
+            "pid": self.pid,
+            "started": self.started,
+            "in_flight": self.in_flight,
+            "served": self.served,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """An app's scaling and timing options, read once from its bundle's options."""
+
+    min_runners: int = 0
+    max_runners: int = 1
+    max_multiplexing: int = 1
+    keep_alive: float = 300.0
+    request_timeout: float = 120.0
+    startup_timeout: float = 600.0
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> AppLimits:
+        options = meta.get("options") or {}
+        values = {}
+        for name, default in cls().__dict__.items():
+            value = options.get(name)
+            values[name] = type(default)(value) if value is not None else default
+        return cls(**values)
+
+
+@dataclass(eq=False)
+class AppState:
+    name: str
+    meta: dict[str, Any]
+    auth: str
+    env: dict[str, str]
+    bundle_path: Path
+    generation: str
+    pending: deque[LiveRequest] = field(default_factory=deque)
+    runners: dict[str, Runner] = field(default_factory=dict)
+    retired: deque[Runner] = field(default_factory=lambda: deque(maxlen=RETIRED_KEPT))
+    failures: int = 0
+    next_start_at: float = 0.0
+    last_error: str | None = None
+    last_error_type: str | None = None
+    kick_handle: asyncio.TimerHandle | None = None
+    limits: AppLimits = field(default_factory=AppLimits)
+
+    def __post_init__(self) -> None:
+        self.limits = AppLimits.of(self.meta)
+
+    @property
+    def revision(self) -> str:
+        return self.meta["revision"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.meta.get("options", {})
+
+    def endpoint_method(self, path: str) -> str | None:
+        for ep in self.meta.get("endpoints", []):
+            if ep.get("path") == path:
+                return str(ep.get("method", "POST")).upper()
+        return None
+
+    def in_progress(self) -> int:
+        return sum(r.in_flight for r in self.runners.values())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "fingerprint": self.fingerprint,
+            "auth": self.auth,
+            "options": self.options,
+            "endpoints": self.meta.get("endpoints", []),
+            "queue_depth": len(self.pending),
+            "in_progress": self.in_progress(),
+            "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
+            "last_error": self.last_error,
+            "last_error_type": self.last_error_type,
+        }
+
+
+def generation_of(revision: str, env: dict[str, str]) -> str:
+    """What decides whether runners must be replaced: the code revision and the env."""
+    raw = json.dumps({"revision": revision, "env": env}, sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Scheduler:
+    """Queues, dispatches, retries and scales, for every app of one gateway."""
+
+    def __init__(
+        self,
+        *,
+        store: QueueStore,
+        provider: Provider,
+        metrics: GatewayMetrics,
+        stack: str,
+        state_dir: Path,
+        runner_env: dict[str, str],
+        runner_token: str,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.metrics = metrics
+        self.stack = stack
+        self.state_dir = Path(state_dir)
+        self.runner_env = runner_env
+        self.runner_token = runner_token
+        self.apps: dict[str, AppState] = {}
+        self.live: dict[str, LiveRequest] = {}
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._orphans: set[Runner] = set()  # runners of removed apps, draining
+        self._reaper: asyncio.Task[None] | None = None
+        self._last_liveness = 0.0
+        self._last_prune = 0.0
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load registered apps and every accepted-but-unfinished request; start scaling."""
+        # Provider calls run in threads and some last minutes (an environment
+        # build, a cloud launch): the default pool (cores + 4) would let a few
+        # slow starts hold up every liveness check and stop.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(PROVIDER_THREADS, thread_name_prefix="skyform-provider")
+        )
+        for stored in self.store.load_apps():
+            try:
+                data = stored.bundle_path.read_bytes()
+                meta = _bundle_meta(data)
+            except (OSError, ValueError) as exc:
+                log.error("app %s: cannot reload its bundle: %s", stored.name, exc)
+                continue
+            self.apps[stored.name] = AppState(
+                name=stored.name,
+                meta=meta,
+                auth=stored.auth,
+                env=stored.env,
+                bundle_path=stored.bundle_path,
+                generation=generation_of(meta["revision"], stored.env),
+            )
+        for stored in self.store.open_requests():
+            app = self.apps.get(stored.app)
+            req = LiveRequest(**stored.__dict__)
+            req.status = "IN_QUEUE"
+            if app is None:
+                self._complete_error(req, "app_removed", f"app {stored.app!r} is not registered")
+                continue
+            self.live[req.id] = req
+            app.pending.append(req)
+        for app in self.apps.values():
+            self._pump(app)
+        self._reaper = asyncio.create_task(self._reap_loop())
+
+    async def close(self) -> None:
+        """Stop every runner (they finish in-flight work first). Unfinished requests stay queued."""
+        self.closing = True
+        if self._reaper:
+            self._reaper.cancel()
+        for app in self.apps.values():
+            if app.kick_handle:
+                app.kick_handle.cancel()
+        runners = [r for app in self.apps.values() for r in app.runners.values()]
+        runners += list(self._orphans)
+        await asyncio.gather(*(self._stop(r, "stopped") for r in runners), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- apps ---------------------------------------------------------------
+
+    def register(
+        self, name: str, data: bytes, meta: dict[str, Any], auth: str, env: dict[str, str]
+    ) -> AppState:
+        """Add or update an app. A new generation rolls; same generation updates in place."""
+        folder = self.state_dir / "bundles" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{meta['fingerprint']}.bundle"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        generation = generation_of(meta["revision"], env)
+        app = self.apps.get(name)
+        if app is None:
+            app = AppState(name, meta, auth, env, path, generation)
+            self.apps[name] = app
+        else:
+            app.meta, app.auth, app.env, app.bundle_path = meta, auth, env, path
+            app.limits = AppLimits.of(meta)
+            if app.generation != generation:
+                app.generation = generation
+                app.failures, app.next_start_at = 0, 0.0
+                app.last_error = app.last_error_type = None
+        self.store.save_app(StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path))
+        self._pump(app)
+        return app
+
+    def remove(self, name: str) -> bool:
+        app = self.apps.pop(name, None)
+        if app is None:
+            return False
+        self.store.delete_app(name)
+        if app.kick_handle:
+            app.kick_handle.cancel()
+        while app.pending:
+            req = app.pending.popleft()
+            self._complete_error(req, "app_removed", f"app {name!r} was removed")
+        for runner in list(app.runners.values()):
+            self._orphans.add(runner)
+            self._spawn(self._drain_and_stop(app, runner))
+        return True
+
+    # --- requests -----------------------------------------------------------
+
+    def submit(
+        self,
+        app: AppState,
+        path: str,
+        method: str,
+        body: bytes,
+        content_type: str,
+        *,
+        no_retry: bool,
+        persist: bool,
+    ) -> LiveRequest:
+        """Accept a request. With `persist`, it is durable when this returns."""
+        req = LiveRequest(
+            id=_request_id(),
+            app=app.name,
+            path=path,
+            method=method,
+            body=body,
+            content_type=content_type,
+            no_retry=no_retry,
+            status="IN_QUEUE",
+            attempts=0,
+            created=time.time(),
+            persist=persist,
+        )
+        if persist:
+            self.store.add_request(req)
+        self.live[req.id] = req
+        app.pending.append(req)
+        self.metrics.submitted.labels(app.name, "queue" if persist else "sync").inc()
+        self._pump(app)
+        return req
+
+    def find(self, request_id: str) -> StoredRequest | None:
+        return self.live.get(request_id) or self.store.get_request(request_id)
+
+    def queue_position(self, req: StoredRequest) -> int | None:
+        app = self.apps.get(req.app)
+        if app is None or req.status != "IN_QUEUE":
+            return None
+        for i, queued in enumerate(app.pending):
+            if queued is req:
+                return i
+        return None
+
+    def cancel(self, request_id: str) -> StoredRequest:
+        req = self.find(request_id)
+        if req is None:
+            raise KeyError(request_id)
+        app = self.apps.get(req.app)
+        if req.status != "IN_QUEUE" or app is None or not isinstance(req, LiveRequest):
+            raise RequestNotCancellable(req.status)
+        with contextlib.suppress(ValueError):
+            app.pending.remove(req)
+        self._complete_error(req, "cancelled", "cancelled by the caller before it ran")
+        return req
+
+    def forget(self, req: LiveRequest) -> None:
+        """A synchronous caller gave up: drop the request if it has not started."""
+        app = self.apps.get(req.app)
+        if req.status == "IN_QUEUE" and app is not None:
+            with contextlib.suppress(ValueError):
+                app.pending.remove(req)
+            self._complete_error(
+                req, "timeout", "no runner answered within the synchronous call's bound"
+            )
+
+    # --- dispatch -----------------------------------------------------------
+
+    def _pump(self, app: AppState) -> None:
+        """Hand queued requests to free runner slots, then start runners if needed."""
+        if self.closing or self.apps.get(app.name) is not app:
+            return
+        slots = app.limits.max_multiplexing
+        while app.pending:
+            runner = self._pick(app, slots)
+            if runner is None:
+                break
+            req = app.pending.popleft()
+            runner.in_flight += 1
+            self._spawn(self._attempt(app, req, runner))
+        self._scale(app, slots)
+
+    def _pick(self, app: AppState, slots: int) -> Runner | None:
+        best: Runner | None = None
+        fallback: Runner | None = None
+        for r in app.runners.values():
+            if r.state != "ready" or r.in_flight >= slots:
+                continue
+            if r.generation == app.generation:
+                if best is None or r.in_flight < best.in_flight:
+                    best = r
+            elif fallback is None or r.in_flight < fallback.in_flight:
+                fallback = r
+        return best or fallback
+
+    def _scale(self, app: AppState, slots: int) -> None:
+        generation = app.generation
+        current = booting = outdated = 0
+        for r in app.runners.values():
+            if r.state in ACTIVE:
+                if r.generation != generation:
+                    outdated += 1
+                else:
+                    current += 1
+                    booting += r.state != "ready"
+        waiting = len(app.pending) - booting * slots
+        target = current + (-(-waiting // slots) if waiting > 0 else 0)
+        target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
+        missing = target - current
+        if missing <= 0:
+            return
+        now = time.monotonic()
+        if now < app.next_start_at:
+            self._kick_later(app, app.next_start_at - now)
+            return
+        for _ in range(missing):
+            self._start_runner(app)
+
+    def _kick_later(self, app: AppState, delay: float) -> None:
+        if app.kick_handle is not None and not app.kick_handle.cancelled():
+            app.kick_handle.cancel()
+        loop = asyncio.get_running_loop()
+        app.kick_handle = loop.call_later(delay + 0.01, self._pump, app)
+
+    async def _attempt(self, app: AppState, req: LiveRequest, runner: Runner) -> None:
+        req.attempts += 1
+        if req.started is None:
+            req.started = time.time()
+            self.metrics.queue_seconds.labels(app.name).observe(req.started - req.created)
+        req.status = "IN_PROGRESS"
+        timeout = app.limits.request_timeout
+        headers = {"content-type": req.content_type, REQUEST_ID_HEADER: req.id}
+        reason = ""
+        answer: tuple[int, dict[str, str], bytes] | None = None
+        assert runner.client is not None
+        try:
+            # The runner enforces request_timeout itself (504, then it ends);
+            # the margin lets its answer arrive before the gateway gives up.
+            answer = await runner.client.request(
+                req.method, req.path, req.body, headers, timeout + TIMEOUT_MARGIN_S
+            )
+        except RunnerConnectionError as exc:
+            reason = f"runner {runner.id} unreachable: {exc}"
+        except TimeoutError:
+            reason = "timeout"
+        finally:
+            runner.in_flight -= 1
+            runner.served += 1
+            runner.idle_since = time.monotonic()
+        if self.closing and answer is None:
+            return  # the gateway is stopping: the request stays queued in the store
+        if answer is None and reason == "timeout":
+            self._complete_error(
+                req,
+                "timeout",
+                f"the endpoint did not answer within request_timeout ({timeout:g}s)",
+            )
+        elif answer is None:
+            self._runner_lost(app, runner, "failed", reason)
+            self._retry(app, req, "unreachable", reason)
+        else:
+            status = answer[0]
+            if status == 504 and answer[1].get(ERROR_TYPE_HEADER) == "request_timeout":
+                # The endpoint overran request_timeout: the runner ends itself.
+                # Running it again would overrun again, so the caller gets it.
+                self._runner_lost(app, runner, "stopped", "a request overran request_timeout")
+                self._complete_error(
+                    req, "timeout", _error_detail(answer[2]) or "request timed out"
+                )
+                self._pump(app)
+                return
+            if status == 503:
+                self._runner_lost(app, runner, "stopped", "answered 503: unhealthy, ending itself")
+            if status in (503, 504) and not req.no_retry:
+                self._retry(app, req, str(status), f"runner {runner.id} answered {status}", answer)
+            else:
+                self._complete_answer(req, answer)
+        self._pump(app)
+
+    def _retry(
+        self,
+        app: AppState,
+        req: LiveRequest,
+        reason: str,
+        detail: str,
+        answer: tuple[int, dict[str, str], bytes] | None = None,
+    ) -> None:
+        req.last_answer = detail
+        if req.no_retry:
+            self._complete_error(req, "runner_unavailable", f"{detail} (retries are off)")
+        elif req.attempts >= MAX_ATTEMPTS:
+            self._complete_error(
+                req,
+                "max_attempts_exceeded",
+                f"gave up after {req.attempts} attempts; the last: {detail}",
+                answer[0] if answer else None,
+            )
+        elif self.apps.get(app.name) is not app:
+            self._complete_error(req, "app_removed", f"app {app.name!r} was removed")
+        else:
+            self.metrics.retries.labels(app.name, reason).inc()
+            req.status = "IN_QUEUE"
+            app.pending.appendleft(req)
+
+    # --- completion ---------------------------------------------------------
+
+    def _complete_answer(self, req: LiveRequest, answer: tuple[int, dict[str, str], bytes]) -> None:
+        status, headers, body = answer
+        req.result_status = status
+        req.result_body = body
+        req.result_type = headers.get("content-type", "application/json")
+        if status >= 400:
+            req.error = _error_detail(body) or f"the endpoint answered {status}"
+            req.error_type = headers.get(ERROR_TYPE_HEADER) or (
+                "validation_error"
+                if status == 422
+                else "app_error"
+                if status >= 500
+                else "client_error"
+            )
+            outcome = "app_error" if status >= 500 else "client_error"
+        else:
+            outcome = "success"
+        self._finish(req, outcome)
+
+    def _complete_error(
+        self, req: LiveRequest, error_type: str, message: str, status: int | None = None
+    ) -> None:
+        req.error = message
+        req.error_type = error_type
+        req.result_status = status or ERROR_STATUS.get(error_type, 503)
+        req.result_type = "application/json"
+        req.result_body = json.dumps(
+            {
+                "detail": message,
+                "error": message,
+                "error_type": error_type,
+                "request_id": req.id,
+            }
+        ).encode()
+        self._finish(req, error_type)
+
+    def _finish(self, req: LiveRequest, outcome: str) -> None:
+        req.status = "COMPLETED"
+        req.completed = time.time()
+        self.live.pop(req.id, None)
+        if req.persist:
+            self.store.complete_request(req)
+            req.body = b""
+        self.metrics.requests.labels(req.app, outcome).inc()
+        req.done.set()
+
+    def _fail_waiting(self, app: AppState, error_type: str, message: str) -> None:
+        """Fail every queued request of `app` that no ready runner could serve."""
+        if any(r.state == "ready" for r in app.runners.values()):
+            return
+        while app.pending:
+            self._complete_error(app.pending.popleft(), error_type, message)
+
+    # --- runners ------------------------------------------------------------
+
+    def _start_runner(self, app: AppState) -> Runner:
+        runner = Runner(
+            id=f"{app.name}-{secrets.token_hex(4)}",
+            app=app.name,
+            revision=app.revision,
+            generation=app.generation,
+            state="building",
+            started=time.time(),
+        )
+        app.runners[runner.id] = runner
+        self._spawn(self._bring_up(app, runner))
+        return runner
+
+    def _runner_spec(self, app: AppState, runner: Runner) -> RunnerSpec:
+        options = app.options
+        machine = options.get("machine_type", "CPU")
+        env = {**app.env, **self.runner_env, "SKYFORM_APP_NAME": app.name}
+        return RunnerSpec(
+            stack=self.stack,
+            app=app.name,
+            revision=app.revision,
+            bundle_path=app.bundle_path,
+            machine_types=[machine] if isinstance(machine, str) else list(machine),
+            requirements=list(app.meta.get("requirements", [])),
+            python_version=str(app.meta.get("python", "")),
+            env=env,
+            runner_id=runner.id,
+        )
+
+    async def _bring_up(self, app: AppState, runner: Runner) -> None:
+        spec = self._runner_spec(app, runner)
+        try:
+            handle = await asyncio.to_thread(self.provider.start_runner, spec)
+        except Exception as exc:
+            kind = (
+                "environment_build_failed"
+                if type(exc).__name__ == "EnvironmentBuildError"
+                else "startup_failed"
+            )
+            self._start_failed(app, runner, kind, f"runner {runner.id} could not start: {exc}")
+            return
+        runner.handle = handle
+        if runner.state != "building":  # removed or shut down meanwhile
+            await asyncio.to_thread(self.provider.stop_runner, handle, 2.0)
+            return
+        runner.state = "starting"
+        host, port = _host_port(handle.url)
+        runner.client = RunnerClient(
+            host,
+            port,
+            {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
+        )
+        deadline = time.monotonic() + app.limits.startup_timeout + 10.0
+        polls = 0
+        while runner.state == "starting":
+            polls += 1
+            if polls % 5 == 1 and not await asyncio.to_thread(self.provider.runner_alive, handle):
+                self._start_failed(
+                    app, runner, "startup_failed", _startup_failure(runner, handle, self.provider)
+                )
+                return
+            try:
+                status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
+                if status == 200:
+                    break
+            except (RunnerConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                self._start_failed(
+                    app,
+                    runner,
+                    "startup_failed",
+                    f"runner {runner.id} was not ready within startup_timeout "
+                    f"({app.limits.startup_timeout:g}s)",
+                )
+                return
+            await asyncio.sleep(HEALTH_POLL_S)
+        if runner.state != "starting":
+            return
+        runner.state = "ready"
+        runner.idle_since = time.monotonic()
+        self.metrics.runner_starts.labels(app.name, "ready").inc()
+        log.info("runner %s of %s is ready at %s", runner.id, app.name, runner.url)
+        if self.apps.get(app.name) is not app:
+            self._spawn(self._drain_and_stop(app, runner))
+            return
+        if runner.generation == app.generation:
+            app.failures = 0
+            for old in list(app.runners.values()):
+                if old.generation != app.generation and old.state in ACTIVE:
+                    self._spawn(self._drain_and_stop(app, old))
+        self._pump(app)
+
+    def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
+        log.warning("app %s: %s", app.name, message)
+        self.metrics.runner_starts.labels(app.name, error_type).inc()
+        runner.error = message
+        handle = runner.handle
+        self._retire(app, runner, "failed")
+        if handle is not None:
+            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, 2.0))
+        if self.apps.get(app.name) is not app or runner.generation != app.generation:
+            return
+        app.failures += 1
+        app.last_error, app.last_error_type = message, error_type
+        backoff = min(BACKOFF_BASE_S * 2 ** (app.failures - 1), BACKOFF_MAX_S)
+        app.next_start_at = time.monotonic() + backoff
+        if error_type == "environment_build_failed" or app.failures >= START_FAILURE_LIMIT:
+            detail = message
+            if app.failures > 1:
+                detail = f"{message} ({app.failures} failed starts in a row)"
+            self._fail_waiting(app, error_type, detail)
+        self._pump(app)
+
+    def _runner_lost(self, app: AppState, runner: Runner, state: str, reason: str) -> None:
+        if runner.state in ("stopped", "failed"):
+            return
+        log.warning("runner %s of %s: %s", runner.id, app.name, reason)
+        runner.error = reason if state == "failed" else None
+        handle = runner.handle
+        self._retire(app, runner, state)
+        if handle is not None:
+            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S))
+
+    def _retire(self, app: AppState, runner: Runner, state: str) -> None:
+        runner.state = state
+        if runner.client is not None:
+            runner.client.close()
+        if app.runners.pop(runner.id, None) is not None:
+            app.retired.append(runner)
+        self._orphans.discard(runner)
+
+    async def _drain_and_stop(self, app: AppState, runner: Runner) -> None:
+        """No new requests; wait for in-flight ones; then stop the runner."""
+        if runner.state not in ACTIVE:
+            return
+        runner.state = "draining"
+        bound = time.monotonic() + app.limits.request_timeout + 5.0
+        while runner.in_flight > 0 and time.monotonic() < bound:
+            await asyncio.sleep(0.02)
+        await self._stop(runner, "stopped", app)
+
+    async def _stop(self, runner: Runner, state: str, app: AppState | None = None) -> None:
+        handle = runner.handle
+        if runner.state in ("stopped", "failed"):
+            return
+        runner.state = "draining"
+        if handle is not None:
+            await asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S)
+        app = app or self.apps.get(runner.app)
+        if app is not None:
+            self._retire(app, runner, state)
+        else:
+            runner.state = state
+        self._orphans.discard(runner)
+        if app is not None:
+            self._pump(app)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self._reap()
+            except Exception:
+                log.exception("scheduler housekeeping failed")
+
+    async def _reap(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune > PRUNE_INTERVAL_S:
+            self._last_prune = now
+            self.store.prune_completed(time.time() - RESULT_TTL_S)
+        check_alive = now - self._last_liveness > 1.0
+        if check_alive:
+            self._last_liveness = now
+        for app in list(self.apps.values()):
+            keep_alive = app.limits.keep_alive
+            min_runners = app.limits.min_runners
+            ready = [
+                r
+                for r in app.runners.values()
+                if r.state == "ready" and r.generation == app.generation
+            ]
+            if check_alive:
+                for r in ready:
+                    assert r.handle is not None
+                    if not await asyncio.to_thread(self.provider.runner_alive, r.handle):
+                        self._runner_lost(app, r, "failed", "runner process exited unexpectedly")
+                ready = [r for r in ready if r.state == "ready"]
+            current = sum(
+                1
+                for r in app.runners.values()
+                if r.generation == app.generation and r.state in ACTIVE
+            )
+            idle = sorted(
+                (r for r in ready if r.in_flight == 0 and now - r.idle_since >= keep_alive),
+                key=lambda r: r.idle_since,
+            )
+            for r in idle:
+                if current <= min_runners or app.pending:
+                    break
+                current -= 1
+                self._spawn(self._drain_and_stop(app, r))
+            self._pump(app)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler task failed", exc_info=task.exception())
+
+    # --- views --------------------------------------------------------------
+
+    def runner_counts(self) -> list[tuple[str, str, int]]:
+        out = []
+        for app in self.apps.values():
+            every = [*app.runners.values(), *app.retired]
+            for state in RUNNER_STATES:
+                out.append((app.name, state, sum(1 for r in every if r.state == state)))
+        return out
+
+    def all_runners(self) -> list[Runner]:
+        out = [r for app in self.apps.values() for r in app.runners.values()]
+        return out + list(self._orphans)
+
+
+def _request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _bundle_meta(data: bytes) -> dict[str, Any]:
+    """The metadata of a bundle the gateway stored itself (verified at registration)."""
+    first = data.index(b"\n")
+    second = data.index(b"\n", first + 1)
+    return json.loads(data[first + 1 : second])["meta"]
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:500].decode(errors="replace")
+    if isinstance(data, dict):
+        detail = data.get("detail", data.get("error"))
+        if isinstance(detail, str):
+            return detail
+        if detail is not None:
+            return json.dumps(detail)[:500]
+    return ""
+
+
+def _startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
+    exit_code = getattr(provider, "runner_exit_code", lambda _h: None)(handle)
+    status = f" (exit status {exit_code})" if exit_code is not None else ""
+    message = f"runner {runner.id} exited during start-up{status}"
+    log_path = handle.info.get("log")
+    if log_path:
+        last = _last_log_line(Path(str(log_path)))
+        if last:
+            message += f": {last}"
+    return message
+
+
+def _last_log_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""

@@ -1,0 +1,100 @@
+"""Fixtures for the gateway tests: real gateway processes, real runners, real HTTP.
+
+Every process a test starts carries a tag in its environment (runners inherit
+it from their gateway); after each test, `no_leftovers` checks that no tagged
+process is still alive, kills any it finds and fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, tagged_pids
+
+from skyform.bundle import Bundle, build_bundle
+
+
+@pytest.fixture(scope="session")
+def bundles() -> dict[str, Bundle]:
+    """Bundles built once per session; names say which options they carry."""
+    echo = str(APPS / "gw_echo.py") + "::Echo"
+
+    def build(ref: str, **overrides: Any) -> Bundle:
+        return build_bundle(ref, APPS, BUNDLE_KEY, overrides)
+
+    return {
+        "echo": build(echo),
+        "echo_public": build(echo, auth="public"),
+        "burst": build(echo, max_runners=3, max_multiplexing=2, keep_alive=1),
+        "warm": build(echo, min_runners=1, max_runners=2, keep_alive=0.5),
+        "slow_start": build(echo, max_runners=1),
+        "v2": build(str(APPS / "gw_echo_v2.py") + "::EchoV2"),
+        "broken": build(str(APPS / "gw_echo.py") + "::Broken"),
+        "timeouts": build(echo, request_timeout=1),
+    }
+
+
+@pytest.fixture
+def tag() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def count_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "counts"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def no_leftovers(tag: str) -> Iterator[None]:
+    """Fails the test if any process it started (gateway or runner) outlives it."""
+    yield
+    deadline = time.monotonic() + 15
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = tagged_pids(tag)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after the test: {left}"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, tag: str, count_dir: Path, no_leftovers: None) -> Iterator[GatewayProc]:
+    gw = GatewayProc(tmp_path / "state", tag, count_dir)
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+        gw.http.close()
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(
+    tmp_path_factory: pytest.TempPathFactory, bundles: dict[str, Bundle]
+) -> Iterator[GatewayProc]:
+    """One gateway for a whole module (tests that only need an app up)."""
+    tag = uuid.uuid4().hex
+    root = tmp_path_factory.mktemp("gw")
+    counts = root / "counts"
+    counts.mkdir()
+    gw = GatewayProc(root / "state", tag, counts)
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+        gw.http.close()
+        deadline = time.monotonic() + 15
+        while tagged_pids(tag) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = tagged_pids(tag)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left running after the module: {left}"

@@ -1,0 +1,167 @@
+"""Helpers for the gateway tests: a gateway process driver, waits, process checks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from skyform.bundle import Bundle
+from skyform.providers.local import free_port
+
+APPS = Path(__file__).parent / "apps"
+BUNDLE_KEY = "gateway-test-bundle-key-0123456789abcdef"
+ADMIN = "gateway-test-admin-token"
+API_KEY = "gateway-test-api-key"
+RUNNER_TOKEN = "gateway-test-runner-token"
+TAG_VAR = "SKYFORM_GATEWAY_TEST_TAG"
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Processes of this user whose environment carries `tag`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if f"{TAG_VAR}={tag}".encode() in environ.split(b"\0") and ") Z" not in stat:
+            found.append(int(entry.name))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class GatewayProc:
+    """One gateway process started by a test, with helpers for its API."""
+
+    def __init__(self, state_dir: Path, tag: str, count_dir: Path, port: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.tag = tag
+        self.count_dir = count_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=60.0, trust_env=False)
+        self.admin_headers = {"Authorization": f"Bearer {ADMIN}"}
+
+    def start(self) -> GatewayProc:
+        env = dict(
+            os.environ,
+            SKYFORM_ADMIN_TOKEN=ADMIN,
+            SKYFORM_API_KEY=API_KEY,
+            SKYFORM_RUNNER_TOKEN=RUNNER_TOKEN,
+            SKYFORM_BUNDLE_KEY=BUNDLE_KEY,
+            GW_COUNT_DIR=str(self.count_dir),
+            **{TAG_VAR: self.tag},
+        )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / "test-gateway.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "skyform.runtime.gateway",
+                "--port",
+                str(self.port),
+                "--state-dir",
+                str(self.state_dir),
+                "--stack",
+                "test",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(self._up, 30, "the gateway to answer")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {self.log()[-2000:]}")
+        try:
+            return self.http.get("/-/health", headers=self.admin_headers).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        try:
+            return (self.state_dir / "test-gateway.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = 15, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.request(method, path, headers=self.admin_headers, **kwargs)
+
+    def register(
+        self, name: str, bundle: Bundle, auth: str = "public", env: dict[str, str] | None = None
+    ) -> httpx.Response:
+        payload = {
+            "bundle_b64": base64.b64encode(bundle.data).decode(),
+            "auth": auth,
+            "env": env or {},
+        }
+        response = self.admin("PUT", f"/-/apps/{name}", json=payload)
+        assert response.status_code == 200, response.text
+        return response
+
+    def app(self, name: str) -> dict[str, Any]:
+        response = self.admin("GET", f"/-/apps/{name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def runners(self, name: str, states: tuple[str, ...] = ("ready",)) -> list[dict[str, Any]]:
+        return [r for r in self.app(name)["runners"] if r["state"] in states]
+
+    def submit(self, app: str, path: str, body: Any, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.post(f"/queue/{app}{path}", json=body, **kwargs)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait_done(self, submitted: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            status = self.http.get(submitted["status_url"]).json()
+            return status if status["status"] == "COMPLETED" else None
+
+        return wait_for(done, timeout, f"request {submitted['request_id']}")
