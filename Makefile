@@ -11,7 +11,7 @@ STAMP := $(VENV)/.skyform-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,skypilot]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,skypilot,torch]'
 	touch $(STAMP)
 
 system-deps:

@@ -219,13 +219,62 @@ class Applier:
                 self._write({app_address(c.name): None for c in deletes})
                 self.done["destroy"] += len(deletes)
             secrets = secret_values(self.plan, self.ctx.stack)
+            broken = self._build_environments(registers)
+            interrupts.check()
             for batch in _batches(registers):
                 self._register_apps(batch, secrets)
                 interrupts.check()
             if self.plan.mode != "destroy" and self.wait_ready:
-                self._wait_ready()
+                self._wait_ready(skip=frozenset(broken))
             self._write({}, outputs=self._outputs())
+        if broken:
+            raise SkyformError(
+                "; ".join(f"app {name}: {message}" for name, message in sorted(broken.items()))
+            )
         return self.doc
+
+    def _build_environments(self, registers: list[ResourceChange]) -> dict[str, str]:
+        """Build (or find cached) each changing app's environment before it is registered.
+
+        Local runners start in these environments; building them here shows the
+        installer's progress in `apply`/`run`, and an app whose requirements
+        cannot be installed fails alone. It is still registered, so the gateway
+        reports it (`skyform status`) and fails its requests with
+        `environment_build_failed` instead of leaving them waiting.
+        """
+        if getattr(self.ctx.provider, "name", "") != "local":
+            return {}
+        from skyform.bundle import read_bundle_meta
+        from skyform.providers.environments import (
+            EnvironmentBuildError,
+            EnvUser,
+            ensure_environment,
+        )
+
+        broken: dict[str, str] = {}
+        for change in registers:
+            data = self.plan.bundles.get(change.name)
+            if data is None:
+                continue
+            meta = read_bundle_meta(data, self.ctx.keys["bundle_key"], check_python=False)
+            started = time.monotonic()
+            try:
+                env = ensure_environment(
+                    meta["requirements"],
+                    meta["python"],
+                    progress=lambda line, a=change.address: self.report(f"{a}: {line}"),
+                    used_by=EnvUser(self.ctx.stack.name, change.name, self.ctx.workdir),
+                )
+            except EnvironmentBuildError as exc:
+                self.report(f"{change.address}: environment build failed")
+                broken[change.name] = f"environment build failed: {exc}"
+                continue
+            if env.built:
+                self.report(
+                    f"{change.address}: environment {env.key[:12]} built "
+                    f"[{time.monotonic() - started:.1f}s]"
+                )
+        return broken
 
     def _handle(self) -> Any:
         from skyform.providers.base import GatewayHandle
@@ -309,7 +358,9 @@ class Applier:
                 data = self.plan.bundles.get(c.name)
                 if data is None:
                     raise SkyformError(f"{c.address}: the plan carries no bundle for it")
-                read_bundle_meta(data, self.ctx.keys["bundle_key"])  # refuse a foreign bundle early
+                read_bundle_meta(
+                    data, self.ctx.keys["bundle_key"], check_python=False
+                )  # refuse a foreign bundle early
                 verb = {"create": "creating", "update": "updating"}.get(
                     c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
                 )
@@ -328,12 +379,14 @@ class Applier:
                     self.done["change"] += 1
         self._write(results)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, skip: frozenset[str] = frozenset()) -> None:
         """Wait until every app has `min_runners` ready runners of its current revision."""
         wanted = {
             name[len(APP_PREFIX) :]: rec
             for name, rec in self.doc.resources.items()
-            if name.startswith(APP_PREFIX) and int(rec.get("min_runners") or 0) > 0
+            if name.startswith(APP_PREFIX)
+            and int(rec.get("min_runners") or 0) > 0
+            and name[len(APP_PREFIX) :] not in skip
         }
         if not wanted:
             return

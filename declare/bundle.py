@@ -152,9 +152,13 @@ def app_identity(loaded: LoadedApp, overrides: dict[str, Any] | None = None) -> 
     return AppIdentity(options, revision, fingerprint, modules)
 
 
-def read_bundle_meta(data: bytes, key: str) -> dict[str, Any]:
-    """Verify a bundle's bytes and return its metadata. Nothing is unpickled."""
-    meta, _payload = _verify(data, key)
+def read_bundle_meta(data: bytes, key: str, *, check_python: bool = True) -> dict[str, Any]:
+    """Verify a bundle's bytes and return its metadata. Nothing is unpickled.
+
+    `check_python=False` skips the Python-version check, for callers that only
+    route a bundle (the gateway) to runners built for the bundle's own Python.
+    """
+    meta, _payload = _verify(data, key, check_python=check_python)
     return meta
 
 
@@ -182,7 +186,7 @@ def read_bundle_file(path: Path | str) -> bytes:
         raise BundleError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
 
 
-def _verify(data: bytes, key: str) -> tuple[dict[str, Any], bytes]:
+def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[str, Any], bytes]:
     if not data.startswith(MAGIC):
         raise BundleError("not a skyform bundle (bad magic header)")
     header_end = data.find(b"\n", len(MAGIC))
@@ -208,7 +212,7 @@ def _verify(data: bytes, key: str) -> tuple[dict[str, Any], bytes]:
         raise BundleError("bundle payload does not match its signed hash (tampered or truncated)")
     if meta.get("format") != FORMAT_VERSION:
         raise BundleError(f"bundle format {meta.get('format')!r} is not supported")
-    if meta.get("python") != PYTHON_VERSION:
+    if check_python and meta.get("python") != PYTHON_VERSION:
         raise BundleError(
             f"bundle was built with Python {meta.get('python')}, this is Python {PYTHON_VERSION}; "
             "the runner must run the same Python minor version"

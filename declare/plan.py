@@ -26,7 +26,7 @@ import hmac
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,7 @@ def build_plan(
     app_changes: dict[str, ResourceChange] = {}
     from skyform.loader import batch_loading
 
+    env_key_for = _environment_keys(provider)
     with batch_loading():  # one import-cache refresh for the whole stack
         for name in sorted(selected):
             record = resources.get(app_address(name))
@@ -339,7 +340,9 @@ def build_plan(
                 return _app_change(_n, _p, after, _f, gateway_fresh, _r, live)
 
             try:
-                change, bundle = _desired_app(stack, name, keys, request.mode, prior, decide, notes)
+                change, bundle = _desired_app(
+                    stack, name, keys, request.mode, prior, decide, notes, env_key_for
+                )
             except SkyformError as exc:
                 raise SkyformError(f"{stack.where('apps', name)}: apps.{name}: {exc}") from None
             if bundle is not None:
@@ -421,6 +424,7 @@ def _desired_app(
     prior: dict[str, Any] | None,
     decide: Any,
     notes: list[str],
+    env_key_for: Callable[[list[str]], str | None],
 ) -> tuple[ResourceChange, bytes | None]:
     from skyform.bundle import app_identity, bundle_loaded_app
     from skyform.loader import loaded_app
@@ -444,7 +448,7 @@ def _desired_app(
             "env": dict(sorted(entry.env.items())),
             "secrets": list(entry.secrets),
         }
-        env_key = _environment_key(options.requirements)
+        env_key = env_key_for(list(options.requirements))
         if env_key:
             after["env_key"] = env_key
         after["secrets_digest"] = _secrets_digest(
@@ -507,25 +511,24 @@ def _python_version() -> str:
     return PYTHON_VERSION
 
 
-def _environment_key(requirements: list[str]) -> str | None:
-    """The environment cache key of an app, when environments are available in this build."""
-    if not requirements:
-        return None
-    return _environment_key_cached(tuple(requirements))
+def _environment_keys(provider: Any) -> Callable[[list[str]], str | None]:
+    """How to name an app's environment: the key its runners' environment is built under.
+
+    A provider that builds environments its own way (SkyPilot ships a wheel whose
+    digest is part of the key) says so with `environment_key(requirements, python)`;
+    otherwise runners use the local recipe of `skyform.providers.environments`.
+    """
+    method = getattr(provider, "environment_key", None)
+    if callable(method):
+        return lambda requirements: str(method(requirements, _python_version()))
+    return lambda requirements: _local_environment_key(tuple(requirements))
 
 
 @functools.lru_cache(maxsize=1024)
-def _environment_key_cached(requirements: tuple[str, ...]) -> str | None:
-    try:
-        from skyform.providers.environments import environment_key
-    except ImportError:
-        return None
-    from skyform import __version__
+def _local_environment_key(requirements: tuple[str, ...]) -> str:
+    from skyform.providers.environments import environment_key, skyform_version
 
-    try:
-        return str(environment_key(list(requirements), _python_version(), __version__))
-    except Exception:  # environment hashing must never break a plan
-        return None
+    return environment_key(list(requirements), _python_version(), skyform_version())
 
 
 def _secrets_digest(

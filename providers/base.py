@@ -18,7 +18,7 @@ class RunnerSpec:
 
     stack: str
     app: str
-    revision: str  # the bundle's fingerprint
+    revision: str  # the bundle's revision (code, requirements, machine types, Python)
     bundle_path: Path
     machine_types: list[str]  # ordered candidates
     requirements: list[str]

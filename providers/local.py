@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
 from skyform.providers.base import (
@@ -42,19 +42,53 @@ from skyform.providers.base import (
     RunnerSpec,
 )
 
+if TYPE_CHECKING:
+    from skyform.providers.environments import EnvUser
+
 _PR_SET_PDEATHSIG = 1
 # Never handed to a runner: user code has no business with the gateway's own keys.
 _GATEWAY_ONLY_ENV = ("SKYFORM_ADMIN_TOKEN", "SKYFORM_API_KEY")
 GATEWAY_START_TIMEOUT = 60.0
+# A runner's own drain bound on SIGTERM, kept below the 10 s `stop_runner`
+# waits before SIGKILL, so teardown() always gets to run.
+RUNNER_DRAIN_S = 7.0
 
 
-def runner_python(spec: RunnerSpec) -> str:
-    """The Python interpreter a runner of `spec` runs with.
+def runner_python(spec: RunnerSpec, progress: Callable[[str], None] | None = None) -> str:
+    """The Python interpreter a runner of `spec` runs with: its app's own environment.
 
-    Today: this interpreter (the app runs in skyform's own environment). This
-    is the one place where a per-app virtual environment gets built.
+    Built from the app's requirements, this skyform and the bundle's Python
+    minor version, cached and shared by every runner with the same inputs
+    (`skyform.providers.environments`). Raises `EnvironmentBuildError`, with the
+    installer's message, when it cannot be built.
     """
-    return sys.executable
+    from skyform.providers.environments import ensure_environment
+
+    env = ensure_environment(
+        spec.requirements, spec.python_version, progress, used_by=_env_user(spec)
+    )
+    return str(env.python)
+
+
+def _env_user(spec: RunnerSpec) -> EnvUser | None:
+    """Who uses the environment, when the bundle lives in a stack's `.skyform/runtime/`."""
+    from skyform.providers.environments import EnvUser
+
+    parts = Path(spec.bundle_path).resolve().parts
+    if ".skyform" not in parts:
+        return None
+    workdir = Path(*parts[: len(parts) - 1 - parts[::-1].index(".skyform")])
+    return EnvUser(stack=spec.stack, app=spec.app, workdir=workdir)
+
+
+def _log_line(path: Path) -> Callable[[str], None]:
+    """Append progress lines (environment builds) to a runner's log."""
+
+    def write(line: str) -> None:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"[skyform] {line.rstrip()}\n")
+
+    return write
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -126,10 +160,10 @@ class LocalProvider:
 
     def start_runner(self, spec: RunnerSpec) -> RunnerHandle:
         runner_id = spec.runner_id or f"{spec.app}-{secrets.token_hex(4)}"
-        python = runner_python(spec)
         logs = self.runtime_dir / "runners"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{runner_id}.log"
+        python = runner_python(spec, progress=_log_line(log_path))
         env = {k: v for k, v in os.environ.items() if k not in _GATEWAY_ONLY_ENV}
         env.update(spec.env)
         env.setdefault("SKYFORM_APP_NAME", spec.app)
@@ -146,6 +180,8 @@ class LocalProvider:
             str(port),
             "--host",
             host,
+            "--grace",
+            str(RUNNER_DRAIN_S),
         ]
 
         def spawn() -> subprocess.Popen[bytes]:

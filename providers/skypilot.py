@@ -413,6 +413,11 @@ class SkyPilotProvider:
             task.update_secrets(dict(secrets))
         return task
 
+    def environment_key(self, requirements: list[str], python_version: str) -> str:
+        """The key a runner's environment gets on its cluster (shown in the plan)."""
+        package = tasks.skyform_package(self._work_dir("wheels"))
+        return tasks.remote_environment_key(requirements, python_version, package)
+
     def runner_task(self, spec: RunnerSpec, cluster: str) -> Any:
         config = tasks.runner_task_config(
             name=cluster,

@@ -112,6 +112,11 @@ class SkyformPackage:
     digest: str = ""  # content hash of the wheel: the environment key changes with the code
 
     @property
+    def version_id(self) -> str:
+        """The skyform identity in the environment key: version, plus the wheel's digest."""
+        return f"{self.version}+{self.digest}" if self.digest else self.version
+
+    @property
     def remote_wheel(self) -> str | None:
         return f"{REMOTE_HOME}/wheels/{self.wheel.name}" if self.wheel else None
 
@@ -221,12 +226,26 @@ def _setup(
     """
     from skyform.providers import environments
 
-    version = f"{package.version}+{package.digest}" if package.digest else package.version
+    version = package.version_id
     reqs = environments.normalize_requirements(requirements)
     minor = environments.python_minor(python_version)
-    key = environments.environment_key(reqs, minor, version, kind=kind)
+    key = remote_environment_key(requirements, python_version, package, kind)
     script = environments.remote_setup_script(reqs, minor, package.requirement, version, kind=kind)
     return script, environments.remote_env_python(key)
+
+
+def remote_environment_key(
+    requirements: list[str], python_version: str, package: SkyformPackage, kind: str = "runner"
+) -> str:
+    """The key a remote machine builds this environment under (the plan shows it)."""
+    from skyform.providers import environments
+
+    return environments.environment_key(
+        environments.normalize_requirements(requirements),
+        environments.python_minor(python_version),
+        package.version_id,
+        kind=kind,
+    )
 
 
 # --- task configs -----------------------------------------------------------------

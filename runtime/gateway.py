@@ -385,7 +385,7 @@ class Gateway:
         except (binascii.Error, ValueError):
             raise HTTPError(400, "bundle_b64 is not valid base64") from None
         try:
-            meta = read_bundle_meta(data, self.bundle_key)
+            meta = read_bundle_meta(data, self.bundle_key, check_python=False)
         except SkyformError as exc:
             raise HTTPError(400, f"bundle refused: {exc}", "bundle_refused") from None
         auth = payload.get("auth") or meta.get("options", {}).get("auth") or "private"

@@ -96,7 +96,12 @@ def set_apps(root: Path, apps: dict[str, dict[str, Any]]) -> None:
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYFORM_")}
+    # No keys or tokens from outside; the suite's private environment cache stays.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SKYFORM_") or k == "SKYFORM_CACHE_DIR"
+    }
     env.update({"NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
