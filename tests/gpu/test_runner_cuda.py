@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 KEY = "gpu-test-key"
-APP = '''
+APP = """
 import torch
 from skyform import App, endpoint
 
@@ -45,7 +45,7 @@ class Cuda(App):
     def device_assert(self) -> dict:
         index = torch.tensor([1000], device="cuda")
         return {"value": float(self.ones[index].sum().item())}
-'''
+"""
 
 
 def _free_port() -> int:
@@ -68,7 +68,15 @@ def _start(bundle: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "SKYFORM_BUNDLE_KEY": KEY}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "skyform.runtime.runner", "--bundle", str(bundle), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "skyform.runtime.runner",
+                "--bundle",
+                str(bundle),
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -88,7 +96,9 @@ def _start(bundle: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 @pytest.mark.parametrize("route", ["/oom", "/device-assert"])
-def test_cuda_failure_answers_503_then_runner_exits(bundle: Path, tmp_path: Path, route: str) -> None:
+def test_cuda_failure_answers_503_then_runner_exits(
+    bundle: Path, tmp_path: Path, route: str
+) -> None:
     log = tmp_path / "runner.log"
     proc, url = _start(bundle, log)
     try:
