@@ -267,7 +267,7 @@ class Applier:
                 )
             except EnvironmentBuildError as exc:
                 self.report(f"{change.address}: environment build failed")
-                broken[change.name] = f"environment build failed: {exc}"
+                broken[change.name] = str(exc)
                 continue
             if env.built:
                 self.report(

@@ -213,6 +213,10 @@ class LocalProvider:
             self._handles[runner_id] = handle
         return handle
 
+    def prepare_runner(self, spec: RunnerSpec) -> None:
+        """Build (or find cached) the environment runners of `spec` will run in."""
+        runner_python(spec)
+
     def runner_alive(self, handle: RunnerHandle) -> bool:
         proc = self._procs.get(handle.runner_id)
         if proc is not None:

@@ -314,6 +314,7 @@ class Scheduler:
             tmp.replace(path)
         generation = generation_of(meta["revision"], env)
         app = self.apps.get(name)
+        fresh = app is None or app.generation != generation
         if app is None:
             app = AppState(name, meta, auth, env, path, generation)
             self.apps[name] = app
@@ -325,8 +326,33 @@ class Scheduler:
                 app.failures, app.next_start_at = 0, 0.0
                 app.last_error = app.last_error_type = None
         self.store.save_app(StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path))
+        if fresh:
+            self._spawn(self._prepare(app, generation))
         self._pump(app)
         return app
+
+    async def _prepare(self, app: AppState, generation: str) -> None:
+        """Get a new revision's runner environment ready before its first request needs it.
+
+        The first request then does not wait for a build, and a build that fails
+        shows at once as the app's `last_error` (`skyform status`), not only when
+        a request arrives.
+        """
+        prepare = getattr(self.provider, "prepare_runner", None)
+        if not callable(prepare):
+            return
+        try:
+            await asyncio.to_thread(prepare, self._runner_spec(app))
+        except Exception as exc:
+            if self.apps.get(app.name) is not app or app.generation != generation:
+                return
+            kind = (
+                "environment_build_failed"
+                if type(exc).__name__ == "EnvironmentBuildError"
+                else "startup_failed"
+            )
+            log.warning("app %s: cannot prepare runners: %s", app.name, exc)
+            app.last_error, app.last_error_type = str(exc), kind
 
     def remove(self, name: str) -> bool:
         app = self.apps.pop(name, None)
@@ -620,7 +646,7 @@ class Scheduler:
         self._spawn(self._bring_up(app, runner))
         return runner
 
-    def _runner_spec(self, app: AppState, runner: Runner) -> RunnerSpec:
+    def _runner_spec(self, app: AppState, runner_id: str = "") -> RunnerSpec:
         options = app.options
         machine = options.get("machine_type", "CPU")
         env = {**app.env, **self.runner_env, "SKYFORM_APP_NAME": app.name}
@@ -633,11 +659,11 @@ class Scheduler:
             requirements=list(app.meta.get("requirements", [])),
             python_version=str(app.meta.get("python", "")),
             env=env,
-            runner_id=runner.id,
+            runner_id=runner_id,
         )
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
-        spec = self._runner_spec(app, runner)
+        spec = self._runner_spec(app, runner.id)
         try:
             handle = await asyncio.to_thread(self.provider.start_runner, spec)
         except Exception as exc:

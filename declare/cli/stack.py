@@ -375,6 +375,7 @@ def status(
                 ],
                 "queue_depth": app.get("queue_depth"),
                 "last_error": app.get("last_error"),
+                "last_error_type": app.get("last_error_type"),
                 **(app_urls(base, name) if base else {}),
             }
         )
