@@ -44,6 +44,7 @@ from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
     RESERVED_NAMES,
     AppState,
+    LiveRequest,
     RequestNotCancellable,
     Scheduler,
 )
@@ -179,16 +180,7 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
     ) -> None:
         ep_method = self._endpoint(app, path, method)
-        body = await _read_body(receive)
-        req = self.scheduler.submit(
-            app,
-            _with_query(path, scope),
-            ep_method,
-            body,
-            _header(scope, b"content-type") or "application/json",
-            no_retry=_header(scope, NO_RETRY_HEADER) == "1",
-            persist=False,
-        )
+        req = await self._submit(scope, receive, app, path, ep_method, persist=False)
         bound = app.limits.request_timeout * MAX_ATTEMPTS + app.limits.startup_timeout
         try:
             async with asyncio.timeout(bound):
@@ -225,17 +217,23 @@ class Gateway:
                 return
         path = "/" + tail.strip("/")
         ep_method = self._endpoint(app, path, "POST" if method == "POST" else method, queue=True)
+        req = await self._submit(scope, receive, app, path, ep_method, persist=True)
+        await _send(send, 202, _dump(self._urls(scope, app.name, req.id)))
+
+    async def _submit(
+        self, scope: Scope, receive: Receive, app: AppState, path: str, method: str, persist: bool
+    ) -> LiveRequest:
+        """Read the body and hand the request to the scheduler (durable when `persist`)."""
         body = await _read_body(receive)
-        req = self.scheduler.submit(
+        return self.scheduler.submit(
             app,
             _with_query(path, scope),
-            ep_method,
+            method,
             body,
             _header(scope, b"content-type") or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
-            persist=True,
+            persist=persist,
         )
-        await _send(send, 202, _dump(self._urls(scope, app.name, req.id)))
 
     async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
         req = self._request(app, request_id)
