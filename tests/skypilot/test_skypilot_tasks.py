@@ -221,3 +221,13 @@ def test_cluster_names_carry_stack_app_and_revision():
     )
     assert tasks.parse_cluster_name(tasks.gateway_cluster_name("My_Stack")).kind == "gateway"
     assert tasks.parse_cluster_name("my-dev-box") is None
+
+
+def test_plan_shows_the_environment_key_the_runner_task_builds(enabled, sky, tmp_path: Path):
+    provider = SkyPilotProvider("demo", tmp_path / "rt", clouds=["lambda"])
+    spec = runner_spec(tmp_path, ["CPU"])
+    key = provider.environment_key(list(spec.requirements), spec.python_version)
+    config = provider.runner_task(spec, "sf-demo--embed--3f9a0c1d--r1").to_yaml_config()
+    assert key in config["setup"]
+    assert key in config["run"]  # the runner starts from that environment's python
+    assert provider.environment_key(["numpy==2.2.0"], "3.11") != key
