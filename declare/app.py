@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from skyform.errors import AppDefinitionError
 from skyform.machines import machine_type_names
-from skyform.suggest import nearest
+from skyform.suggest import did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -148,11 +148,9 @@ def _check_attributes(cls: type) -> None:
             continue
         if callable(value) or isinstance(value, (staticmethod, classmethod, property)):
             continue
-        match = nearest(name, OPTION_NAMES, cutoff=_MISSPELLING_CUTOFF)
-        if match is not None:
-            raise AppDefinitionError(
-                f'{cls.__qualname__}: unknown option "{name}" (did you mean "{match}"?)'
-            )
+        hint = did_you_mean(name, OPTION_NAMES, cutoff=_MISSPELLING_CUTOFF)
+        if hint:
+            raise AppDefinitionError(f'{cls.__qualname__}: unknown option "{name}"{hint}')
 
 
 def app_options(cls: type[App], overrides: dict[str, Any] | None = None) -> AppOptions:

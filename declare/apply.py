@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def check_plan_current(plan: Plan, doc: Any, source: str) -> None:
         )
 
 
-def secret_values(plan: Plan, stack: Stack | None) -> dict[str, dict[str, str]]:
+def secret_values(plan: Plan) -> dict[str, dict[str, str]]:
     """Each changing app's secrets, read from the environment now; a missing one is an error."""
     out: dict[str, dict[str, str]] = {}
     for change in plan.changes:
@@ -200,6 +201,8 @@ class Applier:
     # -- the steps -----------------------------------------------------------------
 
     def run(self) -> Any:
+        # A missing secret fails the apply before anything is stopped, started or written.
+        secrets = secret_values(self.plan)
         with _Interrupts(self.report) as interrupts:
             gw = self.plan.change(GATEWAY)
             if gw is not None and "delete" in gw.actions:
@@ -218,7 +221,6 @@ class Applier:
             elif deletes:
                 self._write({app_address(c.name): None for c in deletes})
                 self.done["destroy"] += len(deletes)
-            secrets = secret_values(self.plan, self.ctx.stack)
             broken = self._build_environments(registers)
             interrupts.check()
             for batch in _batches(registers):
@@ -396,45 +398,35 @@ class Applier:
             + READY_MARGIN
         )
         with self._client() as client:
-            last: dict[str, dict[str, Any]] = {}
             while True:
                 live = client.list_apps()
                 pending = {}
                 for name, rec in wanted.items():
                     app = live.get(name) or {}
-                    ready = [
+                    current = [
                         r
                         for r in app.get("runners", [])
-                        if r.get("state") == "ready" and r.get("revision") == rec.get("revision")
+                        if r.get("revision") == rec.get("revision")
                     ]
+                    ready = [r for r in current if r.get("state") == "ready"]
                     if self.progress is not None:
-                        states: dict[str, int] = {}
-                        for r in app.get("runners", []):
-                            if (
-                                r.get("revision") == rec.get("revision")
-                                and r.get("state") != "ready"
-                            ):
-                                states[str(r.get("state"))] = states.get(str(r.get("state")), 0) + 1
-                        self.progress(name, len(ready), int(rec["min_runners"]), states)
+                        states = Counter(
+                            str(r.get("state")) for r in current if r.get("state") != "ready"
+                        )
+                        self.progress(name, len(ready), int(rec["min_runners"]), dict(states))
                     if len(ready) < int(rec["min_runners"]):
                         pending[name] = app
-                        failed = [
-                            r
-                            for r in app.get("runners", [])
-                            if r.get("state") == "failed"
-                            and r.get("revision") == rec.get("revision")
-                        ]
+                        failed = [r for r in current if r.get("state") == "failed"]
                         if len(failed) >= FAILED_RUNNERS_LIMIT and not ready:
                             error = failed[-1].get("error") or app.get("last_error") or "no error"
                             raise SkyformError(
                                 f"app {name}: its runners fail to start: {error} "
                                 f"(see `skyform logs {name}`)"
                             )
-                last = pending
                 if not pending:
                     return
                 if time.monotonic() > deadline:
-                    name, app = next(iter(sorted(last.items())))
+                    name, app = min(pending.items())
                     error = app.get("last_error") or _runner_error(app) or "no error reported"
                     raise SkyformError(
                         f"app {name}: min_runners not ready in time ({error}); "

@@ -35,7 +35,9 @@ import cloudpickle
 
 from skyform.app import App, AppOptions, app_endpoints, app_options
 from skyform.errors import BundleError
+from skyform.files import write_atomic
 from skyform.loader import LoadedApp, loaded_app
+from skyform.signing import canonical_json, sign
 
 MAGIC = b"SKYFORM-BUNDLE/1\n"
 FORMAT_VERSION = 1
@@ -63,10 +65,11 @@ class Bundle:
 
     def write(self, path: Path | str) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.data)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, self.data)
+        except OSError as exc:
+            raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from None
         return path
 
 
@@ -109,7 +112,7 @@ def bundle_loaded_app(
         "endpoints": [{"name": e.name, "path": e.path, "method": e.spec.method} for e in endpoints],
         "openapi": openapi_schema(cls),
         "by_value": modules,
-        "by_reference": _by_reference(loaded, set(modules)),
+        "by_reference": _by_reference(set(modules)),
         "revision": revision,
         "fingerprint": fingerprint,
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
@@ -202,7 +205,7 @@ def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[s
         raise BundleError("bundle is unsigned; refusing to load it")
     if not key:
         raise BundleError("no bundle key configured (set SKYFORM_BUNDLE_KEY); refusing to load")
-    expected = _sign(meta, key)
+    expected = sign(meta, key)
     if not hmac.compare_digest(str(signature), expected):
         raise BundleError(
             "bundle signature does not match (tampered, or signed with another stack's key)"
@@ -221,20 +224,12 @@ def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[s
 
 
 def _assemble(meta: dict[str, Any], payload: bytes, key: str) -> bytes:
-    header = json.dumps({"meta": meta, "signature": _sign(meta, key)}, sort_keys=True)
+    header = json.dumps({"meta": meta, "signature": sign(meta, key)}, sort_keys=True)
     return MAGIC + header.encode() + b"\n" + payload
 
 
-def _sign(meta: dict[str, Any], key: str) -> str:
-    return hmac.new(key.encode(), _canonical(meta), hashlib.sha256).hexdigest()
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _hash(value: Any) -> str:
-    return hashlib.sha256(_canonical(value)).hexdigest()
+    return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 def _source_hash(path: Path) -> str:
@@ -264,7 +259,7 @@ def _pickle(cls: type[App], by_value: list[types.ModuleType]) -> bytes:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-def _by_reference(loaded: LoadedApp, by_value: set[str]) -> list[str]:
+def _by_reference(by_value: set[str]) -> list[str]:
     """Top-level packages the project's modules use that travel by reference (must be installed)."""
     found: set[str] = set()
     for name in by_value:

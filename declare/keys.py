@@ -6,7 +6,6 @@ never inside the state, so a state file can be shared without leaking them.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -14,6 +13,7 @@ import secrets
 from pathlib import Path
 
 from skyform.errors import SkyformError
+from skyform.files import write_atomic
 
 ENV_NAMES: dict[str, str] = {
     "bundle_key": "SKYFORM_BUNDLE_KEY",  # signs and verifies bundles
@@ -44,15 +44,18 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
     Environment values win over stored ones and are never written to disk.
     """
     path = keys_path(workdir, stack)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_suffix(".lock")
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = _read(path)
-        missing = [n for n in ENV_NAMES if n not in stored]
-        if missing:
-            stored.update({n: secrets.token_urlsafe(32) for n in missing})
-            _write_private(path, stored)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read(path)
+            missing = [n for n in ENV_NAMES if n not in stored]
+            if missing:
+                stored.update({n: secrets.token_urlsafe(32) for n in missing})
+                text = json.dumps(stored, indent=2, sort_keys=True)
+                write_atomic(path, text, mode=0o600, fsync=True)
+    except OSError as exc:
+        raise SkyformError(f"cannot write keys file {path}: {exc.strerror or exc}") from None
     resolved = dict(stored)
     for name, env_name in ENV_NAMES.items():
         if os.environ.get(env_name):
@@ -70,15 +73,3 @@ def _read(path: Path) -> dict[str, str]:
     if not isinstance(data, dict):
         raise SkyformError(f"keys file {path} is not a JSON object")
     return {k: v for k, v in data.items() if isinstance(v, str)}
-
-
-def _write_private(path: Path, data: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -21,7 +21,6 @@ stack fast.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import json
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from skyform.errors import SkyformError
+from skyform.files import write_atomic
+from skyform.signing import sign
 from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
 
@@ -39,24 +40,13 @@ FORMAT_VERSION = "1"
 GATEWAY = "gateway"
 APP_PREFIX = "app."
 
-# App attributes whose change needs new runners (a new revision).
+# App attributes whose change needs new runners (a new revision); any other change is in place.
 FORCES_NEW_REVISION = ("app", "python", "machine_type", "requirements", "revision", "env_key")
-# App attributes that change in place.
-IN_PLACE = (
-    "min_runners",
-    "max_runners",
-    "keep_alive",
-    "max_multiplexing",
-    "request_timeout",
-    "startup_timeout",
-    "auth",
-    "env",
-    "secrets",
-    "secrets_digest",
-)
 SENSITIVE = ("secrets_digest",)
 # Attributes kept in state for bookkeeping but never compared.
 NOT_COMPARED = ("fingerprint",)
+# Apply's own bookkeeping in a state record: not an attribute of the resource.
+BOOKKEEPING = ("handle", "pending")
 GATEWAY_ATTRS = ("provider", "host", "port")
 SCALING_OPTIONS = (
     "min_runners",
@@ -544,9 +534,7 @@ def _secrets_digest(
             "(apply needs it)"
         )
         return (prior or {}).get("secrets_digest")
-    values = {n: os.environ[n] for n in names}
-    canonical = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
-    return "hmac-sha256:" + hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()[:32]
+    return "hmac-sha256:" + sign({n: os.environ[n] for n in names}, key)[:32]
 
 
 def _gateway_attrs(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -617,20 +605,20 @@ def _app_change(
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """Top-level attributes that differ, by deepdiff (types matter: 2 is not 2.0 is not "2")."""
-    b = {k: v for k, v in before.items() if k not in NOT_COMPARED and k != "handle"}
-    a = {k: v for k, v in after.items() if k not in NOT_COMPARED and k != "handle"}
-    b = {k: _numeric(v) for k, v in b.items()}
-    a = {k: _numeric(v) for k, v in a.items()}
+    b, a = _comparable(before), _comparable(after)
     if b == a:
         return []
     from deepdiff import DeepDiff
 
     diff = DeepDiff(b, a, ignore_order=False, verbose_level=0)
-    roots: set[str] = set()
-    for path in diff.affected_root_keys:
-        roots.add(str(path))
+    roots = {str(path) for path in diff.affected_root_keys}
     order = list(after) + [k for k in before if k not in after]
     return [k for k in order if k in roots]
+
+
+def _comparable(attrs: dict[str, Any]) -> dict[str, Any]:
+    skip = (*NOT_COMPARED, *BOOKKEEPING)
+    return {k: _numeric(v) for k, v in attrs.items() if k not in skip}
 
 
 def _numeric(value: Any) -> Any:
@@ -641,9 +629,10 @@ def _numeric(value: Any) -> Any:
 
 
 def _strip(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A state record without apply's bookkeeping."""
     if record is None:
         return None
-    return {k: v for k, v in record.items() if k not in ("pending", "handle")}
+    return {k: v for k, v in record.items() if k not in BOOKKEEPING}
 
 
 def _state_app_names(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -749,9 +738,9 @@ def _costs(
 
 def _public(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
     """Attributes as shown to people and `--json`: sensitive ones masked."""
-    if attrs is None:
+    out = _strip(attrs)
+    if out is None:
         return None
-    out = {k: v for k, v in attrs.items() if k not in ("handle", "pending")}
     for key in SENSITIVE:
         if out.get(key) is not None:
             out[key] = "(sensitive value)"
@@ -779,13 +768,13 @@ def save_plan(plan: Plan, path: Path | str, key: str, stack_file: str) -> Path:
         },
         "bundles": {n: base64.b64encode(b).decode() for n, b in sorted(plan.bundles.items())},
     }
-    signed = {"format": PLAN_FILE_MAGIC, "version": 1, **body, "signature": _sign(body, key)}
+    signed = {"format": PLAN_FILE_MAGIC, "version": 1, **body, "signature": sign(body, key)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(signed, sort_keys=True))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(signed, sort_keys=True), mode=0o600)  # it carries bundles
+    except OSError as exc:
+        raise SkyformError(f"{path}: cannot write the plan file: {exc.strerror or exc}") from None
     return path
 
 
@@ -804,7 +793,7 @@ def load_plan(path: Path | str, key: str) -> Plan:
     if raw.get("version") != 1:
         raise SkyformError(f"{path}: plan file version {raw.get('version')!r} is not supported")
     body = {k: raw.get(k) for k in ("plan", "private", "bundles")}
-    if not hmac.compare_digest(str(raw.get("signature", "")), _sign(body, key)):
+    if not hmac.compare_digest(str(raw.get("signature", "")), sign(body, key)):
         raise SkyformError(
             f"{path}: the plan file's signature does not match (it was edited, or made for "
             "another stack or with another SKYFORM_BUNDLE_KEY); run plan again"
@@ -839,8 +828,3 @@ def load_plan(path: Path | str, key: str) -> Plan:
         gateway_spec=private.get("gateway_spec") or {},
         bundles={n: base64.b64decode(b) for n, b in (body["bundles"] or {}).items()},
     )
-
-
-def _sign(body: dict[str, Any], key: str) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from skyform.plan import FORCES_NEW_REVISION, SENSITIVE, Plan, ResourceChange
+from skyform.plan import BOOKKEEPING, FORCES_NEW_REVISION, SENSITIVE, Plan, ResourceChange
 
 SYMBOL = {
     ("create",): "+",
@@ -137,9 +137,7 @@ def _keys(attrs: dict[str, Any]) -> list[str]:
     return [
         k
         for k in attrs
-        if k not in HIDDEN
-        and k not in ("handle", "pending")
-        and not (k in SENSITIVE and attrs[k] is None)
+        if k not in HIDDEN and k not in BOOKKEEPING and not (k in SENSITIVE and attrs[k] is None)
     ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -94,17 +95,13 @@ class AppEntry(BaseModel):
     @field_validator("env")
     @classmethod
     def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not ENV_NAME_PATTERN.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
+        _check_env_names(value)
         return value
 
     @field_validator("secrets")
     @classmethod
     def _check_secrets(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not ENV_NAME_PATTERN.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
+        _check_env_names(value)
         if len(set(value)) != len(value):
             raise ValueError("a secret is listed twice")
         return value
@@ -131,6 +128,12 @@ class AppEntry(BaseModel):
             for name in OPTION_NAMES
             if name in self.model_fields_set and getattr(self, name) is not None
         }
+
+
+def _check_env_names(names: Iterable[str]) -> None:
+    for name in names:
+        if not ENV_NAME_PATTERN.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
 
 
 class StackModel(BaseModel):
@@ -164,18 +167,17 @@ class StackModel(BaseModel):
     @field_validator("state", mode="before")
     @classmethod
     def _check_state(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "local":
-            raise ValueError(
-                f'unknown state backend "{value}"{did_you_mean(value, ["local", "postgres"])}'
-            )
-        if isinstance(value, dict):
-            if list(value) != ["postgres"]:
-                name = next(iter(value), "")
-                raise ValueError(
-                    f'unknown state backend "{name}"{did_you_mean(name, ["local", "postgres"])}'
-                )
-            if not isinstance(value["postgres"], dict) or not value["postgres"].get("url"):
-                raise ValueError("state.postgres needs a url")
+        from skyform.state.config import BACKENDS, parse_config
+
+        if not isinstance(value, str | dict):
+            return value  # the type check reports it
+        name = value if isinstance(value, str) else str(next(iter(value), ""))
+        if name not in BACKENDS:
+            raise ValueError(f'unknown state backend "{name}"{did_you_mean(name, BACKENDS)}')
+        try:  # the backend's own rules: options, a postgres url
+            parse_config(value)
+        except SkyformError as exc:
+            raise ValueError(str(exc).removeprefix("state: ")) from None
         return value
 
     @field_validator("apps")

@@ -49,8 +49,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from skyform.errors import SkyformError
+from skyform.files import write_atomic
 
 Progress = Callable[[str], None]
 
@@ -173,7 +175,7 @@ def runtime_requirements() -> list[str]:
         for req in importlib.metadata.requires("skyform") or []:
             if ";" in req:
                 continue  # extras (skypilot, torch, dev)
-            name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower()
+            name = _req_name(req).lower()
             if name in RUNTIME_PACKAGES:
                 found[name] = req.strip()
     return [found.get(name, _RUNTIME_FALLBACK[name]) for name in RUNTIME_PACKAGES]
@@ -295,18 +297,26 @@ def load_environment(key: str, *, built: bool = False) -> Environment | None:
     marker = read_marker(path)
     if marker is None:
         return None
+    fields = marker_fields(marker)
     return Environment(
         key=key,
         path=path,
         python=env_python(path),
-        python_version=str(marker.get("python_version", "")),
-        requirements=tuple(marker.get("requirements", []) or []),  # type: ignore[arg-type]
-        skyform_version=str(marker.get("skyform_version", "")),
-        installer=str(marker.get("installer", "")),
-        created=float(marker.get("created", 0) or 0),  # type: ignore[arg-type]
+        **{**fields, "requirements": tuple(fields["requirements"])},
         build_id=str(marker.get("build_id", "")),
         built=built,
     )
+
+
+def marker_fields(marker: dict[str, object]) -> dict[str, Any]:
+    """What a completion marker says about its environment (empty values where absent)."""
+    return {
+        "python_version": str(marker.get("python_version", "")),
+        "requirements": list(marker.get("requirements", []) or []),  # type: ignore[call-overload]
+        "skyform_version": str(marker.get("skyform_version", "")),
+        "installer": str(marker.get("installer", "")),
+        "created": float(marker.get("created", 0) or 0),  # type: ignore[arg-type]
+    }
 
 
 # --------------------------------------------------------------------------- ensure
@@ -424,7 +434,7 @@ def _build(
         "created": time.time(),
         "build_id": uuid.uuid4().hex,
     }
-    _write_atomic(path / MARKER, json.dumps(marker, indent=2))
+    write_atomic(path / MARKER, json.dumps(marker, indent=2), fsync=True)
     report(f"environment {key[:12]}: ready in {time.monotonic() - started:.1f}s")
     env = load_environment(key, built=True)
     assert env is not None  # the marker was just written
@@ -531,20 +541,28 @@ def _run(command: list[str], env: dict[str, str], report: Progress, log: object)
         raise EnvironmentBuildError(f"could not run {command[0]}: {exc}") from exc
     lines: list[str] = []
     assert proc.stdout is not None
-    with proc.stdout:
-        for line in proc.stdout:
-            text = _ANSI.sub("", line.rstrip())
-            log.write(text + "\n")  # type: ignore[attr-defined]
-            if text.strip() and not text.startswith("Activate with:"):
-                lines.append(text)
-                report(text.strip())
+    try:
+        with proc.stdout:
+            for line in proc.stdout:
+                text = ANSI_ESCAPE.sub("", line.rstrip())
+                log.write(text + "\n")  # type: ignore[attr-defined]
+                if text.strip() and not text.startswith("Activate with:"):
+                    lines.append(text)
+                    report(text.strip())
+    except BaseException:
+        # Interrupted (Ctrl-C, a failed log write): the installer must not
+        # outlive the build, which is about to remove its directory.
+        proc.kill()
+        proc.wait()
+        raise
     code = proc.wait()
     if code != 0:
         output = "\n".join(lines)
         raise EnvironmentBuildError(_failure_message(lines), output=output)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Terminal colour and cursor codes, stripped from installer and SkyPilot output.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _failure_message(lines: list[str]) -> str:
@@ -654,21 +672,6 @@ def _check_imports(path: Path, key: str) -> None:
             + (lines[-1] if lines else f"exit code {result.returncode}"),
             key=key,
         )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:

@@ -24,14 +24,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skyform.files import write_atomic
 from skyform.providers.environments import (
     LOG_SUFFIX,
     EnvUser,
     _remove_tree,
-    _write_atomic,
     env_path,
     envs_dir,
     key_lock,
+    marker_fields,
     read_marker,
 )
 
@@ -89,7 +90,7 @@ def record_use(key: str, user: EnvUser) -> None:
         users.append(
             {"stack": user.stack, "app": user.app, "workdir": workdir, "last_used": time.time()}
         )
-        _write_atomic(path / USERS_FILE, json.dumps({"users": users}, indent=2))
+        write_atomic(path / USERS_FILE, json.dumps({"users": users}, indent=2), fsync=True)
 
 
 def _read_users(path: Path) -> list[dict[str, object]]:
@@ -115,11 +116,7 @@ def list_environments(*, with_size: bool = True) -> list[EnvInfo]:
                 key=path.name,
                 path=path,
                 complete=bool(marker),
-                python_version=str(marker.get("python_version", "")),
-                requirements=list(marker.get("requirements", []) or []),  # type: ignore[call-overload]
-                skyform_version=str(marker.get("skyform_version", "")),
-                installer=str(marker.get("installer", "")),
-                created=float(marker.get("created", 0) or 0),  # type: ignore[arg-type]
+                **marker_fields(marker),
                 last_used=max([float(u.get("last_used", 0) or 0) for u in users], default=0.0),  # type: ignore[arg-type]
                 size=_tree_size(path) if with_size else 0,
                 users=users,

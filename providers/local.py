@@ -235,16 +235,8 @@ class LocalProvider:
             self._handles.pop(handle.runner_id, None)
         if proc is None:
             _terminate_pid(_int(handle.info.get("pid")), grace)
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        elif proc.poll() is None:
+            _terminate(proc.pid, grace, lambda: proc.poll() is None)
 
     def list_runners(self, stack: str) -> list[RunnerHandle]:
         if stack != self.stack:
@@ -346,21 +338,22 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def _terminate_pid(pid: int | None, grace: float) -> None:
-    if not _pid_alive(pid):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+    if pid is not None and _pid_alive(pid):
+        _terminate(pid, grace, lambda: _pid_alive(pid))
+
+
+def _terminate(pid: int, grace: float, alive: Callable[[], bool]) -> None:
+    """SIGTERM `pid`, SIGKILL it when still `alive()` after `grace` seconds (then wait up to 5 s)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive():
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        else:
             return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _health_answers(url: str) -> bool:

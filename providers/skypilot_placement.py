@@ -12,7 +12,6 @@ types in the app's order, and within one type the clouds in the stack's order.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 from skyform.errors import SkyformError
 from skyform.machines import get_machine_type
 from skyform.providers.base import Price
+from skyform.providers.environments import ANSI_ESCAPE
 from skyform.suggest import did_you_mean
 
 if TYPE_CHECKING:
     import sky
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
 
 def clean_message(text: str) -> str:
     """SkyPilot's message on one line, without terminal colour codes."""
-    return " ".join(_ANSI.sub("", text).split())
+    return " ".join(ANSI_ESCAPE.sub("", text).split())
 
 
 # --- resources -------------------------------------------------------------------

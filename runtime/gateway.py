@@ -32,12 +32,13 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from skyform.errors import SkyformError
+from skyform.files import write_atomic
+from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     APP_NAME_RE,
@@ -48,18 +49,16 @@ from skyform.runtime.gateway_scheduler import (
     RequestNotCancellable,
     Scheduler,
 )
+from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
+from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.suggest import did_you_mean
 
 log = logging.getLogger("skyform.gateway")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-_JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
 NO_RETRY_HEADER = b"x-skyform-no-retry"
 MAX_BODY = 64 * 1024 * 1024
 
@@ -123,14 +122,14 @@ class Gateway:
             if exc.error_type:
                 body["error_type"] = exc.error_type
             headers = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
-            await _send(send, exc.status, _dump(body), _JSON, headers)
+            await send_response(send, exc.status, dump(body), JSON, headers)
         except Exception:
             log.exception("error while serving %s %s", scope["method"], scope["path"])
             body = {
                 "detail": "internal gateway error (see the gateway log)",
                 "error_type": "internal_error",
             }
-            await _send(send, 500, _dump(body))
+            await send_response(send, 500, dump(body))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -169,7 +168,7 @@ class Gateway:
             return
         if rest == "/openapi.json" and method == "GET" and app.endpoint_method(rest) is None:
             self._check_caller(scope, app)
-            await _send(send, 200, _dump(app.meta.get("openapi", {})), _JSON)
+            await send_response(send, 200, dump(app.meta.get("openapi", {})), JSON)
             return
         self._check_caller(scope, app)
         await self._sync_call(scope, receive, send, app, rest, method)
@@ -210,15 +209,17 @@ class Gateway:
                 await self._result(send, scope, app, request_id)
                 return
             if action == "status" and method == "GET":
-                await _send(send, 200, _dump(self._status(scope, self._request(app, request_id))))
+                await send_response(
+                    send, 200, dump(self._status(scope, self._request(app, request_id)))
+                )
                 return
             if action == "cancel" and method in ("PUT", "POST"):
                 await self._cancel(send, app, request_id)
                 return
         path = "/" + tail.strip("/")
-        ep_method = self._endpoint(app, path, "POST" if method == "POST" else method, queue=True)
+        ep_method = self._endpoint(app, path, method, queue=True)
         req = await self._submit(scope, receive, app, path, ep_method, persist=True)
-        await _send(send, 202, _dump(self._urls(scope, app.name, req.id)))
+        await send_response(send, 202, dump(self._urls(scope, app.name, req.id)))
 
     async def _submit(
         self, scope: Scope, receive: Receive, app: AppState, path: str, method: str, persist: bool
@@ -238,7 +239,7 @@ class Gateway:
     async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
         req = self._request(app, request_id)
         if req.status != "COMPLETED":
-            await _send(send, 202, _dump(self._status(scope, req)))
+            await send_response(send, 202, dump(self._status(scope, req)))
             return
         await self._send_result(send, req)
 
@@ -253,14 +254,16 @@ class Gateway:
                 f"request {request_id} is {str(exc).lower()}; only queued ones can be cancelled",
                 extra={"status": status},
             ) from None
-        await _send(
-            send, 202, _dump({"status": "CANCELLATION_REQUESTED", "request_id": request_id})
+        await send_response(
+            send, 202, dump({"status": "CANCELLATION_REQUESTED", "request_id": request_id})
         )
 
     async def _send_result(self, send: Send, req: StoredRequest) -> None:
-        headers = [(b"x-skyform-request-id", req.id.encode())]
+        headers = [(_REQUEST_ID, req.id.encode())]
         content_type = (req.result_type or "application/json").encode()
-        await _send(send, req.result_status or 200, req.result_body or b"", content_type, headers)
+        await send_response(
+            send, req.result_status or 200, req.result_body or b"", content_type, headers
+        )
 
     def _status(self, scope: Scope, req: StoredRequest) -> dict[str, Any]:
         out: dict[str, Any] = {"status": req.status, "request_id": req.id}
@@ -294,7 +297,7 @@ class Gateway:
         from skyform.runtime.playground import render_playground
 
         page = render_playground(app.name, app.auth, app.meta.get("openapi", {}))
-        await _send(send, 200, page.encode(), _HTML)
+        await send_response(send, 200, page.encode(), _HTML)
 
     # --- admin API ----------------------------------------------------------
 
@@ -309,7 +312,7 @@ class Gateway:
             from skyform import __version__
 
             body = {"status": "ok", "stack": self.stack, "version": __version__, "pid": os.getpid()}
-            await _send(send, 200, _dump(body))
+            await send_response(send, 200, dump(body))
         elif rest == "metrics" and method == "GET":
             s = self.scheduler
             text = self.metrics.render(
@@ -317,13 +320,13 @@ class Gateway:
                 {a.name: a.in_progress() for a in s.apps.values()},
                 s.runner_counts(),
             )
-            await _send(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+            await send_response(send, 200, text.encode(), Registry.content_type.encode())
         elif rest == "runners" and method == "GET":
             runners = [r.describe() for r in self.scheduler.all_runners()]
-            await _send(send, 200, _dump({"runners": runners}))
+            await send_response(send, 200, dump({"runners": runners}))
         elif rest == "apps" and method == "GET":
             apps = [a.describe() for a in self.scheduler.apps.values()]
-            await _send(send, 200, _dump({"apps": apps}))
+            await send_response(send, 200, dump({"apps": apps}))
         elif len(parts) == 2 and parts[0] == "apps":
             await self._admin_app(receive, send, parts[1], method)
         elif len(parts) == 3 and parts[0] == "apps" and parts[2] == "logs" and method == "GET":
@@ -333,23 +336,23 @@ class Gateway:
             except ValueError:
                 raise HTTPError(400, "tail must be an integer") from None
             text = self._logs(self._app(parts[1]), max(tail, 0))
-            await _send(send, 200, text.encode(), _TEXT)
+            await send_response(send, 200, text.encode(), _TEXT)
         else:
             raise HTTPError(404, f"no admin route {method} /-/{rest}")
 
     async def _admin_app(self, receive: Receive, send: Send, name: str, method: str) -> None:
         if method == "GET":
-            await _send(send, 200, _dump(self._app(name).describe()))
+            await send_response(send, 200, dump(self._app(name).describe()))
         elif method == "PUT":
             if not self.accepting:
                 raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
             app = self._register(name, await _read_body(receive))
             body = {"name": app.name, "revision": app.revision, "fingerprint": app.fingerprint}
-            await _send(send, 200, _dump(body))
+            await send_response(send, 200, dump(body))
         elif method == "DELETE":
             if not self.scheduler.remove(name):
                 self._app(name)  # raises a 404 that names the known apps
-            await _send(send, 200, _dump({"name": name, "removed": True}))
+            await send_response(send, 200, dump({"name": name, "removed": True}))
         else:
             raise HTTPError(405, f"{method} is not allowed on /-/apps/{name}")
 
@@ -487,24 +490,6 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes = _JSON,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -573,11 +558,12 @@ def _stored_admin_token(state_dir: Path) -> str:
     """Without SKYFORM_ADMIN_TOKEN, a token generated once into `<state-dir>/admin-token` (0600)."""
     path = state_dir / "admin-token"
     if path.exists():
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if token:
+            return token
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    # Written whole, then renamed: a gateway killed mid-write leaves no empty token behind.
+    write_atomic(path, token + "\n", mode=0o600)
     log.warning("SKYFORM_ADMIN_TOKEN is not set: generated one into %s", path)
     return token
 

@@ -65,25 +65,22 @@ class RunnerClient:
         head = self._head(method, path, body, headers)
         conn, reused = self._take()
         async with asyncio.timeout(timeout):
-            if conn is None:
-                conn = await self._connect()
-            try:
-                result, keep = await _exchange(conn, head, body)
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-                conn.close()
-                if not reused:
-                    raise RunnerConnectionError(_describe(exc)) from None
-                # A pooled connection the runner had already closed: try once
-                # on a fresh one; a dead runner refuses that one too.
-                conn = await self._connect()
+            while True:
+                if conn is None:
+                    conn = await self._connect()
                 try:
                     result, keep = await _exchange(conn, head, body)
-                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc2:
+                    break
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                     conn.close()
-                    raise RunnerConnectionError(_describe(exc2)) from None
-            except BaseException:
-                conn.close()
-                raise
+                    if not reused:
+                        raise RunnerConnectionError(_describe(exc)) from None
+                    # A pooled connection the runner had already closed: try once
+                    # on a fresh one; a dead runner refuses that one too.
+                    conn, reused = None, False
+                except BaseException:
+                    conn.close()
+                    raise
         if keep and len(self._idle) < _MAX_POOL:
             conn.used = time.monotonic()
             self._idle.append(conn)

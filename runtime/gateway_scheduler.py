@@ -39,10 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from skyform.errors import SkyformError
+from skyform.files import write_atomic
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
+from skyform.runtime.runner_context import REQUEST_ID_HEADER
+from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 
 log = logging.getLogger("skyform.gateway")
 
@@ -58,8 +61,6 @@ RETIRED_KEPT = 20
 RESULT_TTL_S = float(os.environ.get("SKYFORM_RESULT_TTL_S", 7 * 24 * 3600))
 PRUNE_INTERVAL_S = 300.0
 PROVIDER_THREADS = 64
-REQUEST_ID_HEADER = "x-skyform-request-id"
-ERROR_TYPE_HEADER = "x-skyform-error-type"
 TIMEOUT_MARGIN_S = 5.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
@@ -309,9 +310,7 @@ class Scheduler:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{meta['fingerprint']}.bundle"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            write_atomic(path, data)
         generation = generation_of(meta["revision"], env)
         app = self.apps.get(name)
         fresh = app is None or app.generation != generation
@@ -346,13 +345,8 @@ class Scheduler:
         except Exception as exc:
             if self.apps.get(app.name) is not app or app.generation != generation:
                 return
-            kind = (
-                "environment_build_failed"
-                if type(exc).__name__ == "EnvironmentBuildError"
-                else "startup_failed"
-            )
             log.warning("app %s: cannot prepare runners: %s", app.name, exc)
-            app.last_error, app.last_error_type = str(exc), kind
+            app.last_error, app.last_error_type = str(exc), _start_error_type(exc)
 
     def remove(self, name: str) -> bool:
         app = self.apps.pop(name, None)
@@ -532,17 +526,13 @@ class Scheduler:
         elif answer is None:
             self._runner_lost(app, runner, "failed", reason)
             self._retry(app, req, "unreachable", reason)
+        elif answer[0] == 504 and answer[1].get(ERROR_TYPE_HEADER) == "request_timeout":
+            # The endpoint overran request_timeout: the runner ends itself.
+            # Running it again would overrun again, so the caller gets it.
+            self._runner_lost(app, runner, "stopped", "a request overran request_timeout")
+            self._complete_error(req, "timeout", _error_detail(answer[2]) or "request timed out")
         else:
             status = answer[0]
-            if status == 504 and answer[1].get(ERROR_TYPE_HEADER) == "request_timeout":
-                # The endpoint overran request_timeout: the runner ends itself.
-                # Running it again would overrun again, so the caller gets it.
-                self._runner_lost(app, runner, "stopped", "a request overran request_timeout")
-                self._complete_error(
-                    req, "timeout", _error_detail(answer[2]) or "request timed out"
-                )
-                self._pump(app)
-                return
             if status == 503:
                 self._runner_lost(app, runner, "stopped", "answered 503: unhealthy, ending itself")
             if status in (503, 504) and not req.no_retry:
@@ -667,12 +657,8 @@ class Scheduler:
         try:
             handle = await asyncio.to_thread(self.provider.start_runner, spec)
         except Exception as exc:
-            kind = (
-                "environment_build_failed"
-                if type(exc).__name__ == "EnvironmentBuildError"
-                else "startup_failed"
-            )
-            self._start_failed(app, runner, kind, f"runner {runner.id} could not start: {exc}")
+            message = f"runner {runner.id} could not start: {exc}"
+            self._start_failed(app, runner, _start_error_type(exc), message)
             return
         runner.handle = handle
         if runner.state != "building":  # removed or shut down meanwhile
@@ -860,6 +846,13 @@ class Scheduler:
     def all_runners(self) -> list[Runner]:
         out = [r for app in self.apps.values() for r in app.runners.values()]
         return out + list(self._orphans)
+
+
+def _start_error_type(exc: BaseException) -> str:
+    """The `error_type` of a provider's failure to prepare or start a runner."""
+    if type(exc).__name__ == "EnvironmentBuildError":
+        return "environment_build_failed"
+    return "startup_failed"
 
 
 def _request_id() -> str:

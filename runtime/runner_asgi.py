@@ -19,9 +19,19 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
+from skyform.runtime.asgi import (
+    JSON,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    dump,
+    send_response,
+)
 from skyform.runtime.metrics import Registry
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
@@ -31,17 +41,10 @@ from skyform.runtime.runner_context import (
 )
 from skyform.runtime.runner_errors import EXIT_UNHEALTHY, error_body
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 log = logging.getLogger("skyform.runner")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _MAX_REQUEST_ID = 200
-_JSON = [(b"content-type", b"application/json")]
 
 
 class Phase(enum.Enum):
@@ -144,7 +147,7 @@ class RunnerASGI:
         path = scope["path"]
         if path == "/health":
             status, body = self.state.health()
-            await _send(send, status, body, [])
+            await send_response(send, status, body)
             return
 
         request_id = authorization = None
@@ -159,15 +162,19 @@ class RunnerASGI:
 
         if self._auth is not None and not _same(authorization, self._auth):
             body = error_body("missing or wrong runner token", "unauthorized", request_id)
-            await _send(send, 401, _dump(body), [*extra, (b"www-authenticate", b"Bearer")])
+            await send_response(
+                send, 401, dump(body), JSON, [*extra, (b"www-authenticate", b"Bearer")]
+            )
             return
         if path == "/metrics":
-            await _send(send, 200, self.metrics.registry.render().encode(), extra, _PROMETHEUS)
+            await send_response(
+                send, 200, self.metrics.registry.render().encode(), _PROMETHEUS, extra
+            )
             return
         if self.state.phase is not Phase.READY:
             detail = f"runner is {self.state.phase.value}, not taking requests"
             body = error_body(detail, "runner_not_ready", request_id)
-            await _send(send, 503, _dump(body), extra)
+            await send_response(send, 503, dump(body), JSON, extra)
             return
         await self._serve(scope, receive, send, path, request_id, extra)
 
@@ -200,15 +207,14 @@ class RunnerASGI:
             if status == 0:
                 status = 503
                 detail = "the runner stopped before this request finished"
-                await _send(
-                    send, 503, _dump(error_body(detail, "runner_shutdown", request_id)), extra
-                )
+                body = dump(error_body(detail, "runner_shutdown", request_id))
+                await send_response(send, 503, body, JSON, extra)
             raise
         except Exception:
             log.exception("unhandled error while serving %s", path)
             if status == 0:
                 body = error_body("internal error", "internal_error", request_id)
-                await _send(send, 500, _dump(body), extra)
+                await send_response(send, 500, dump(body), JSON, extra)
                 status = 500
         finally:
             self.metrics.in_flight.value -= 1
@@ -221,19 +227,7 @@ class RunnerASGI:
             self.state.fail(EXIT_UNHEALTHY, f"{path} answered 503 (request {request_id})")
 
 
-_PROMETHEUS = [(b"content-type", Registry.content_type.encode())]
-
-
-async def _send(
-    send: Send,
-    status: int,
-    body: bytes,
-    extra: list[tuple[bytes, bytes]],
-    content_type: list[tuple[bytes, bytes]] = _JSON,
-) -> None:
-    headers = [*content_type, (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+_PROMETHEUS = Registry.content_type.encode()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -256,7 +250,3 @@ def _valid_request_id(value: bytes) -> str | None:
 
 def _same(given: bytes | None, expected: bytes) -> bool:
     return given is not None and hmac.compare_digest(given, expected)
-
-
-def _dump(body: dict[str, Any]) -> bytes:
-    return json.dumps(body).encode()

@@ -87,9 +87,7 @@ class EndpointInvoker:
             self._expired.discard(task)
             task.uncancel()
             return _timed_out(ep, self._timeout)
-        except Exception as exc:
-            return _failed(ep, exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             return _failed(ep, exc)
         finally:
             del self._running[task]
@@ -147,7 +145,8 @@ def _timed_out(ep: Endpoint, timeout: float) -> JSONResponse:
 def _failed(ep: Endpoint, exc: BaseException) -> JSONResponse:
     ctx = current_request()
     request_id = ctx.request_id if ctx else None
-    if is_cuda_failure(exc) or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+    cuda = is_cuda_failure(exc)
+    if cuda or isinstance(exc, (SystemExit, KeyboardInterrupt)):
         log.error(
             "%s failed; the runner is unhealthy, answering 503 and stopping\n%s",
             ep.name,
@@ -155,7 +154,7 @@ def _failed(ep: Endpoint, exc: BaseException) -> JSONResponse:
         )
         if ctx is not None:
             ctx.end_runner(EXIT_UNHEALTHY, f"{ep.name} raised {type(exc).__name__}")
-        error_type = "cuda_error" if is_cuda_failure(exc) else "runner_exit"
+        error_type = "cuda_error" if cuda else "runner_exit"
         return _json(503, f"{type(exc).__name__}: {exc}", error_type, request_id)
     log.error("%s raised an exception\n%s", ep.name, user_traceback(exc))
     return _json(

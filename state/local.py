@@ -18,9 +18,9 @@ import errno
 import fcntl
 import json
 import os
-import uuid
 from pathlib import Path
 
+from skyform.files import temp_name, write_atomic
 from skyform.keys import SKYFORM_DIR
 from skyform.state.backend import GRACE, StateBackend
 from skyform.state.errors import StateError
@@ -70,7 +70,7 @@ class LocalBackend(StateBackend):
 
         fd = wait_for(self._try_flock, max(timeout, GRACE), give_up)
         try:
-            _write_atomic(self.info_path, json.dumps(info.to_dict(), indent=2) + "\n", fsync=False)
+            write_atomic(self.info_path, json.dumps(info.to_dict(), indent=2) + "\n", mode=0o644)
         except BaseException:
             os.close(fd)
             raise
@@ -143,7 +143,7 @@ class LocalBackend(StateBackend):
         try:
             if previous is not None:
                 _keep_backup(self.path, self.backup_path)
-            _write_atomic(self.path, text, fsync=True)
+            write_atomic(self.path, text, mode=0o644, fsync=True)
         except OSError as exc:
             raise StateError(
                 f"cannot write state file {self.path}: {exc.strerror or exc}; "
@@ -174,39 +174,16 @@ def _read_info(path: Path) -> LockInfo | None:
         return None
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _write_atomic(path: Path, text: str, fsync: bool) -> None:
-    """Write `text` to `path` so a reader sees the old or the new file, never a mix."""
-    tmp = _temp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if fsync:
-        _fsync_dir(path.parent)
-
-
 def _keep_backup(path: Path, backup: Path) -> None:
     """Make `backup` the current contents of `path`, atomically (a hard link when possible)."""
     if not path.exists():
         return
-    tmp = backup.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.backup.tmp")
+    tmp = temp_name(backup)
     try:
         try:
             os.link(path, tmp)
         except OSError:  # a filesystem without hard links: copy instead
-            _write_atomic(tmp, path.read_text(encoding="utf-8"), fsync=True)
+            write_atomic(tmp, path.read_bytes(), mode=0o644, fsync=True)
         os.replace(tmp, backup)
         # When `backup` already was this very file (a writer killed between keeping the
         # backup and replacing the state), rename(2) does nothing and leaves `tmp`.
@@ -216,17 +193,3 @@ def _keep_backup(path: Path, backup: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from skyform.state.errors import StateError, StateLockedError
+from skyform.state.errors import StateLockedError
 
 T = TypeVar("T")
 
@@ -101,12 +101,9 @@ def wait_for(
 
     Delays double from 50 ms to 1 s with jitter, so many waiting CI jobs do
     not poll in step. Backends pass at least a short grace period even for a
-    user's timeout of 0 (see `backend.GRACE`).
+    user's timeout of 0 (see `backend.GRACE`); `StateBackend.lock` refuses a negative one.
     """
-    if timeout < 0:
-        raise StateError(f"lock timeout must be 0 or more seconds, not {timeout:g}")
-    start = time.monotonic()
-    deadline = start + timeout
+    deadline = time.monotonic() + timeout
     delay = FIRST_DELAY
     while True:
         got = attempt()

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from skyform.bundle import build_bundle
-from skyform.cli.output import console, print_json
+from skyform.cli.output import console, human_size, print_json
 from skyform.keys import stack_secret
 
 
@@ -46,7 +46,7 @@ def bundle(
     table.add_column()
     table.add_row("app", f"{meta['app']} ({ref})")
     table.add_row("fingerprint", built.fingerprint)
-    table.add_row("size", _human_size(built.size))
+    table.add_row("size", human_size(built.size))
     table.add_row("path", str(path))
     table.add_row("python", meta["python"])
     table.add_row("endpoints", ", ".join(f"{e['method']} {e['path']}" for e in meta["endpoints"]))
@@ -55,12 +55,3 @@ def bundle(
     )
     table.add_row("by reference", ", ".join(meta["by_reference"]) or "-")
     console.print(table)
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024 or unit == "MiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

@@ -107,17 +107,14 @@ def _check_port_free(host: str, port: int) -> None:
 def _start(stack: Any, workdir: Path, port: int) -> Any:
     from skyform.apply import Applier, open_context
     from skyform.bundle import read_bundle_meta
-    from skyform.cli.stack import _ReadyProgress, _report
-    from skyform.plan import PlanRequest, build_plan, refresh
+    from skyform.cli.stack import _ReadyProgress, _refresh_and_plan, _report
+    from skyform.plan import PlanRequest
 
     ctx = open_context(stack, workdir=workdir, state="local")
     with ctx.backend.lock(operation="run", timeout=0):
         doc = ctx.backend.read()
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
         err_console.print(f"Building {len(stack.apps)} app(s)...")
-        plan = build_plan(
-            stack, doc, live, ctx.keys, PlanRequest(mode="run", port=port), provider=ctx.provider
-        )
+        plan = _refresh_and_plan(ctx, doc, PlanRequest(mode="run", port=port), quiet=True)
         with _ReadyProgress() as progress:
             doc = Applier(ctx, plan, doc, _report, progress=progress.update).run()
     outputs = doc.outputs

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from skyform.cli.output import console, print_json
+from skyform.cli.output import console, human_size, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -43,8 +44,8 @@ def env_list(
         table.add_row(
             info.key[:12],
             info.python_version or "-",
-            requirements or "-",
-            _human_size(info.size),
+            escape(requirements) or "-",  # extras: `uvicorn[standard]`
+            human_size(info.size),
             _ago(info.last_used or info.created),
             "; ".join(info.in_use) or "-",
         )
@@ -73,17 +74,8 @@ def env_prune(
     verb = "Would remove" if dry_run else "Removed"
     for info in removed:
         what = ", ".join(info.requirements) if info.complete else "incomplete build"
-        console.print(f"{verb} {info.key[:12]} ({what}, {_human_size(info.size)})")
-    console.print(f"{verb} {len(removed)} environment(s), {_human_size(freed)}.")
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+        console.print(f"{verb} {info.key[:12]} ({what}, {human_size(info.size)})", markup=False)
+    console.print(f"{verb} {len(removed)} environment(s), {human_size(freed)}.")
 
 
 def _ago(when: float) -> str:

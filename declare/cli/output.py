@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def _console(stderr: bool) -> Console:
@@ -25,11 +26,22 @@ err_console = _console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    # The message is text, not markup: `[x]` in it (a list, an extra, a log line) stays as is.
+    err_console.print(f"[bold red]Error:[/] {escape(message)}")
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]Warning:[/] {message}")
+    err_console.print(f"[yellow]Warning:[/] {escape(message)}")
+
+
+def human_size(size: int) -> str:
+    """`size` bytes as people read it: `512 B`, `3.4 MiB`, `1.2 GiB`."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def print_json(data: Any) -> None:

@@ -8,6 +8,7 @@ bad file fails before anything is locked or started. `plan`, `apply` and
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import typer
 
-from skyform.cli.output import console, err_console, print_json
+from skyform.cli.output import console, err_console, print_json, print_warning
 from skyform.errors import SkyformError
 from skyform.stackfile import DEFAULT_FILE
 
@@ -85,34 +86,34 @@ def _make_plan(
     target: list[str] | None,
     replace: list[str] | None,
     lock_timeout: float,
-    mode: str = "apply",
     quiet: bool = False,
 ) -> tuple[Any, Any]:
     from skyform.apply import open_context
-    from skyform.plan import PlanRequest, build_plan, refresh
     from skyform.stackfile import load_stack
 
-    stack = load_stack(file)
-    ctx = open_context(stack)
+    ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation=operation, timeout=lock_timeout):
-        doc = ctx.backend.read()
-        with _status("Refreshing state...", quiet):
-            live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
-        with _status("Building bundles...", quiet):
-            built = build_plan(
-                stack,
-                doc,
-                live,
-                ctx.keys,
-                PlanRequest(mode=mode, targets=tuple(target or ()), replace=tuple(replace or ())),
-                provider=ctx.provider,
-            )
+        built = _refresh_and_plan(ctx, ctx.backend.read(), _request(target, replace), quiet)
     return ctx, built
 
 
-def _status(message: str, quiet: bool) -> Any:
-    import contextlib
+def _request(target: list[str] | None, replace: list[str] | None) -> Any:
+    from skyform.plan import PlanRequest
 
+    return PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ()))
+
+
+def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> Any:
+    """Refresh `doc` against what is live, then diff the stack file against it (lock held)."""
+    from skyform.plan import build_plan, refresh
+
+    with _status("Refreshing state...", quiet):
+        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    with _status("Building bundles...", quiet):
+        return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
+
+
+def _status(message: str, quiet: bool) -> Any:
     if quiet or not err_console.is_terminal:
         return contextlib.nullcontext()
     return err_console.status(message)
@@ -160,7 +161,8 @@ def apply(
 ) -> None:
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
     from skyform.apply import Applier, check_plan_current, open_context
-    from skyform.plan import PlanRequest, build_plan, load_plan, refresh
+    from skyform.plan import load_plan
+    from skyform.render import render_text
     from skyform.stackfile import load_stack
 
     if plan_file is not None and (target or replace):
@@ -175,19 +177,7 @@ def apply(
             built = load_plan(plan_file, ctx.keys["bundle_key"])
             check_plan_current(built, doc, str(plan_file))
         else:
-            with _status("Refreshing state...", False):
-                live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
-            with _status("Building bundles...", False):
-                built = build_plan(
-                    stack,
-                    doc,
-                    live,
-                    ctx.keys,
-                    PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ())),
-                    provider=ctx.provider,
-                )
-            from skyform.render import render_text
-
+            built = _refresh_and_plan(ctx, doc, _request(target, replace))
             print_plan_text(render_text(built))
             if built.has_changes and not auto_approve:
                 _confirm("apply")
@@ -211,16 +201,14 @@ def destroy(
 ) -> None:
     """Stop the gateway and every runner of the stack, and empty its state."""
     from skyform.apply import Applier, open_context, stop_orphans
-    from skyform.plan import PlanRequest, build_plan, refresh
+    from skyform.plan import PlanRequest
     from skyform.render import render_text
     from skyform.stackfile import load_stack
 
-    stack = load_stack(file)
-    ctx = open_context(stack)
+    ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation="destroy", timeout=lock_timeout):
         doc = ctx.backend.read()
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
-        built = build_plan(stack, doc, live, ctx.keys, PlanRequest(mode="destroy"))
+        built = _refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
         if not built.has_changes:
             stopped = stop_orphans(ctx)
             if doc.outputs:
@@ -254,7 +242,7 @@ def _confirm(what: str) -> None:
 
 
 def _report(message: str) -> None:
-    err_console.print(message)
+    err_console.print(message, markup=False)  # installer lines carry `[notice]`, extras, ...
 
 
 class _ReadyProgress:
@@ -299,7 +287,7 @@ class _ReadyProgress:
         line = f"app.{app}: {min(ready, wanted)}/{wanted} runners ready{detail}"
         if self._seen.get(app) != line:
             self._seen[app] = line
-            err_console.print(line)
+            err_console.print(line, markup=False)
 
 
 # -- inspect -------------------------------------------------------------------------------
@@ -309,11 +297,11 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
     if not outputs:
         return
     console.print("\nOutputs:\n")
-    console.print(f"gateway_url = {outputs.get('gateway_url')}")
+    console.print(f"gateway_url = {outputs.get('gateway_url')}", markup=False)
     for name, urls in sorted((outputs.get("apps") or {}).items()):
-        console.print(f"\napp.{name}:")
+        console.print(f"\napp.{name}:", markup=False)
         for key in ("url", "queue_url", "playground_url"):
-            console.print(f"  {key:<14} = {urls[key]}")
+            console.print(f"  {key:<14} = {urls[key]}", markup=False)  # an IPv6 host: [fe80::1]
 
 
 def output(
@@ -321,18 +309,18 @@ def output(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable outputs."),
 ) -> None:
     """The stack's URLs: gateway, and per app its sync, queue and playground URLs."""
-    from skyform.apply import open_context
     from skyform.stackfile import load_stack
+    from skyform.state import open_backend
 
-    ctx = open_context(load_stack(file))
-    outputs = ctx.backend.read().outputs
+    # Only the state is read: no keys are made and no provider is set up.
+    stack = load_stack(file)
+    with open_backend(stack.model.state, stack.name, stack.base_dir) as backend:
+        outputs = backend.read().outputs
     if as_json:
         print_json(outputs)
         return
     if not outputs:
-        err_console.print(
-            "[yellow]Warning:[/] no outputs: the stack has not been applied (run skyform apply)"
-        )
+        print_warning("no outputs: the stack has not been applied (run skyform apply)")
         return
     _print_outputs(outputs)
 
@@ -342,6 +330,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable status."),
 ) -> None:
     """Apps, revisions, runners and URLs, as the gateway sees them now."""
+    from rich.markup import escape
     from rich.table import Table
 
     from skyform.apply import open_context
@@ -416,7 +405,7 @@ def status(
     console.print(table)
     for a in apps:
         if a["last_error"]:
-            console.print(f"[red]app.{a['name']}: last error:[/] {a['last_error']}")
+            console.print(f"[red]app.{a['name']}: last error:[/] {escape(str(a['last_error']))}")
 
 
 def logs(

@@ -17,8 +17,9 @@ import typer
 
 from skyform.cli.output import console, err_console, print_json
 from skyform.errors import SkyformError
+from skyform.stackfile import DEFAULT_FILE
 
-FILE_OPTION = typer.Option(Path("skyform.yaml"), "--file", "-f", help="The stack file.")
+FILE_OPTION = typer.Option(Path(DEFAULT_FILE), "--file", "-f", help="The stack file.")
 STACK_OPTION = typer.Option(
     None, "--stack", help="Stack name, instead of reading it from the stack file."
 )

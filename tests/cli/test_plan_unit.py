@@ -356,6 +356,15 @@ def test_requirements_give_an_environment_key(root: Path, monkeypatch: pytest.Mo
     assert isinstance(after.get("env_key"), str) and after["env_key"]
 
 
+def test_apply_with_a_missing_secret_starts_and_stores_nothing(root: Path) -> None:
+    set_apps(root, {"hello": {"app": "app.py::Hello", "secrets": ["UNSET_SECRET_X9"]}})
+    result = sky(root, "apply", "--auto-approve")
+    assert result.returncode == 1
+    assert "secret UNSET_SECRET_X9 is not set in the environment" in result.stderr
+    assert "gateway: starting" not in result.stderr
+    assert not (root / ".skyform" / "demo.state.json").exists()
+
+
 def test_cli_plan_formats_and_saved_plan_file(root: Path, tmp_path: Path) -> None:
     md = sky(root, "plan", "--format", "markdown", "--detailed-exitcode")
     assert md.returncode == 2
@@ -375,3 +384,6 @@ def test_cli_plan_formats_and_saved_plan_file(root: Path, tmp_path: Path) -> Non
     assert wrong.returncode == 1 and 'no app "nope" in this stack' in wrong.stderr
     stale = sky(root, "apply", str(tmp_path / "t.plan"), "--target", "hello")
     assert stale.returncode == 1 and "a saved plan is applied as it is" in stale.stderr
+    nowhere = sky(root, "plan", "--out", str(tmp_path / "t.plan" / "sub" / "x.plan"))
+    assert nowhere.returncode == 1 and "Traceback" not in nowhere.stderr
+    assert "cannot write the plan file" in nowhere.stderr

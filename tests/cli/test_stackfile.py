@@ -108,6 +108,16 @@ def test_escaped_dollar_is_literal() -> None:
             'skyform.yaml:3: state: unknown state backend "postgress" (did you mean "postgres"?)',
         ),
         (
+            "state: local",
+            "state: {postgres: {url: postgresql://h/db, shema: s}}",
+            "skyform.yaml:3: state: postgres: unknown option 'shema' (did you mean \"schema\"?)",
+        ),
+        (
+            "state: local",
+            "state: {local: {dri: st}}",
+            "skyform.yaml:3: state: local: unknown option 'dri' (did you mean \"dir\"?)",
+        ),
+        (
             "secrets: [HF_TOKEN]",
             "secrets: [GREETING]",
             "skyform.yaml:6: apps.hello: Value error, GREETING is both in env and in secrets",
@@ -150,6 +160,14 @@ def test_cli_error_is_one_line_exit_1(tmp_path: Path) -> None:
     assert 'skyform.yaml:8: apps.hello.min_runnrs: unknown key "min_runnrs"' in lines[0]
     assert 'did you mean "min_runners"' in lines[0]
     assert not (root / ".skyform").exists()  # nothing was created
+
+
+def test_cli_error_text_is_printed_as_is(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p")
+    proc = sky(root, "plan", "--format", "[/][red]x")  # brackets are text, not markup
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "--format [/][red]x: not a format" in proc.stderr
 
 
 def test_stack_options_override_class_options(tmp_path: Path) -> None:
