@@ -518,6 +518,10 @@ class Scheduler:
         if self.closing and answer is None:
             return  # the gateway is stopping: the request stays queued in the store
         if answer is None and reason == "timeout":
+            # A healthy runner answers a request that overruns with its own 504;
+            # silence past that means it is wedged (a blocked event loop, say):
+            # it gets no more work. The request is not retried: it would wedge the next one.
+            self._runner_lost(app, runner, "failed", "no answer past request_timeout: wedged")
             self._complete_error(
                 req,
                 "timeout",

@@ -113,3 +113,17 @@ def test_request_timeout_fails_with_timeout(gw: GatewayProc, bundles, tmp_path: 
     assert response.json()["error_type"] == "timeout"
     assert len(calls(gw, "late")) == 1
     gw.admin("DELETE", "/-/apps/slowpoke")
+
+
+def test_a_wedged_runner_is_replaced(gw: GatewayProc, bundles) -> None:
+    """A runner that cannot answer even past request_timeout is stuck: it gets no more work."""
+    gw.register("stuck", bundles["timeouts"])
+    response = gw.http.post("/stuck/wedge", json={"key": "wedged", "sleep": 15}, timeout=60)
+    assert response.status_code == 504
+    assert response.json()["error_type"] == "timeout"
+    (wedged_pid,) = {int(pid) for pid in calls(gw, "wedged")}
+    after = gw.http.post("/stuck/status", json={"key": "after"}, timeout=60)
+    assert after.status_code == 200, after.text
+    assert after.json()["pid"] != wedged_pid
+    wait_for(lambda: not pid_alive(wedged_pid), timeout=20, what="the wedged runner to stop")
+    gw.admin("DELETE", "/-/apps/stuck")

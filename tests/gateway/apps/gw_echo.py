@@ -68,6 +68,13 @@ class Echo(App):
             Echo._in_flight -= 1
         return {"pid": os.getpid(), "peak": peak}
 
+    @endpoint("/wedge")
+    async def wedge(self, req: StatusIn) -> dict:
+        """Block the runner's event loop (a bug in user code): it cannot even time out."""
+        _record(req.key)
+        time.sleep(req.sleep)
+        return {"pid": os.getpid()}
+
     @endpoint("/version", method="GET")
     def version(self) -> dict:
         return {"version": 1, "pid": os.getpid(), "greeting": os.environ.get("GREETING", "")}
