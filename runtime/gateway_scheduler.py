@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -241,6 +242,9 @@ class Scheduler:
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
+        # Guards handing a started runner over to the scheduler against shutdown
+        # and removal, which run on the event loop while a start runs in a thread.
+        self._handover = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._orphans: set[Runner] = set()  # runners of removed apps, draining
         self._reaper: asyncio.Task[None] | None = None
@@ -287,7 +291,8 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stop every runner (they finish in-flight work first). Unfinished requests stay queued."""
-        self.closing = True
+        with self._handover:
+            self.closing = True
         if self._reaper:
             self._reaper.cancel()
         for app in self.apps.values():
@@ -658,15 +663,25 @@ class Scheduler:
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner.id)
+
+        def start() -> RunnerHandle | None:
+            # In the start thread, so that a runner whose start outlives a shutdown
+            # or a removal (the awaiting task is gone by then) is still stopped.
+            handle = self.provider.start_runner(spec)
+            with self._handover:
+                if not self.closing and runner.state == "building":
+                    runner.handle = handle
+                    return handle
+            self.provider.stop_runner(handle, 2.0)
+            return None
+
         try:
-            handle = await asyncio.to_thread(self.provider.start_runner, spec)
+            handle = await asyncio.to_thread(start)
         except Exception as exc:
             message = f"runner {runner.id} could not start: {exc}"
             self._start_failed(app, runner, _start_error_type(exc), message)
             return
-        runner.handle = handle
-        if runner.state != "building":  # removed or shut down meanwhile
-            await asyncio.to_thread(self.provider.stop_runner, handle, 2.0)
+        if handle is None:  # removed or shut down meanwhile
             return
         runner.state = "starting"
         host, port = _host_port(handle.url)
@@ -766,10 +781,11 @@ class Scheduler:
         await self._stop(runner, "stopped", app)
 
     async def _stop(self, runner: Runner, state: str, app: AppState | None = None) -> None:
-        handle = runner.handle
-        if runner.state in ("stopped", "failed"):
-            return
-        runner.state = "draining"
+        with self._handover:
+            handle = runner.handle
+            if runner.state in ("stopped", "failed"):
+                return
+            runner.state = "draining"
         if handle is not None:
             await asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S)
         app = app or self.apps.get(runner.app)

@@ -4,6 +4,7 @@ an environment build that fails."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from skyform.providers.base import RunnerHandle, RunnerSpec
@@ -85,3 +86,59 @@ def test_environment_build_failure_fails_waiting_requests(tmp_path: Path, bundle
             store.close()
 
     asyncio.run(scenario())
+
+
+class SlowStartProvider(LocalProvider):
+    """Starts take a while (a cloud launch, an environment build); records what it stops."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.starting = 0
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+
+    def prepare_runner(self, spec: RunnerSpec) -> None:
+        return None
+
+    def start_runner(self, spec: RunnerSpec) -> RunnerHandle:
+        self.starting += 1
+        time.sleep(1.0)
+        handle = RunnerHandle(spec.runner_id, spec.app, spec.revision, "http://127.0.0.1:9", "fake")
+        self.started.append(handle.runner_id)
+        return handle
+
+    def stop_runner(self, handle: RunnerHandle, grace: float = 10.0) -> None:
+        self.stopped.append(handle.runner_id)
+
+
+def test_a_runner_still_starting_at_shutdown_is_stopped(tmp_path: Path, bundles) -> None:
+    provider = SlowStartProvider("t", tmp_path)
+
+    async def scenario() -> None:
+        store = QueueStore(tmp_path / "queue.sqlite3")
+        scheduler = Scheduler(
+            store=store,
+            provider=provider,
+            metrics=GatewayMetrics(),
+            stack="t",
+            state_dir=tmp_path,
+            runner_env={},
+            runner_token="",
+        )
+        await scheduler.start()
+        try:
+            bundle = bundles["echo"]
+            app = scheduler.register("slow", bundle.data, bundle.meta, "public", {})
+            scheduler.submit(
+                app, "/", "POST", b'{"text": "x"}', "application/json", no_retry=False, persist=True
+            )
+            async with asyncio.timeout(10):
+                while provider.starting == 0:
+                    await asyncio.sleep(0.01)
+        finally:
+            await scheduler.close()  # while the provider is still starting the runner
+            store.close()
+
+    asyncio.run(scenario())  # returns once the start thread has finished
+    assert provider.started, "the start should have completed in its thread"
+    assert sorted(provider.stopped) == sorted(provider.started)
