@@ -189,7 +189,19 @@ def read_bundle_file(path: Path | str) -> bytes:
         raise BundleError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
 
 
-def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[str, Any], bytes]:
+def unverified_meta(data: bytes) -> dict[str, Any]:
+    """A bundle's metadata without checking its signature.
+
+    Only for bundles this process verified before and stored itself (the
+    gateway reloading its own copies); anything else goes through
+    `read_bundle_meta`.
+    """
+    meta, _signature, _payload = _split(data)
+    return meta
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], Any, bytes]:
+    """(meta, signature, payload) of a bundle's bytes; nothing is checked but the layout."""
     if not data.startswith(MAGIC):
         raise BundleError("not a skyform bundle (bad magic header)")
     header_end = data.find(b"\n", len(MAGIC))
@@ -201,6 +213,13 @@ def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[s
         signature = header.get("signature")
     except (ValueError, KeyError, TypeError):
         raise BundleError("bundle header is corrupt") from None
+    if not isinstance(meta, dict):
+        raise BundleError("bundle header is corrupt")
+    return meta, signature, data[header_end + 1 :]
+
+
+def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[str, Any], bytes]:
+    meta, signature, payload = _split(data)
     if not signature:
         raise BundleError("bundle is unsigned; refusing to load it")
     if not key:
@@ -210,7 +229,6 @@ def _verify(data: bytes, key: str, *, check_python: bool = True) -> tuple[dict[s
         raise BundleError(
             "bundle signature does not match (tampered, or signed with another stack's key)"
         )
-    payload = data[header_end + 1 :]
     if hashlib.sha256(payload).hexdigest() != meta.get("payload_sha256"):
         raise BundleError("bundle payload does not match its signed hash (tampered or truncated)")
     if meta.get("format") != FORMAT_VERSION:

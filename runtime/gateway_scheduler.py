@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skyform.errors import SkyformError
+from skyform.bundle import unverified_meta
+from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
@@ -263,9 +264,9 @@ class Scheduler:
         )
         for stored in self.store.load_apps():
             try:
-                data = stored.bundle_path.read_bytes()
-                meta = _bundle_meta(data)
-            except (OSError, ValueError) as exc:
+                # Verified at registration; this is the gateway's own copy.
+                meta = unverified_meta(stored.bundle_path.read_bytes())
+            except (OSError, BundleError) as exc:
                 log.error("app %s: cannot reload its bundle: %s", stored.name, exc)
                 continue
             self.apps[stored.name] = AppState(
@@ -883,13 +884,6 @@ def _host_port(url: str) -> tuple[str, int]:
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _bundle_meta(data: bytes) -> dict[str, Any]:
-    """The metadata of a bundle the gateway stored itself (verified at registration)."""
-    first = data.index(b"\n")
-    second = data.index(b"\n", first + 1)
-    return json.loads(data[first + 1 : second])["meta"]
 
 
 def _error_detail(body: bytes) -> str:
