@@ -57,13 +57,18 @@ def count_dir(tmp_path: Path) -> Path:
 def no_leftovers(tag: str) -> Iterator[None]:
     """Fails the test if any process it started (gateway or runner) outlives it."""
     yield
+    _assert_none_left(tag, "the test")
+
+
+def _assert_none_left(tag: str, what: str) -> None:
+    """Wait a little for tagged processes to end; kill and report any that remain."""
     deadline = time.monotonic() + 15
     while tagged_pids(tag) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = tagged_pids(tag)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after the test: {left}"
+    assert not left, f"processes left running after {what}: {left}"
 
 
 @pytest.fixture
@@ -91,10 +96,4 @@ def shared_gateway(
     finally:
         gw.stop()
         gw.http.close()
-        deadline = time.monotonic() + 15
-        while tagged_pids(tag) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = tagged_pids(tag)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"processes left running after the module: {left}"
+        _assert_none_left(tag, "the module")

@@ -15,6 +15,20 @@ from skyform.runtime.gateway_scheduler import Scheduler
 from skyform.runtime.queue_store import QueueStore
 
 
+def _scheduler(
+    store: QueueStore, provider: LocalProvider, metrics: GatewayMetrics, state_dir: Path
+) -> Scheduler:
+    return Scheduler(
+        store=store,
+        provider=provider,
+        metrics=metrics,
+        stack="t",
+        state_dir=state_dir,
+        runner_env={},
+        runner_token="",
+    )
+
+
 class UninstallableProvider(LocalProvider):
     """The local provider, on a host where the app's requirements cannot be installed."""
 
@@ -35,15 +49,7 @@ def test_environment_build_failure_fails_waiting_requests(tmp_path: Path, bundle
         store = QueueStore(tmp_path / "queue.sqlite3")
         provider = UninstallableProvider("t", tmp_path)
         metrics = GatewayMetrics()
-        scheduler = Scheduler(
-            store=store,
-            provider=provider,
-            metrics=metrics,
-            stack="t",
-            state_dir=tmp_path,
-            runner_env={},
-            runner_token="",
-        )
+        scheduler = _scheduler(store, provider, metrics, tmp_path)
         await scheduler.start()
         try:
             bundle = bundles["echo"]
@@ -116,15 +122,7 @@ def test_a_runner_still_starting_at_shutdown_is_stopped(tmp_path: Path, bundles)
 
     async def scenario() -> None:
         store = QueueStore(tmp_path / "queue.sqlite3")
-        scheduler = Scheduler(
-            store=store,
-            provider=provider,
-            metrics=GatewayMetrics(),
-            stack="t",
-            state_dir=tmp_path,
-            runner_env={},
-            runner_token="",
-        )
+        scheduler = _scheduler(store, provider, GatewayMetrics(), tmp_path)
         await scheduler.start()
         try:
             bundle = bundles["echo"]
