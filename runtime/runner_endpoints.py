@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from skyform.app import App, Endpoint
+from skyform.runtime.batching import batchers_for
 from skyform.runtime.runner_context import current_request
 from skyform.runtime.runner_errors import (
     ERROR_TYPE_HEADER,
@@ -64,6 +65,7 @@ class EndpointInvoker:
         self.executor = ThreadPoolExecutor(
             max_workers=max(1, max_threads), thread_name_prefix="skyform-endpoint"
         )
+        self._batchers = batchers_for(instance, endpoints, self.executor)
 
     async def __call__(self, ep: Endpoint, body: BaseModel | None) -> Any:
         method = self._methods[ep.name]
@@ -75,6 +77,8 @@ class EndpointInvoker:
         if self._watchdog is None:
             self._watchdog = loop.create_task(self._watch())
         try:
+            if ep.batched:  # gathered with concurrent calls into one batch
+                return await self._batchers[ep.name].submit(body)
             if ep.is_async:
                 return await method(*args)
             context = contextvars.copy_context()
