@@ -39,6 +39,7 @@ from skyform.stackfile import Stack
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
+READY_POLL_S = 0.1  # how often apply asks the gateway whether min_runners are ready (a cheap GET)
 
 Report = Callable[[str], None]
 
@@ -432,7 +433,7 @@ class Applier:
                         f"app {name}: min_runners not ready in time ({error}); "
                         f"see `skyform logs {name}`"
                     )
-                time.sleep(0.25)
+                time.sleep(READY_POLL_S)
 
     def _outputs(self) -> dict[str, Any]:
         if self.plan.mode == "destroy" or GATEWAY not in self.doc.resources:

@@ -56,6 +56,7 @@ START_FAILURE_LIMIT = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTH_POLL_S = 0.05
+HEALTH_WAIT_S = 1.0
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
 RETIRED_KEPT = 20
@@ -701,7 +702,11 @@ class Scheduler:
                 )
                 return
             try:
-                status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
+                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
+                # is seen at once, with a request a second instead of twenty.
+                status, _h, _b = await runner.client.request(
+                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
+                )
                 if status == 200:
                     break
             except (RunnerConnectionError, TimeoutError):
