@@ -75,7 +75,7 @@ def run(
         lines.append(f"wrk.body = {_lua_string(body.decode())}")
         lines.append('wrk.headers["Content-Type"] = "application/json"')
     for name, value in (headers or {}).items():
-        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+        lines.append(f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n" + _DONE)
     command = [wrk, "-t", str(threads), "-c", str(max(connections, threads))]
