@@ -44,6 +44,7 @@ from skyform.providers.base import (
 
 if TYPE_CHECKING:
     from skyform.providers.environments import EnvUser
+    from skyform.providers.gpus import GpuLedger
 
 _PR_SET_PDEATHSIG = 1
 # Never handed to a runner: user code has no business with the gateway's own keys.
@@ -155,6 +156,7 @@ class LocalProvider:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._handles: dict[str, RunnerHandle] = {}
         self._lock = threading.Lock()
+        self._gpus: GpuLedger | None = None  # the host's GPUs, read at the first runner
 
     # --- runners ----------------------------------------------------------
 
@@ -168,6 +170,8 @@ class LocalProvider:
         env.update(spec.env)
         env.setdefault("SKYFORM_APP_NAME", spec.app)
         env["PYTHONUNBUFFERED"] = "1"
+        # Its own GPUs (CUDA_VISIBLE_DEVICES), or CapacityUnavailable: it waits.
+        env.update(self.gpu_ledger().claim(runner_id, spec.machine_types, self._runner_running))
         host = "127.0.0.1"
         port = free_port(host)
         cmd = [
@@ -199,7 +203,11 @@ class LocalProvider:
                     preexec_fn=_die_with_parent,
                 )
 
-        proc = _get_spawner().run(spawn)
+        try:
+            proc = _get_spawner().run(spawn)
+        except BaseException:
+            self.gpu_ledger().release(runner_id)
+            raise
         handle = RunnerHandle(
             runner_id=runner_id,
             app=spec.app,
@@ -212,6 +220,19 @@ class LocalProvider:
             self._procs[runner_id] = proc
             self._handles[runner_id] = handle
         return handle
+
+    def gpu_ledger(self) -> GpuLedger:
+        """Which of the host's GPUs each runner holds (the inventory is read once)."""
+        with self._lock:
+            if self._gpus is None:
+                from skyform.providers.gpus import GpuLedger
+
+                self._gpus = GpuLedger()
+            return self._gpus
+
+    def _runner_running(self, runner_id: str) -> bool:
+        proc = self._procs.get(runner_id)
+        return proc is None or proc.poll() is None  # None: being started right now
 
     def prepare_runner(self, spec: RunnerSpec) -> None:
         """Build (or find cached) the environment runners of `spec` will run in."""
@@ -237,6 +258,8 @@ class LocalProvider:
             _terminate_pid(_int(handle.info.get("pid")), grace)
         elif proc.poll() is None:
             _terminate(proc.pid, grace, lambda: proc.poll() is None)
+        if self._gpus is not None:
+            self._gpus.release(handle.runner_id)
 
     def list_runners(self, stack: str) -> list[RunnerHandle]:
         if stack != self.stack:

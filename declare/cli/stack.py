@@ -365,6 +365,7 @@ def status(
                 "queue_depth": app.get("queue_depth"),
                 "last_error": app.get("last_error"),
                 "last_error_type": app.get("last_error_type"),
+                "waiting": app.get("waiting"),
                 **(app_urls(base, name) if base else {}),
             }
         )
@@ -404,6 +405,8 @@ def status(
         )
     console.print(table)
     for a in apps:
+        if a["waiting"]:
+            console.print(f"[yellow]app.{a['name']}:[/] {escape(str(a['waiting']))}")
         if a["last_error"]:
             console.print(f"[red]app.{a['name']}: last error:[/] {escape(str(a['last_error']))}")
 
