@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.skyform-installed
 
-.PHONY: demo test lint bench clean system-deps
+.PHONY: demo test lint bench bench-peers clean system-deps
+# bench/loadgen.py is the benches' wrk driver; bench/peers.py is opt-in (make bench-peers).
+BENCHES := $(filter-out bench/loadgen.py bench/peers.py,$(wildcard bench/*.py))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	bash scripts/bench-deps.sh
+	for b in $(BENCHES); do $(BIN)/python $$b || exit 1; done
+
+# Installs Ray Serve, BentoML and LitServe into venvs of their own under .bench/, then
+# compares them with bare FastAPI and skyform on the same endpoints (bench/peers.py).
+bench-peers: $(STAMP)
+	bash scripts/bench-deps.sh
+	$(BIN)/python bench/peers.py --install $(PEERS_ARGS)
 
 clean:
-	rm -rf $(VENV) .skyform build *.egg-info
+	rm -rf $(VENV) .skyform .bench build *.egg-info
