@@ -39,7 +39,7 @@ lint: $(STAMP)
 
 # Cheap checks first, so CI fails fast; the suite includes the install matrix
 # (tests/ci: fresh venvs, plain and [skypilot]) and the CI example's workflow.
-test: $(STAMP) system-deps lint
+test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
