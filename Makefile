@@ -1,7 +1,7 @@
 # The commands of the README's quick start:
 #   make demo   a plain install (`pip install .`, no extras, .venv-demo/), then deploy
 #               examples/hello, call it for real and tear it down
-#   make test   set up everything (venv, system packages), then lint and the whole suite
+#   make test   set up everything a fresh clone needs; lint first, then the whole suite
 #   make lint   ruff check, ruff format --check, mypy (cheap: `make test` runs it first)
 PYTHON ?= python3
 VENV := .venv
