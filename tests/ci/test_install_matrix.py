@@ -126,3 +126,5 @@ def test_skypilot_extra_on_old_setuptools_plans_with_instance_and_price(tmp_path
     assert h100["InstanceType"] in plan.stdout, plan.stdout
     assert f"${float(h100['Price']):.2f}/h" in plan.stdout, plan.stdout
     assert "Plan: 3 to add" in plan.stdout, plan.stdout
+    # The plan's environment keys come from the wheel it built to ship.
+    assert list(project.glob(".skyform/runtime/*/skypilot/wheels/skyform-*.whl")), plan.stderr
