@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import yaml
-from ci_helpers import EXAMPLES, free_port, fresh_checkout, kill_all_under, processes_under
+from ci_helpers import EXAMPLES, REPO, free_port, fresh_checkout, kill_all_under, processes_under
 
 from skyform.state.pgtemp import temp_postgres
 
@@ -39,7 +40,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def workflow() -> dict[Any, Any]:
-    return yaml.safe_load(WORKFLOW.read_text())
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    if True in doc:  # YAML 1.1 reads the key `on:` as a boolean; GitHub reads it as "on"
+        doc["on"] = doc.pop(True)
+    return doc
 
 
 def job_steps(job: str) -> dict[str, dict[str, Any]]:
@@ -102,6 +106,19 @@ def checkout(tmp: Path, name: str, port: int) -> Path:
 def pg_url() -> Iterator[str]:
     with temp_postgres() as url:
         yield url
+
+
+def test_workflow_is_valid_for_github_actions():
+    """Checked against SchemaStore's workflow schema (vendored in tests/data, offline)."""
+    schema = json.loads(
+        (REPO / "tests" / "data" / "schemastore" / "github-workflow.json").read_text()
+    )
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(workflow())
+    ]
+    assert not errors, errors
+    assert set(workflow()["on"]) == {"pull_request", "push"}
 
 
 def test_workflow_steps_are_what_the_test_runs():
