@@ -642,7 +642,7 @@ def _state_app_names(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str
 def _app_drift(
     resources: dict[str, dict[str, Any]], live: Live, desired: set[str]
 ) -> list[dict[str, str]]:
-    out = []
+    out: list[dict[str, str]] = []
     if live.apps is None:
         return out
     for name, record in sorted(_state_app_names(resources).items()):
@@ -799,6 +799,8 @@ def load_plan(path: Path | str, key: str) -> Plan:
             "another stack or with another SKYFORM_BUNDLE_KEY); run plan again"
         )
     public, private = body["plan"], body["private"]
+    if not isinstance(public, dict) or not isinstance(private, dict):
+        raise SkyformError(f"{path}: not a skyform plan file (its plan is missing)")
     if public.get("format_version") != FORMAT_VERSION:
         raise SkyformError(f"{path}: plan format {public.get('format_version')!r} is not supported")
     from skyform import __version__

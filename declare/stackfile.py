@@ -44,8 +44,10 @@ class GatewayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the gateway binds to."
+    )
 
 
 class AppEntry(BaseModel):

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("skyform.gateway")
 
@@ -55,12 +54,24 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing each response with one system call."""
+def coalescing_httptools_protocol() -> type[asyncio.Protocol] | None:
+    """uvicorn's httptools protocol writing each response with one system call.
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+    None when httptools is not importable (a platform without its wheels): the
+    gateway then serves on uvicorn's pure-Python h11 protocol instead of
+    failing to start. httptools is a core dependency, so installs get the fast path.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    return CoalescingHttpToolsProtocol
 
 
 class GatewayServer(uvicorn.Server):
@@ -88,12 +99,11 @@ class GatewayServer(uvicorn.Server):
 def make_server(app: Any, host: str, port: int) -> GatewayServer:
     """The server for the gateway's ASGI `app` on `host:port`."""
     options: dict[str, Any] = {}
-    try:
-        import httptools  # noqa: F401
-
-        options["http"] = CoalescingHttpToolsProtocol
-    except ImportError:
-        pass
+    protocol = coalescing_httptools_protocol()
+    if protocol is not None:
+        options["http"] = protocol
+    else:
+        log.warning("httptools is not installed: serving on uvicorn's slower h11 protocol")
     try:
         import uvloop  # noqa: F401
 

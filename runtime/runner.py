@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -169,7 +170,8 @@ class Runner:
                 server_header=False,
                 proxy_headers=False,
                 ws="none",
-                timeout_graceful_shutdown=config.grace,
+                # uvicorn takes whole seconds: round up, never cutting the drain short.
+                timeout_graceful_shutdown=math.ceil(config.grace),
             )
         )
         self._install_signals(server, state)
