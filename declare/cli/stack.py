@@ -367,13 +367,13 @@ def _output_value(stack: Any, outputs: dict[str, Any], name: str) -> Any:
     from skyform.keys import keys_path, stack_secret
     from skyform.suggest import did_you_mean
 
+    if not outputs:
+        raise SkyformError("no outputs: the stack has not been applied (run skyform apply)")
     known = sorted({*outputs, *SENSITIVE_OUTPUTS})
     if name not in known:
         raise SkyformError(
             f"no output named {name!r}{did_you_mean(name, known)}; outputs: " + ", ".join(known)
         )
-    if not outputs:
-        raise SkyformError("no outputs: the stack has not been applied (run skyform apply)")
     if name in SENSITIVE_OUTPUTS:
         if (
             not keys_path(stack.base_dir, stack.name).exists()
