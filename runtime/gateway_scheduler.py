@@ -42,6 +42,7 @@ from typing import Any
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
+from skyform.logformat import LINE_RE
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
@@ -928,4 +929,7 @@ def _last_log_line(path: Path) -> str:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1][:500] if lines else ""
+    if not lines:
+        return ""
+    stamped = LINE_RE.match(lines[-1])  # the message, without the runner's time and level
+    return (stamped["message"] if stamped else lines[-1])[:500]

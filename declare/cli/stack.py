@@ -524,22 +524,21 @@ def logs(
 
 
 class LogFollower:
-    """Turns repeated `tail` snapshots into only the lines not printed yet."""
+    """Turns repeated `tail` snapshots into only the lines not printed yet.
+
+    Snapshots are merged by time across runners, so a new line may land
+    before the last one printed; every line carries its time (to the
+    millisecond) and runner, so "not in the previous snapshot" means new.
+    """
 
     def __init__(self) -> None:
-        self._last: list[str] = []
+        self._last: set[str] = set()
 
     def new_lines(self, text: str) -> list[str]:
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        previous = self._last
-        self._last = lines
-        if not previous:
-            return lines
-        # The longest suffix of what we printed that starts the new snapshot.
-        for size in range(min(len(previous), len(lines)), 0, -1):
-            if previous[-size:] == lines[:size]:
-                return lines[size:]
-        return lines
+        fresh = [ln for ln in lines if ln not in self._last]
+        self._last = set(lines)
+        return fresh
 
 
 def schema() -> None:

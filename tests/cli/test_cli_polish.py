@@ -125,3 +125,15 @@ def test_missing_import_in_a_helper_module_points_at_the_helper(tmp_path: Path) 
     message = str(info.value)
     assert re.match(r"\S*helper\.py:3: No module named 'yaml_that_is_not_here'", message), message
     assert "Import yaml_that_is_not_here inside setup()" in message
+
+
+def test_log_follower_prints_each_line_once_even_when_merged_out_of_order() -> None:
+    from skyform.cli.stack import LogFollower
+
+    follower = LogFollower()
+    first = "T1 a-1 INFO x one\nT3 b-2 INFO x three\n"
+    assert follower.new_lines(first) == ["T1 a-1 INFO x one", "T3 b-2 INFO x three"]
+    # A line of another runner, stamped earlier, lands in the middle of the next snapshot.
+    later = "T1 a-1 INFO x one\nT2 a-1 INFO x two\nT3 b-2 INFO x three\nT4 b-2 INFO x four\n"
+    assert follower.new_lines(later) == ["T2 a-1 INFO x two", "T4 b-2 INFO x four"]
+    assert follower.new_lines(later) == []
