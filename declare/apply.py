@@ -183,6 +183,7 @@ class Applier:
         self.wait_ready = wait_ready
         self.progress = progress
         self.done: dict[str, int] = {"add": 0, "change": 0, "destroy": 0}
+        self._interrupts: _Interrupts | None = None
 
     # -- state bookkeeping ---------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Applier:
         # A missing secret fails the apply before anything is stopped, started or written.
         secrets = secret_values(self.plan)
         with _Interrupts(self.report) as interrupts:
+            self._interrupts = interrupts
             gw = self.plan.change(GATEWAY)
             if gw is not None and "delete" in gw.actions:
                 self._stop_gateway(gw)
@@ -411,15 +413,15 @@ class Applier:
         anything, so a failure is blamed on a runner that just failed, never an
         older one.
         """
+        watched = {
+            name: rec
+            for name, rec in self._app_records().items()
+            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+        }
+        if not watched:
+            return {}
         with self._client() as client:
             live = client.list_apps()
-            watched = {
-                name: rec
-                for name, rec in self._app_records().items()
-                if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
-            }
-            if not watched:
-                return {}
             deadline = (
                 time.monotonic()
                 + max(float(r.get("startup_timeout") or 600) for r in watched.values())
@@ -446,6 +448,8 @@ class Applier:
                         )
                     return failed
                 time.sleep(0.25)
+                if self._interrupts is not None:
+                    self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
                 live = client.list_apps()
 
     def _liveness(
