@@ -149,7 +149,7 @@ def _missing_module_message(exc: ModuleNotFoundError, roots: list[Path], path: P
     name = exc.name or str(exc)
     top = name.split(".")[0]
     return (
-        f"{_where(exc, roots, path)}: No module named {name!r}: the app module's top level "
+        f"{_where(exc, roots, path)}: ModuleNotFoundError: No module named {name!r}: the app module's top level "
         f"runs locally at plan time, where {top!r} is not installed. Import {top} inside "
         f"setup() or the endpoint that uses it (the app's requirements are installed on its "
         f"runners), or install it locally (pip install {top})"

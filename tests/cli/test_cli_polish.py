@@ -123,7 +123,9 @@ def test_missing_import_in_a_helper_module_points_at_the_helper(tmp_path: Path) 
     with pytest.raises(AppLoadError) as info, loaded_app("app.py::A", tmp_path):
         pass
     message = str(info.value)
-    assert re.match(r"\S*helper\.py:3: No module named 'yaml_that_is_not_here'", message), message
+    assert re.match(
+        r"\S*helper\.py:3: ModuleNotFoundError: No module named 'yaml_that_is_not_here'", message
+    ), message
     assert "Import yaml_that_is_not_here inside setup()" in message
 
 
