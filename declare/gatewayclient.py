@@ -69,10 +69,12 @@ class GatewayClient:
         """Remove an app; an app the gateway does not know is already gone."""
         self._call("DELETE", f"/-/apps/{name}", f"remove app {name}", ok_missing=True)
 
-    def logs(self, name: str, tail: int = 200) -> str:
-        return self._call(
-            "GET", f"/-/apps/{name}/logs", f"logs of {name}", params={"tail": tail}
-        ).text
+    def logs(self, name: str, tail: int = 200, every: bool = False) -> str:
+        """The last `tail` log lines of the app's current runners (`every`: old revisions too)."""
+        params: dict[str, Any] = {"tail": tail}
+        if every:
+            params["all"] = 1
+        return self._call("GET", f"/-/apps/{name}/logs", f"logs of {name}", params=params).text
 
     def _call(
         self, method: str, path: str, what: str, ok_missing: bool = False, **kwargs: Any

@@ -46,7 +46,7 @@ SENSITIVE = ("secrets_digest",)
 # Attributes kept in state for bookkeeping but never compared.
 NOT_COMPARED = ("fingerprint",)
 # Apply's own bookkeeping in a state record: not an attribute of the resource.
-BOOKKEEPING = ("handle", "pending")
+BOOKKEEPING = ("handle", "pending", "tainted")
 GATEWAY_ATTRS = ("provider", "host", "port")
 SCALING_OPTIONS = (
     "min_runners",
@@ -77,6 +77,16 @@ class ResourceChange:
     changed: list[str] = field(default_factory=list)  # top-level attributes that differ
     forces: list[str] = field(default_factory=list)  # of those, the ones forcing replacement
     reason: str | None = None  # why, when not a plain config change (drift, --replace)
+    tainted: str | None = None  # why the last apply left it broken: it is replaced
+
+    @property
+    def action_reason(self) -> str | None:
+        """Terraform's `action_reason` for the JSON plan."""
+        if self.tainted is not None:
+            return "replace_because_tainted"
+        if self.reason == "--replace":
+            return "replace_by_request"
+        return None
 
     @property
     def is_noop(self) -> bool:
@@ -93,6 +103,8 @@ class ResourceChange:
             "changed": list(self.changed),
             "forces": list(self.forces),
             "reason": self.reason,
+            "action_reason": self.action_reason,
+            "tainted": self.tainted,
         }
 
     @classmethod
@@ -107,6 +119,7 @@ class ResourceChange:
             changed=list(raw.get("changed", [])),
             forces=list(raw.get("forces", [])),
             reason=raw.get("reason"),
+            tainted=raw.get("tainted"),
         )
 
 
@@ -256,7 +269,7 @@ def prior_app(record: dict[str, Any] | None, live: dict[str, Any] | None) -> dic
     """An app's attributes as they are: the state's record corrected by the gateway's."""
     if live is None:
         return None
-    base = {k: v for k, v in (record or {}).items() if k != "pending"}
+    base = {k: v for k, v in (record or {}).items() if k not in BOOKKEEPING}
     options = live.get("options") or {}
     base["revision"] = live.get("revision")
     base["fingerprint"] = live.get("fingerprint")
@@ -586,7 +599,8 @@ def _app_change(
         return ResourceChange(address, "app", name, ["create"], None, after, reason=reason)
     changed = _changed(prior, after)
     forces = [c for c in changed if c in FORCES_NEW_REVISION]
-    if force or forces:
+    tainted = tainted_reason(record)
+    if force or forces or tainted is not None:
         return ResourceChange(
             address,
             "app",
@@ -597,10 +611,20 @@ def _app_change(
             changed=changed,
             forces=forces,
             reason="--replace" if force and not forces else None,
+            tainted=tainted,
         )
     if changed:
         return ResourceChange(address, "app", name, ["update"], prior, after, changed=changed)
     return ResourceChange(address, "app", name, ["no-op"], prior, after)
+
+
+def tainted_reason(record: dict[str, Any] | None) -> str | None:
+    """Why the last apply left this app unable to serve its revision, if it did."""
+    tainted = (record or {}).get("tainted")
+    if not tainted:
+        return None
+    reason = tainted.get("reason") if isinstance(tainted, dict) else tainted
+    return str(reason or "the last apply could not make it live")
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -792,7 +816,7 @@ def load_plan(path: Path | str, key: str) -> Plan:
         raise SkyformError(f"{path}: not a skyform plan file")
     if raw.get("version") != 1:
         raise SkyformError(f"{path}: plan file version {raw.get('version')!r} is not supported")
-    body = {k: raw.get(k) for k in ("plan", "private", "bundles")}
+    body: dict[str, Any] = {k: raw.get(k) for k in ("plan", "private", "bundles")}
     if not hmac.compare_digest(str(raw.get("signature", "")), sign(body, key)):
         raise SkyformError(
             f"{path}: the plan file's signature does not match (it was edited, or made for "

@@ -335,7 +335,8 @@ class Gateway:
                 tail = int(query.get("tail", ["200"])[0])
             except ValueError:
                 raise HTTPError(400, "tail must be an integer") from None
-            text = self._logs(self._app(parts[1]), max(tail, 0))
+            every = query.get("all", ["0"])[0].lower() in ("1", "true", "yes")
+            text = self._logs(self._app(parts[1]), max(tail, 0), every)
             await send_response(send, 200, text.encode(), _TEXT)
         else:
             raise HTTPError(404, f"no admin route {method} /-/{rest}")
@@ -399,21 +400,37 @@ class Gateway:
             raise HTTPError(400, "env must be an object of string to string")
         return self.scheduler.register(name, data, meta, auth, env)
 
-    def _logs(self, app: AppState, tail: int) -> str:
-        chunks = []
+    def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
+        """The app's runner log lines, merged by time, the last `tail` of them in all.
+
+        Only the runners of the current revision (live or ended) unless `every`:
+        after a few rollouts the old ones would bury what matters. Each line
+        says when, which runner, and (inside a request) which request.
+        """
+        from skyform.logformat import utc_stamp
+
+        lines: list[tuple[str, int, str]] = []
         for runner in [*app.retired, *app.runners.values()]:
+            if not every and runner.generation != app.generation:
+                continue
             log_path = runner.handle.info.get("log") if runner.handle else None
-            header = f"==> runner {runner.id} ({runner.state}, revision {runner.revision[:12]}) <=="
-            lines: list[str] = []
+            raw: list[str] = []
             if log_path:
                 try:
-                    lines = Path(str(log_path)).read_text(errors="replace").splitlines()
+                    raw = Path(str(log_path)).read_text(errors="replace").splitlines()
                 except OSError:
-                    lines = []
+                    raw = []
+            when = utc_stamp(runner.started)
+            for text in raw:
+                if not text.strip():
+                    continue
+                when, line = _runner_log_line(runner.id, text, when)
+                lines.append((when, len(lines), line))
             if runner.error:
-                lines.append(f"[gateway] {runner.error}")
-            chunks.append("\n".join([header, *(lines[-tail:] if tail else [])]))
-        return "\n".join(chunks) + ("\n" if chunks else "")
+                lines.append((when, len(lines), f"{when} {runner.id} ERROR gateway {runner.error}"))
+        lines.sort()
+        shown = [line for _w, _i, line in lines[-tail:]] if tail else []
+        return "".join(line + "\n" for line in shown)
 
     # --- helpers ------------------------------------------------------------
 
@@ -471,6 +488,26 @@ class Gateway:
 
 
 # --- ASGI helpers -------------------------------------------------------------
+
+
+def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, str]:
+    """A runner's log line as `skyform logs` shows it: time, runner, level, source, request id.
+
+    A line without the runner's stamp (a C library writing to the file itself,
+    say) takes the time of the line before it.
+    """
+    from skyform.logformat import LINE_RE, NO_REQUEST
+
+    match = LINE_RE.match(text)
+    if match is None:
+        return last_time, f"{last_time} {runner_id} {text}"
+    rid = match["request_id"]
+    request = f" [{rid}]" if rid and rid != NO_REQUEST else ""
+    when = match["time"]
+    return (
+        when,
+        f"{when} {runner_id} {match['level']} {match['logger']}{request} {match['message']}",
+    )
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -42,6 +42,7 @@ from typing import Any
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
+from skyform.logformat import LINE_RE
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
@@ -125,6 +126,7 @@ class Runner:
             "app": self.app,
             "state": self.state,
             "revision": self.revision,
+            "generation": self.generation,
             "url": self.url,
             "pid": self.pid,
             "started": self.started,
@@ -202,6 +204,7 @@ class AppState:
             "name": self.name,
             "revision": self.revision,
             "fingerprint": self.fingerprint,
+            "generation": self.generation,
             "auth": self.auth,
             "options": self.options,
             "endpoints": self.meta.get("endpoints", []),
@@ -326,7 +329,9 @@ class Scheduler:
         else:
             app.meta, app.auth, app.env, app.bundle_path = meta, auth, env, path
             app.limits = AppLimits.of(meta)
-            if app.generation != generation:
+            if app.generation != generation or app.failures:
+                # A new generation starts afresh; so does registering a failing one
+                # again (apply repairing a tainted app): it is tried at once.
                 app.generation = generation
                 app.failures, app.next_start_at = 0, 0.0
                 app.last_error = app.last_error_type = None
@@ -729,7 +734,10 @@ class Scheduler:
             app.failures = 0
             for old in list(app.runners.values()):
                 if old.generation != app.generation and old.state in ACTIVE:
-                    self._spawn(self._drain_and_stop(app, old))
+                    # Draining from this moment, not from when the task first runs:
+                    # once a new runner is ready no request may reach an old one.
+                    old.state = "draining"
+                    self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
 
     def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
@@ -771,9 +779,13 @@ class Scheduler:
             app.retired.append(runner)
         self._orphans.discard(runner)
 
-    async def _drain_and_stop(self, app: AppState, runner: Runner) -> None:
-        """No new requests; wait for in-flight ones; then stop the runner."""
-        if runner.state not in ACTIVE:
+    async def _drain_and_stop(self, app: AppState, runner: Runner, marked: bool = False) -> None:
+        """No new requests; wait for in-flight ones; then stop the runner.
+
+        `marked`: the caller already set it draining (so no request was handed to
+        it between that decision and this task's first step).
+        """
+        if runner.state not in ACTIVE and not (marked and runner.state == "draining"):
             return
         runner.state = "draining"
         bound = time.monotonic() + app.limits.request_timeout + 5.0
@@ -917,4 +929,7 @@ def _last_log_line(path: Path) -> str:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1][:500] if lines else ""
+    if not lines:
+        return ""
+    stamped = LINE_RE.match(lines[-1])  # the message, without the runner's time and level
+    return (stamped["message"] if stamped else lines[-1])[:500]

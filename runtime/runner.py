@@ -43,7 +43,7 @@ from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
-from skyform.runtime.runner_context import configure_logging, flush_logs
+from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
 from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
 from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except SkyformError as exc:
         print(f"skyform runner: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_START)
+    stamp_output()  # the App's own prints get a time and request id from here on
     _run(Runner(config, sock).serve_then_exit())
     raise AssertionError("unreachable: the runner leaves through os._exit")
 
