@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from skyform.app import OPTION_NAMES
 from skyform.errors import SkyformError
 from skyform.machines import machine_type_names
+from skyform.names import app_name_problem
 from skyform.suggest import did_you_mean
 
 DEFAULT_FILE = "skyform.yaml"
@@ -132,7 +133,7 @@ class AppEntry(BaseModel):
 
 def _check_env_names(names: Iterable[str]) -> None:
     for name in names:
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"{name!r} is not an environment variable name")
 
 
@@ -184,13 +185,9 @@ class StackModel(BaseModel):
     @classmethod
     def _check_app_names(cls, value: dict[str, AppEntry]) -> dict[str, AppEntry]:
         for name in value:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    f'app name "{name}" must be lowercase letters, digits and "-" '
-                    "(it becomes a URL path)"
-                )
-            if name in {"queue", "-"}:
-                raise ValueError(f'app name "{name}" is reserved by the gateway')
+            problem = app_name_problem(name)
+            if problem:
+                raise ValueError(problem)
         return value
 
 
@@ -315,7 +312,7 @@ def _expand(value: str, where: Path_, line: int, shown: str, env: Any) -> str:
         if match.group(0) == "$${":
             return "${"
         name = match.group(1)
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise StackFileError(
                 f"{shown}:{line}: {_dotted(where)}: ${{{name}}} is not a variable name"
             )
