@@ -9,6 +9,7 @@ then breaks every URL built from it.
 
 from __future__ import annotations
 
+import json
 import re
 
 APP_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -18,12 +19,13 @@ RESERVED_APP_NAMES = frozenset({"queue", "-", "playground"})
 
 def app_name_problem(name: object) -> str | None:
     """Why `name` cannot be an app's name, or None when it can."""
+    shown = json.dumps(name) if isinstance(name, str) else repr(name)
     if not isinstance(name, str) or not APP_NAME_RE.fullmatch(name):
         return (
-            f"app name {name!r} must be 1-63 lowercase letters, digits and '-', "
+            f'app name {shown} must be lowercase letters, digits and "-", 1-63 characters, '
             "starting and ending with a letter or digit (it becomes a URL path)"
         )
     if name in RESERVED_APP_NAMES:
-        reserved = ", ".join(repr(n) for n in sorted(RESERVED_APP_NAMES))
-        return f"app name {name!r} is reserved by the gateway (reserved: {reserved})"
+        reserved = ", ".join(json.dumps(n) for n in sorted(RESERVED_APP_NAMES))
+        return f"app name {shown} is reserved by the gateway (reserved: {reserved})"
     return None

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from skyform.app import OPTION_NAMES
 from skyform.errors import SkyformError
@@ -40,13 +50,84 @@ class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
 
 
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+_SIZE_LIMITS = {
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_inflight_body_bytes",
+    "max_queued_bytes_per_app",
+}
+
+
+class GatewayLimitsConfig(BaseModel):
+    """What the gateway may be made to hold; each unset key keeps its default.
+
+    The keys are those of the gateway's `GatewayLimits` (skyform.runtime.limits),
+    which holds the defaults; `apply` passes the keys set here to the gateway.
+    Sizes take a number of bytes or a unit ("64MiB", "1GB").
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_header_bytes: ByteSize | None = Field(
+        None, gt=0, description="Request line + headers of one request (431 past it)."
+    )
+    header_timeout: float | None = Field(
+        None, gt=0, description="Seconds to send a whole request head (slow ones are closed)."
+    )
+    max_body_bytes: ByteSize | None = Field(
+        None, gt=0, description="One request's body (413 past it)."
+    )
+    max_inflight_body_bytes: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes in memory across concurrent requests (503 + Retry-After past it).",
+    )
+    max_queued_bytes_per_app: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes of one app's unfinished queue requests (429 + Retry-After).",
+    )
+    result_ttl: float | None = Field(
+        None, gt=0, description="Seconds a result (and its idempotency key) is kept."
+    )
+    poison_after_deaths: int | None = Field(
+        None, ge=1, description="Gateway deaths a request may be in flight at before it fails."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if info.field_name in _SIZE_LIMITS and value is not None:
+            try:
+                return int(_BYTE_SIZE.validate_python(value))
+            except ValidationError:
+                raise ValueError(
+                    f"must be a size: a number of bytes, or a number with a unit "
+                    f"(64KiB, 60MB, 1GiB); got {value!r}"
+                ) from None
+        return value
+
+    def overrides(self) -> dict[str, int | float]:
+        """The limits set here, as plain numbers (what the gateway reads)."""
+        return {
+            k: (int(v) if isinstance(v, int) else float(v))
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
+
+
 class GatewayConfig(BaseModel):
-    """Where the stack's gateway listens."""
+    """Where the stack's gateway listens, and within which limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
     host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+    limits: GatewayLimitsConfig = Field(
+        GatewayLimitsConfig.model_validate({}), description="Resource bounds of the gateway."
+    )
 
 
 class AppEntry(BaseModel):
@@ -372,6 +453,8 @@ def _known_keys(parent: Path_) -> list[str]:
         return list(StackModel.model_fields)
     if parent == ("gateway",):
         return list(GatewayConfig.model_fields)
+    if parent == ("gateway", "limits"):
+        return list(GatewayLimitsConfig.model_fields)
     if len(parent) == 2 and parent[0] == "apps":
         return list(AppEntry.model_fields)
     return []

@@ -305,28 +305,37 @@ class Gateway:
                 if not self.body_budget.try_charge(declared):
                     raise _budget_spent(self.body_budget)
                 charged = declared
-            buf = bytearray()
+            # With a declared length the buffer is allocated once (growing it
+            # would copy it, holding twice the body for a moment).
+            buf = bytearray(declared or 0)
+            size = 0
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     break
                 chunk = message.get("body", b"")
-                if len(buf) + len(chunk) > limit:
+                end = size + len(chunk)
+                if end > limit:
                     raise _too_large(limit)
-                extra = len(buf) + len(chunk) - charged
-                if extra > 0:
-                    if not self.body_budget.try_charge(extra):
+                if end > charged:
+                    if not self.body_budget.try_charge(end - charged):
                         raise _budget_spent(self.body_budget)
-                    charged += extra
-                buf += chunk
+                    charged = end
+                if end <= len(buf):
+                    buf[size:end] = chunk
+                else:
+                    del buf[size:]
+                    buf += chunk
+                size = end
                 if not message.get("more_body"):
                     break
+            del buf[size:]  # a client that sent less than it declared
         except BaseException:
             self.body_budget.release(charged)
             raise
-        if charged > len(buf):  # a client that sent less than it declared
-            self.body_budget.release(charged - len(buf))
-        return bytes(buf) if len(buf) < 65536 else buf  # type: ignore[return-value]
+        if charged > size:
+            self.body_budget.release(charged - size)
+        return bytes(buf) if size < 65536 else buf  # type: ignore[return-value]
 
     async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
         req = self._request(app, request_id)

@@ -314,7 +314,7 @@ class Scheduler:
                 continue
             self.live[req.id] = req
             app.pending.append(req)
-            app.queued_bytes += len(req.body)
+            app.queued_bytes += req.size
         for app in self.apps.values():
             self._pump(app)
         self._reaper = asyncio.create_task(self._reap_loop())
@@ -429,7 +429,9 @@ class Scheduler:
         )
         if persist:
             self.store.add_request(req)
-            app.queued_bytes += len(body)
+            # Stored: the body waits on disk, not in memory, until its dispatch.
+            req.size, req.body = len(body), b""
+            app.queued_bytes += req.size
         self.live[req.id] = req
         app.pending.append(req)
         self.metrics.submitted.labels(app.name, "queue" if persist else "sync").inc()
@@ -543,6 +545,7 @@ class Scheduler:
             self.store.start_attempt(req)  # committed before the runner sees it
         timeout = app.limits.request_timeout
         headers = {"content-type": req.content_type, REQUEST_ID_HEADER: req.id}
+        body = self.store.get_body(req.id) if req.persist else req.body
         reason = ""
         answer: tuple[int, dict[str, str], bytes] | None = None
         assert runner.client is not None
@@ -550,7 +553,7 @@ class Scheduler:
             # The runner enforces request_timeout itself (504, then it ends);
             # the margin lets its answer arrive before the gateway gives up.
             answer = await runner.client.request(
-                req.method, req.path, req.body, headers, timeout + TIMEOUT_MARGIN_S
+                req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
             )
         except RunnerConnectionError as exc:
             reason = f"runner {runner.id} unreachable: {exc}"
@@ -667,7 +670,7 @@ class Scheduler:
             self.store.complete_request(req)
             app = self.apps.get(req.app)
             if app is not None:
-                app.queued_bytes = max(0, app.queued_bytes - len(req.body))
+                app.queued_bytes = max(0, app.queued_bytes - req.size)
             req.body = b""
         self.metrics.requests.labels(req.app, outcome).inc()
         req.done.set()

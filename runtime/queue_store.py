@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS requests (
     error_type TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(status) WHERE status != 'COMPLETED';
+CREATE TABLE IF NOT EXISTS bodies (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 """
 
 # Columns added after the first release: added to an older database on open.
@@ -70,6 +74,7 @@ IDEM_INDEX = (
 # Free pages given back to the file system per compaction pass (4 KiB pages: 32 MiB),
 # so one pass never holds the event loop for long.
 COMPACT_PAGES = 8192
+BLOB_SLICE = 1024 * 1024
 
 
 @dataclass
@@ -105,6 +110,7 @@ class StoredRequest:
     error_type: str | None = None
     deaths: int = 0
     idem_key: str | None = None
+    size: int = 0  # the body's length, also while the body itself stays on disk
 
 
 _REQUEST_COLUMNS = (
@@ -175,24 +181,50 @@ class QueueStore:
     # --- requests ---------------------------------------------------------
 
     def add_request(self, req: StoredRequest) -> None:
-        """Record a new queued request; durable (against a process crash) once this returns."""
-        self._db.execute(
+        """Record a new queued request; durable (against a process crash) once this returns.
+
+        A large body goes to the `bodies` table, written in slices (SQLite's
+        blob I/O into a `zeroblob`, which stays lazy only as a row's last
+        column) rather than bound whole, which would copy it: storing a 60 MB
+        body costs no second 60 MB of memory. One transaction either way.
+        """
+        size = len(req.body)
+        streamed = size > BLOB_SLICE
+        insert = (
             "INSERT INTO requests (id, app, path, method, body, content_type, no_retry, status, "
-            "attempts, created, idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                req.id,
-                req.app,
-                req.path,
-                req.method,
-                req.body,
-                req.content_type,
-                int(req.no_retry),
-                req.status,
-                req.attempts,
-                req.created,
-                req.idem_key,
-            ),
+            "attempts, created, idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        values = (
+            req.id,
+            req.app,
+            req.path,
+            req.method,
+            b"" if streamed else req.body,
+            req.content_type,
+            int(req.no_retry),
+            req.status,
+            req.attempts,
+            req.created,
+            req.idem_key,
+        )
+        if not streamed:
+            self._db.execute(insert, values)
+            return
+        view = memoryview(req.body)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rowid = self._db.execute(insert, values).lastrowid
+            assert rowid is not None
+            self._db.execute(
+                "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
+            )
+            with self._db.blobopen("bodies", "body", rowid) as blob:
+                for start in range(0, size, BLOB_SLICE):
+                    blob.write(view[start : start + BLOB_SLICE])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def start_attempt(self, req: StoredRequest) -> None:
         """Record an attempt before it is dispatched (committed when this returns).
@@ -237,6 +269,10 @@ class QueueStore:
                 req.id,
             ),
         )
+        if req.size > BLOB_SLICE:  # its body is in `bodies` (one left by a crash here: pruned)
+            self._db.execute(
+                "DELETE FROM bodies WHERE seq = (SELECT seq FROM requests WHERE id = ?)", (req.id,)
+            )
 
     def get_request(self, request_id: str) -> StoredRequest | None:
         row = self._db.execute(
@@ -245,16 +281,40 @@ class QueueStore:
         return _request(row) if row else None
 
     def open_requests(self) -> list[StoredRequest]:
-        """Requests accepted but not completed, oldest first: what a restart must run."""
+        """Requests accepted but not completed, oldest first: what a restart must run.
+
+        Without their bodies (`size` says how large each is): a restart with a
+        full queue must not read every queued body into memory at once.
+        """
+        columns = _REQUEST_COLUMNS.replace("body,", "x'',", 1)
         rows = self._db.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != 'COMPLETED' ORDER BY seq"
+            f"SELECT {columns}, length(body) + coalesce((SELECT length(b.body) FROM bodies b "
+            "WHERE b.seq = requests.seq), 0) FROM requests WHERE status != 'COMPLETED' ORDER BY seq"
         ).fetchall()
-        return [_request(r) for r in rows]
+        out = []
+        for row in rows:
+            req = _request(row)
+            req.size = row[-1] or 0
+            out.append(req)
+        return out
+
+    def get_body(self, request_id: str) -> bytes:
+        """A queued request's body, read when it is dispatched."""
+        row = self._db.execute(
+            "SELECT coalesce(b.body, r.body) FROM requests r LEFT JOIN bodies b ON b.seq = r.seq "
+            "WHERE r.id = ?",
+            (request_id,),
+        ).fetchone()
+        return bytes(row[0]) if row else b""
 
     def prune_completed(self, older_than: float) -> int:
         """Forget results completed before `older_than` (epoch seconds)."""
         cur = self._db.execute(
             "DELETE FROM requests WHERE status = 'COMPLETED' AND completed < ?", (older_than,)
+        )
+        self._db.execute(
+            "DELETE FROM bodies WHERE seq NOT IN "
+            "(SELECT seq FROM requests WHERE status != 'COMPLETED')"
         )
         return cur.rowcount
 
