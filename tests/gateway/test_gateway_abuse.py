@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, wait_for
+from gateway_helpers import ADMIN, APPS, BUNDLE_KEY, GatewayProc, wait_for
 
 from skyform.bundle import Bundle, build_bundle
 
@@ -358,3 +358,26 @@ def test_bad_limits_stop_the_gateway_with_one_line(tmp_path: Path, tag: str, cou
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_an_app_stored_under_a_broken_name_can_still_be_removed(
+    gateway: GatewayProc, bundles
+) -> None:
+    """A name an older gateway accepted ("pwn\\n") is listed and removed, never a traceback."""
+    import sqlite3
+
+    from skyform.gatewayclient import GatewayClient
+
+    gateway.register("echo", bundles["echo_public"])
+    refused = gateway.admin("PUT", "/-/apps/pwn%0A", json={"bundle_b64": "x"})
+    assert refused.status_code == 400 and refused.json()["error_type"] == "invalid_app_name"
+    gateway.stop()
+    db = sqlite3.connect(gateway.state_dir / "gateway.sqlite3")
+    with db:
+        db.execute("UPDATE apps SET name = ? WHERE name = 'echo'", ("pwn\n",))
+    db.close()
+    gateway.start()
+    with GatewayClient(gateway.url, ADMIN) as client:
+        assert list(client.list_apps()) == ["pwn\n"]
+        client.delete_app("pwn\n")
+        assert client.list_apps() == {}
