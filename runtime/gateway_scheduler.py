@@ -334,6 +334,11 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A stop is not a death: what was cut short waits queued, its deaths uncounted.
+        for req in self.live.values():
+            if req.persist and req.status == "IN_PROGRESS":
+                req.status = "IN_QUEUE"
+                self.store.requeue(req)
 
     # --- apps ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from skyform.errors import SkyformError
@@ -81,9 +81,6 @@ class GatewayLimits:
         except ValueError as exc:
             raise SkyformError(f"{LIMITS_ENV} is not valid JSON: {exc}") from None
         return cls.from_mapping(data)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 class BodyBudget:
