@@ -18,6 +18,7 @@ the outputs are written.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -67,6 +68,14 @@ class StackContext:
             "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
             "SKYFORM_API_KEY": self.keys["api_key"],
         }
+
+
+def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The stack file's gateway limits, as the gateway process reads them."""
+    limits = spec.get("limits")
+    if not limits:
+        return {}
+    return {"SKYFORM_GATEWAY_LIMITS": json.dumps(limits, sort_keys=True)}
 
 
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
@@ -317,7 +326,7 @@ class Applier:
 
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
-        attrs = {k: spec[k] for k in ("provider", "host", "port")}
+        attrs = {k: spec[k] for k in ("provider", "host", "port", "limits") if k in spec}
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
@@ -326,7 +335,7 @@ class Applier:
                 stack=self.ctx.stack.name,
                 port=int(spec["port"]),
                 state_dir=self.ctx.gateway_state_dir,
-                env=self.ctx.gateway_env(),
+                env={**self.ctx.gateway_env(), **_limits_env(spec)},
             )
         )
         handle_dict = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -63,25 +64,30 @@ class GatewayClient:
             "auth": auth,
             "env": env,
         }
-        return self._call("PUT", f"/-/apps/{name}", f"register app {name}", json=payload).json()
+        return self._call(
+            "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload
+        ).json()
 
     def delete_app(self, name: str) -> None:
         """Remove an app; an app the gateway does not know is already gone."""
-        self._call("DELETE", f"/-/apps/{name}", f"remove app {name}", ok_missing=True)
+        self._call("DELETE", f"/-/apps/{_segment(name)}", f"remove app {name!r}", ok_missing=True)
 
     def logs(self, name: str, tail: int = 200, every: bool = False) -> str:
         """The last `tail` log lines of the app's current runners (`every`: old revisions too)."""
         params: dict[str, Any] = {"tail": tail}
         if every:
             params["all"] = 1
-        return self._call("GET", f"/-/apps/{name}/logs", f"logs of {name}", params=params).text
+        return self._call(
+            "GET", f"/-/apps/{_segment(name)}/logs", f"logs of {name!r}", params=params
+        ).text
 
     def _call(
         self, method: str, path: str, what: str, ok_missing: bool = False, **kwargs: Any
     ) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL is not an HTTPError: without it here, a bad URL is a traceback.
             raise GatewayError(
                 f"gateway {self.url} did not answer ({what}): {type(exc).__name__}: {exc}"
             ) from None
@@ -94,6 +100,11 @@ class GatewayClient:
                 response.status_code,
             )
         return response
+
+
+def _segment(name: str) -> str:
+    """`name` as one URL path segment: any name the gateway lists can be addressed."""
+    return quote(name, safe="")
 
 
 def _detail(response: httpx.Response) -> str:

@@ -47,7 +47,7 @@ SENSITIVE = ("secrets_digest",)
 NOT_COMPARED = ("fingerprint",)
 # Apply's own bookkeeping in a state record: not an attribute of the resource.
 BOOKKEEPING = ("handle", "pending", "tainted")
-GATEWAY_ATTRS = ("provider", "host", "port")
+GATEWAY_ATTRS = ("provider", "host", "port", "limits")  # limits: only when the stack sets any
 SCALING_OPTIONS = (
     "min_runners",
     "max_runners",
@@ -222,11 +222,15 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     from skyform.providers import provider_name
 
     gw = stack.model.gateway
-    return {
+    want: dict[str, Any] = {
         "provider": provider_name(stack.model.provider),
         "host": gw.host,
         "port": port if port is not None else gw.port,
     }
+    limits = gw.limits.overrides()
+    if limits:  # absent when unset, so that stacks without limits see no change
+        want["limits"] = limits
+    return want
 
 
 def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:
@@ -553,7 +557,7 @@ def _secrets_digest(
 def _gateway_attrs(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return None
-    return {k: record.get(k) for k in GATEWAY_ATTRS}
+    return {k: record.get(k) for k in GATEWAY_ATTRS if k != "limits" or record.get(k)}
 
 
 def _gateway_change(

@@ -61,8 +61,16 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
 class GatewayProc:
     """One gateway process started by a test, with helpers for its API."""
 
-    def __init__(self, state_dir: Path, tag: str, count_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        tag: str,
+        count_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.env = env or {}
         self.tag = tag
         self.count_dir = count_dir
         self.port = port or free_port()
@@ -80,6 +88,7 @@ class GatewayProc:
             SKYFORM_BUNDLE_KEY=BUNDLE_KEY,
             GW_COUNT_DIR=str(self.count_dir),
             **{TAG_VAR: self.tag},
+            **self.env,
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / "test-gateway.log", "ab")  # noqa: SIM115
