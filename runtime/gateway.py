@@ -1,6 +1,8 @@
 """The gateway: a stack's front door (`python -m skyform.runtime.gateway`).
 
     python -m skyform.runtime.gateway --port N --state-dir DIR [--host H] [--stack NAME]
+        [--tls-cert PEM --tls-key PEM] [--runner-cert PEM --runner-key PEM --runner-ca PEM]
+        [--public-url URL] [--trusted-proxy IP/CIDR]...
 
 Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
 private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners).
@@ -38,6 +40,7 @@ from urllib.parse import parse_qs
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.providers.base import TLSMaterial
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
@@ -49,6 +52,7 @@ from skyform.runtime.gateway_scheduler import (
     RequestNotCancellable,
     Scheduler,
 )
+from skyform.runtime.gateway_urls import PublicURL, default_public_url
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
@@ -87,8 +91,13 @@ class Gateway:
         api_key: str,
         bundle_key: str,
         runner_token: str,
+        public_url: str = "",
+        trusted_proxies: tuple[str, ...] = (),
+        runner_tls: TLSMaterial | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Returned URLs start with this, never with a caller's Host header.
+        self.public_url = PublicURL(public_url, trusted_proxies) if public_url else None
         self.stack = stack
         self.admin_token = admin_token.encode()
         self.api_key = api_key
@@ -104,6 +113,7 @@ class Gateway:
             state_dir=self.state_dir,
             runner_env={k: v for k, v in runner_env.items() if v},
             runner_token=runner_token,
+            runner_tls=runner_tls,
         )
         self.accepting = True
 
@@ -285,13 +295,19 @@ class Gateway:
         return out
 
     def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
-        base = f"{_base_url(scope)}/queue/{app}/requests/{request_id}"
+        base = f"{self._base_url(scope)}/queue/{app}/requests/{request_id}"
         return {
             "request_id": request_id,
             "status_url": f"{base}/status",
             "response_url": base,
             "cancel_url": f"{base}/cancel",
         }
+
+    def _base_url(self, scope: Scope) -> str:
+        if self.public_url is not None:
+            return self.public_url.for_request(scope)
+        server = scope.get("server") or ("127.0.0.1", 80)  # an embedded Gateway in a test
+        return default_public_url(scope.get("scheme", "http"), server[0], server[1])
 
     async def _playground(self, send: Send, app: AppState) -> None:
         from skyform.runtime.playground import render_playground
@@ -502,14 +518,6 @@ def _with_query(path: str, scope: Scope) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-def _base_url(scope: Scope) -> str:
-    host = _header(scope, b"host")
-    if not host:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}"
-
-
 # --- process ------------------------------------------------------------------
 
 
@@ -521,13 +529,68 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
+    parser.add_argument("--runner-cert", type=Path, help="PEM certificate handed to runners")
+    parser.add_argument("--runner-key", type=Path, help="its PEM key")
+    parser.add_argument(
+        "--runner-ca", type=Path, help="CA that runner certificates are verified with"
+    )
+    parser.add_argument("--public-url", default="", help="base of returned URLs")
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="IP/CIDR whose X-Forwarded-Proto/-Host are honoured (repeatable)",
+    )
     return parser
+
+
+def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
+    """The runner TLS material of the command line: all three files, or none."""
+    from skyform.tls import runner_server_name
+
+    given = [args.runner_cert, args.runner_key, args.runner_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SkyformError("--runner-cert, --runner-key and --runner-ca go together")
+    for path in given:
+        if not path.is_file():
+            raise SkyformError(f"no such file: {path}")
+    return TLSMaterial(
+        args.runner_cert.resolve(),
+        args.runner_key.resolve(),
+        args.runner_ca.resolve(),
+        runner_server_name(args.stack),
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad TLS or URL arguments: one line, before anything is started."""
+    import ipaddress
+
+    from skyform.tls import server_context
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SkyformError("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        server_context(args.tls_cert, args.tls_key)  # raises TLSError naming the file
+    for item in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SkyformError(f"--trusted-proxy {item!r} is not an IP or CIDR") from None
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise SkyformError(f"--public-url must be an http(s) URL, got {args.public_url!r}")
 
 
 def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
     """The gateway for `args` (see `_parser`), its provider and keys from `environ`."""
     from skyform.providers import create_provider
 
+    _check_args(args)
+    runner_tls = _tls_args(args)
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config: Any = "local"
@@ -551,6 +614,10 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
         runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
+        public_url=args.public_url
+        or default_public_url("https" if args.tls_cert else "http", args.host, args.port),
+        trusted_proxies=tuple(args.trusted_proxy),
+        runner_tls=runner_tls,
     )
 
 
@@ -582,9 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = make_server(gateway, args.host, args.port)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = make_server(gateway, args.host, args.port, tls=tls)
     started = time.monotonic()
-    log.info("gateway for stack %s on http://%s:%d", args.stack, args.host, args.port)
+    scheme = "https" if tls else "http"
+    log.info("gateway for stack %s on %s://%s:%d", args.stack, scheme, args.host, args.port)
     server.run()
     if not server.started:
         print(f"error: the gateway could not start on {args.host}:{args.port}", file=sys.stderr)

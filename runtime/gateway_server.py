@@ -7,6 +7,10 @@ Two adjustments to stock uvicorn:
   event-loop turn are coalesced into one.
 - SIGTERM/SIGINT stop the server and the process then exits 0 (uvicorn's own
   capture re-raises the signal after shutdown).
+
+With TLS, the certificate files are checked every few seconds and reloaded
+into the live context when they change: `apply` renews a certificate before
+it expires, and new connections get the new one without a restart.
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("skyform.gateway")
+
+# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
+_CERT_CHECK_TICKS = 50
 
 
 class _CoalescingTransport:
@@ -66,6 +75,36 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT and then letting the process exit 0."""
 
+    tls_files: tuple[Path, Path] | None = None
+    _tls_stamp: tuple[float, float] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.tls_files is not None and counter % _CERT_CHECK_TICKS == 0:
+            self._reload_certificate()
+        return await super().on_tick(counter)
+
+    def _reload_certificate(self) -> None:
+        """Load renewed certificate files into the live TLS context (new connections use them)."""
+        from skyform.tls import TLSError, load_cert_chain
+
+        assert self.tls_files is not None
+        cert, key = self.tls_files
+        try:
+            stamp = (os.stat(cert).st_mtime, os.stat(key).st_mtime)
+        except OSError:
+            return
+        if self._tls_stamp is None:
+            self._tls_stamp = stamp
+        if stamp == self._tls_stamp or self.config.ssl is None:
+            return
+        try:
+            load_cert_chain(self.config.ssl, cert, key)
+        except TLSError as exc:  # a half-renewed pair: the old certificate stays in use
+            log.warning("certificate not reloaded: %s", exc)
+            return
+        self._tls_stamp = stamp
+        log.info("reloaded the TLS certificate from %s", cert)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
@@ -85,9 +124,14 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def make_server(app: Any, host: str, port: int) -> GatewayServer:
-    """The server for the gateway's ASGI `app` on `host:port`."""
+def make_server(
+    app: Any, host: str, port: int, tls: tuple[Path, Path] | None = None
+) -> GatewayServer:
+    """The server for the gateway's ASGI `app` on `host:port`; https with `tls` (cert, key)."""
     options: dict[str, Any] = {}
+    if tls is not None:
+        options["ssl_certfile"] = str(tls[0])
+        options["ssl_keyfile"] = str(tls[1])
     try:
         import httptools  # noqa: F401
 
@@ -113,4 +157,8 @@ def make_server(app: Any, host: str, port: int) -> GatewayServer:
         server_header=False,
         **options,
     )
-    return GatewayServer(config)
+    server = GatewayServer(config)
+    if tls is not None:
+        server.tls_files = (Path(tls[0]), Path(tls[1]))
+        server._reload_certificate()  # records the files' current state
+    return server
