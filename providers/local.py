@@ -157,7 +157,7 @@ class LocalProvider:
     ) -> None:
         if options:
             raise SkyformError(
-                "the local provider takes one option, runner_tls; got: "
+                "the local provider takes no options but runner_tls; got: "
                 + ", ".join(sorted(options))
             )
         if not isinstance(runner_tls, bool):
@@ -274,9 +274,7 @@ class LocalProvider:
         """Start the gateway detached; return once `GET /-/health` answers."""
         state_dir = Path(spec.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        # The gateway builds its own provider from this (runner_tls included).
-        options = {"runner_tls": True} if self.runner_tls else {}
-        (state_dir / "provider.json").write_text(json.dumps({self.name: options}) + "\n")
+        _write_provider_config(state_dir, self.runner_tls)
         log_path = state_dir / "gateway.log"
         log_start = log_path.stat().st_size if log_path.exists() else 0
         env = dict(os.environ)
@@ -383,6 +381,20 @@ def _terminate(pid: int, grace: float, alive: Callable[[], bool]) -> None:
             time.sleep(0.05)
         else:
             return
+
+
+def _write_provider_config(state_dir: Path, runner_tls: bool) -> None:
+    """Tell the gateway its provider's options (`<state-dir>/provider.json`; absent: plain local)."""
+    path = state_dir / "provider.json"
+    if runner_tls:
+        path.write_text(json.dumps({"local": {"runner_tls": True}}) + "\n")
+        return
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(current, dict) and set(current) == {"local"}:
+        path.unlink(missing_ok=True)  # one a runner_tls start left: back to the default
 
 
 def gateway_tls_args(spec: GatewaySpec) -> list[str]:
