@@ -28,6 +28,10 @@ class RunnerConnectionError(ConnectionError):
     """The runner refused the connection or closed it before answering."""
 
 
+class RunnerTLSError(RunnerConnectionError):
+    """The runner's certificate is not one the gateway trusts (not signed by the stack CA)."""
+
+
 Response = tuple[int, dict[str, str], bytes]
 
 
@@ -121,6 +125,10 @@ class RunnerClient:
             reader, writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise RunnerTLSError(
+                f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}"
+            ) from None
         except OSError as exc:
             raise RunnerConnectionError(_describe(exc)) from None
         return _Conn(reader, writer)

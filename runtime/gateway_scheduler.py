@@ -44,7 +44,7 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
+from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
@@ -702,7 +702,6 @@ class Scheduler:
         try:
             tls = self._tls_for(handle.url)
         except SkyformError as exc:
-            self.provider.stop_runner(handle, 2.0)
             self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
             return
         runner.client = RunnerClient(
@@ -724,6 +723,9 @@ class Scheduler:
                 status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
                 if status == 200:
                     break
+            except RunnerTLSError as exc:  # waiting longer will not make it trusted
+                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+                return
             except (RunnerConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
