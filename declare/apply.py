@@ -120,6 +120,47 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     return out
 
 
+def address_update(
+    stack: Stack, handle: Any, certificate_before: bytes | None, certificate_now: bytes
+) -> dict[str, str] | None:
+    """What a remote gateway must be told once its address is known, or None.
+
+    A gateway placed by a cloud provider starts before anyone knows its IP: its
+    first certificate cannot name it, and without `public_url` it cannot know
+    the base of the URLs it returns. Once `apply` has the address, the
+    certificate is reissued to name it and both are pushed (`PUT /-/tls`); a
+    renewed certificate is pushed the same way. A local gateway reads its files
+    itself and knows its address: nothing to tell.
+    """
+    if handle is None or handle.provider == "local" or not handle.url:
+        return None
+    update: dict[str, str] = {}
+    if certificate_before != certificate_now:
+        update["cert"] = "new"
+    if stack.model.gateway.public_url is None:
+        update["public_url"] = handle.url
+    return update or None
+
+
+def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) -> None:
+    """Reissue the gateway certificate for its (now known) address and hand it over."""
+    from skyform.gatewayclient import GatewayClient
+
+    if ctx.stack.tls_mode != "auto" or handle is None or not handle.url:
+        return
+    gw_tls = gateway_tls(ctx, (handle.url,))["tls"]
+    now = gw_tls.cert.read_bytes()
+    update = address_update(ctx.stack, handle, before, now)
+    if update is None:
+        return
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=60.0) as client:
+        client.put_tls(
+            now.decode(),
+            gw_tls.key.read_text(),
+            update.get("public_url") or None,
+        )
+
+
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
     """`<stack dir>/.skyform/runtime/<stack>/`: gateway state, runner logs."""
     return Path(workdir) / ".skyform" / "runtime" / stack
@@ -371,6 +412,8 @@ class Applier:
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
+        tls = gateway_tls(self.ctx, known)
+        before = tls["tls"].cert.read_bytes() if self.ctx.stack.tls_mode == "auto" else None
         handle = self.ctx.provider.start_gateway(
             GatewaySpec(
                 stack=self.ctx.stack.name,
@@ -379,7 +422,7 @@ class Applier:
                 env=self.ctx.gateway_env(),
                 public_url=str(spec.get("public_url") or ""),
                 trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
-                **gateway_tls(self.ctx, known),
+                **tls,
             )
         )
         handle_dict = {
@@ -389,14 +432,20 @@ class Applier:
             "info": dict(handle.info),
         }
         self._write({GATEWAY: {**attrs, "url": handle.url, "handle": handle_dict}})
+        push_gateway_identity(self.ctx, handle, before)
         self.done["add"] += 1
         self.report(f"gateway: ready at {handle.url} [{time.monotonic() - started:.1f}s]")
 
     def _renew_certificates(self) -> None:
         """Reissue certificates close to expiry; a local gateway reloads them by itself."""
+        from skyform.tls import tls_dir
+
         record = self.doc.resources.get(GATEWAY) or {}
         if self.ctx.stack.tls_mode == "auto" or runner_tls_wanted(self.ctx.stack):
+            cert = tls_dir(self.ctx.workdir, self.ctx.stack.name) / "gateway.pem"
+            before = cert.read_bytes() if cert.exists() else None
             gateway_tls(self.ctx, (str(record["url"]),) if record.get("url") else ())
+            push_gateway_identity(self.ctx, self._handle(), before)
 
     def _delete_apps(self, batch: list[ResourceChange]) -> None:
         self._write({c.address: self._pending(c.address, "delete") for c in batch})

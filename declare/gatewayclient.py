@@ -107,6 +107,13 @@ class GatewayClient:
         """Remove an app; an app the gateway does not know is already gone."""
         self._call("DELETE", f"/-/apps/{name}", f"remove app {name}", ok_missing=True)
 
+    def put_tls(self, cert_pem: str, key_pem: str, public_url: str | None = None) -> dict[str, Any]:
+        """Hand the gateway a renewed certificate (and its public URL, once known)."""
+        payload: dict[str, Any] = {"cert_pem": cert_pem, "key_pem": key_pem}
+        if public_url:
+            payload["public_url"] = public_url
+        return self._call("PUT", "/-/tls", "replace its certificate", json=payload).json()
+
     def logs(self, name: str, tail: int = 200) -> str:
         return self._call(
             "GET", f"/-/apps/{name}/logs", f"logs of {name}", params={"tail": tail}

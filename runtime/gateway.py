@@ -16,6 +16,7 @@ Routes (DESIGN §7):
     PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
     GET  /{app}/playground                     a page to try each endpoint
     /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+    PUT  /-/tls                                a renewed certificate, and the public URL
 
 A plain ASGI callable rather than a framework: the proxy path is the hot path
 and every microsecond there shows in added latency.
@@ -64,6 +65,7 @@ _TEXT = b"text/plain; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 NO_RETRY_HEADER = b"x-skyform-no-retry"
+PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
 MAX_BODY = 64 * 1024 * 1024
 
 
@@ -94,10 +96,15 @@ class Gateway:
         public_url: str = "",
         trusted_proxies: tuple[str, ...] = (),
         runner_tls: TLSMaterial | None = None,
+        tls_files: tuple[Path, Path] | None = None,
+        public_url_configured: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         # Returned URLs start with this, never with a caller's Host header.
         self.public_url = PublicURL(public_url, trusted_proxies) if public_url else None
+        self.trusted_proxies = trusted_proxies
+        self.tls_files = tls_files  # what the server serves (and reloads when it changes)
+        self.public_url_configured = public_url_configured
         self.stack = stack
         self.admin_token = admin_token.encode()
         self.api_key = api_key
@@ -340,6 +347,9 @@ class Gateway:
         elif rest == "runners" and method == "GET":
             runners = [r.describe() for r in self.scheduler.all_runners()]
             await send_response(send, 200, dump({"runners": runners}))
+        elif rest == "tls" and method == "PUT":
+            body = self._replace_certificate(await _read_body(receive))
+            await send_response(send, 200, dump(body))
         elif rest == "apps" and method == "GET":
             apps = [a.describe() for a in self.scheduler.apps.values()]
             await send_response(send, 200, dump({"apps": apps}))
@@ -371,6 +381,54 @@ class Gateway:
             await send_response(send, 200, dump({"name": name, "removed": True}))
         else:
             raise HTTPError(405, f"{method} is not allowed on /-/apps/{name}")
+
+    def _replace_certificate(self, raw: bytes) -> dict[str, Any]:
+        """`PUT /-/tls`: a renewed certificate, and the public URL once the address is known.
+
+        A gateway started on a machine whose address nobody knew beforehand (a
+        SkyPilot cluster) gets a certificate naming that address, and its public
+        URL, from `apply`. The pair is checked before anything is written; the
+        server loads the new files within seconds.
+        """
+        from skyform.tls import TLSError, server_context
+
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "request body must be JSON") from None
+        known = ["cert_pem", "key_pem", "public_url"]
+        if not isinstance(payload, dict) or set(payload) - set(known):
+            extra = sorted(set(payload) - set(known)) if isinstance(payload, dict) else []
+            hint = did_you_mean(extra[0], known) if extra else ""
+            raise HTTPError(400, f"body must be an object of {', '.join(known)}{hint}")
+        cert, key = payload.get("cert_pem"), payload.get("key_pem")
+        if self.tls_files is None:
+            raise HTTPError(409, "this gateway serves plain http; it has no certificate to replace")
+        if not (isinstance(cert, str) and cert and isinstance(key, str) and key):
+            raise HTTPError(400, "cert_pem and key_pem (PEM text) are required")
+        url = payload.get("public_url")
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("http://", "https://"))
+        ):
+            raise HTTPError(400, f"public_url must be an http(s) URL, got {url!r}")
+        cert_path, key_path = self.tls_files
+        trial_cert, trial_key = self.state_dir / ".tls-trial.pem", self.state_dir / ".tls-trial.key"
+        try:
+            write_atomic(trial_cert, cert)
+            write_atomic(trial_key, key, mode=0o600)
+            server_context(trial_cert, trial_key)
+        except TLSError as exc:
+            raise HTTPError(400, f"certificate refused: {exc}", "bad_certificate") from None
+        finally:
+            for trial in (trial_cert, trial_key):
+                trial.unlink(missing_ok=True)
+        write_atomic(key_path, key, mode=0o600, fsync=True)
+        write_atomic(cert_path, cert, fsync=True)
+        if url and not self.public_url_configured:
+            self.public_url = PublicURL(url, self.trusted_proxies)
+            write_atomic(self.state_dir / PUBLIC_URL_FILE, url + "\n")  # kept across restarts
+        log.info("certificate replaced%s", f"; public URL {url}" if url else "")
+        return {"replaced": True, "public_url": self.public_url.base if self.public_url else None}
 
     def _register(self, name: str, raw: bytes) -> AppState:
         from skyform.bundle import read_bundle_meta
@@ -615,10 +673,20 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
         runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
         public_url=args.public_url
+        or _learned_public_url(state_dir)
         or default_public_url("https" if args.tls_cert else "http", args.host, args.port),
         trusted_proxies=tuple(args.trusted_proxy),
         runner_tls=runner_tls,
+        tls_files=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None,
+        public_url_configured=bool(args.public_url),
     )
+
+
+def _learned_public_url(state_dir: Path) -> str:
+    try:
+        return (state_dir / PUBLIC_URL_FILE).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _stored_admin_token(state_dir: Path) -> str:

@@ -206,3 +206,20 @@ def test_load_stack_resolves_against_the_file_not_the_cwd(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     files = load_stack(project / "skyform.yaml").tls_files()
     assert files is not None and Path(files.cert) == cert and Path(files.key) == key
+
+
+def test_what_a_remote_gateway_is_told_once_its_address_is_known(tmp_path: Path) -> None:
+    from skyform.apply import address_update
+    from skyform.providers.base import GatewayHandle
+
+    plain = load(stack_text("{tls: auto}"), tmp_path)
+    fixed = load(stack_text("{tls: auto, public_url: 'https://api.example.test'}"), tmp_path)
+    cloud = GatewayHandle("demo", "https://203.0.113.7:8765", "skypilot")
+    local = GatewayHandle("demo", "https://127.0.0.1:8765", "local")
+    assert address_update(plain, local, None, b"new") is None  # it reads its own files
+    assert address_update(plain, cloud, b"old", b"new") == {
+        "cert": "new",
+        "public_url": "https://203.0.113.7:8765",
+    }
+    assert address_update(fixed, cloud, b"same", b"same") is None
+    assert address_update(fixed, cloud, b"old", b"new") == {"cert": "new"}

@@ -80,3 +80,25 @@ def test_plan_is_clean_and_keys_stay_private(root: Path) -> None:
     state = (root / ".skyform" / "demo.state.json").read_text()
     assert "PRIVATE KEY" not in state
     assert (folder / "ca.key").read_text() not in state
+
+
+def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
+    """What apply does after a cloud provider placed the gateway (the address known only then):
+    the certificate names the address, and the gateway is told its public URL."""
+    from dataclasses import replace
+
+    from skyform.apply import open_context, push_gateway_identity
+    from skyform.providers.base import GatewayHandle
+    from skyform.stackfile import load_stack
+
+    ctx = open_context(load_stack(root / "skyform.yaml"))
+    record = state_of(root)["resources"]["gateway"]
+    local = GatewayHandle(**record["handle"])
+    # As a SkyPilot handle would report it: another address for the same gateway.
+    placed = replace(local, provider="skypilot", url=local.url.replace("127.0.0.1", "localhost"))
+    push_gateway_identity(ctx, placed, before=None)
+    verify = client_context(record["handle"]["info"]["ca_file"])
+    submitted = httpx.post(
+        f"{local.url}/queue/hello/", json={"name": "q"}, verify=verify, trust_env=False
+    ).json()
+    assert submitted["status_url"].startswith(f"{placed.url}/queue/hello/requests/")

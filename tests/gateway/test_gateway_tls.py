@@ -259,3 +259,77 @@ def test_mismatched_key_is_named(tmp_path: Path, pki: dict[str, CertFiles]) -> N
     assert done.returncode == 1
     assert f"error: key {pki['runner'].key} does not belong to certificate" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _served_names(port: int) -> set[str]:
+    from cryptography import x509
+
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(
+        san.get_values_for_type(x509.DNSName)
+    )
+
+
+def test_a_pushed_certificate_and_public_url_take_effect(
+    tmp_path: Path, tag: str, count_dir: Path, no_leftovers: None, bundles
+) -> None:
+    import shutil
+
+    first = ensure_leaf(tmp_path / "pki", "test", "gateway", [])
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    cert, key = serving / "gateway.pem", serving / "gateway.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    args = ("--tls-cert", str(cert), "--tls-key", str(key))
+    gw = GatewayProc(tmp_path / "state", tag, count_dir, args=args, ca_file=first.ca)
+    try:
+        gw.start()
+        gw.register("echo", bundles["echo_public"], auth="public")
+        assert "gw.example.test" not in _served_names(gw.port)
+        served = cert.read_bytes()
+        other_key = ensure_leaf(tmp_path / "pki", "test", "runner", []).key.read_text()
+        # What apply does once a cloud gateway's address is known: a certificate naming it.
+        renewed = ensure_leaf(tmp_path / "pki", "test", "gateway", ["gw.example.test"])
+        bad = gw.admin(
+            "PUT",
+            "/-/tls",
+            json={"cert_pem": renewed.cert.read_text(), "key_pem": other_key},
+        )
+        assert bad.status_code == 400 and bad.json()["error_type"] == "bad_certificate"
+        assert cert.read_bytes() == served  # nothing written
+        assert gw.http.put("/-/tls", json={}).status_code == 401
+        public = f"https://gw.example.test:{gw.port}"
+        ok = gw.admin(
+            "PUT",
+            "/-/tls",
+            json={
+                "cert_pem": renewed.cert.read_text(),
+                "key_pem": renewed.key.read_text(),
+                "public_url": public,
+            },
+        )
+        assert ok.status_code == 200 and ok.json() == {"replaced": True, "public_url": public}
+        assert (key.stat().st_mode & 0o777) == 0o600
+        wait_for(lambda: "gw.example.test" in _served_names(gw.port), 30, "the reloaded cert")
+        # A client that knows the gateway by that name verifies it.
+        with httpx.Client(verify=client_context(first.ca), trust_env=False) as client:
+            named = client.get(
+                f"{gw.url}/echo/playground", extensions={"sni_hostname": "gw.example.test"}
+            )
+        assert named.status_code == 200
+        assert gw.submit("echo", "/", {"text": "x"})["status_url"].startswith(f"{public}/queue/")
+        # The learned public URL survives a restart of the gateway.
+        gw.stop()
+        gw.start()
+        assert gw.submit("echo", "/", {"text": "y"})["status_url"].startswith(f"{public}/queue/")
+    finally:
+        gw.stop()
+
+
+def test_a_plain_gateway_has_no_certificate_to_replace(gateway: GatewayProc) -> None:
+    answer = gateway.admin("PUT", "/-/tls", json={"cert_pem": "x", "key_pem": "y"})
+    assert answer.status_code == 409
+    assert "plain http" in answer.json()["detail"]
