@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import secrets
+import ssl
 import threading
 import time
 from collections import deque
@@ -46,8 +47,8 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
 from skyform.logformat import LINE_RE
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
+from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
+from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
@@ -238,6 +239,7 @@ class Scheduler:
         runner_env: dict[str, str],
         runner_token: str,
         limits: GatewayLimits | None = None,
+        runner_tls: TLSMaterial | None = None,
     ) -> None:
         self.store = store
         self.gateway_limits = limits or GatewayLimits()
@@ -247,6 +249,8 @@ class Scheduler:
         self.state_dir = Path(state_dir)
         self.runner_env = runner_env
         self.runner_token = runner_token
+        self.runner_tls = runner_tls
+        self._runner_ssl = _runner_ssl_context(runner_tls)
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
@@ -721,7 +725,16 @@ class Scheduler:
             python_version=str(app.meta.get("python", "")),
             env=env,
             runner_id=runner_id,
+            tls=self.runner_tls,
         )
+
+    def _tls_for(self, url: str) -> dict[str, Any]:
+        """How to reach a runner at `url`: verified TLS for `https`, plain TCP otherwise."""
+        if not url.startswith("https://"):
+            return {}
+        if self._runner_ssl is None or self.runner_tls is None:
+            raise SkyformError("it serves https, but this gateway has no CA to verify it with")
+        return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner.id)
@@ -747,10 +760,16 @@ class Scheduler:
             return
         runner.state = "starting"
         host, port = _host_port(handle.url)
+        try:
+            tls = self._tls_for(handle.url)
+        except SkyformError as exc:
+            self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+            return
         runner.client = RunnerClient(
             host,
             port,
             {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
+            **tls,
         )
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
@@ -765,6 +784,9 @@ class Scheduler:
                 status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
                 if status == 200:
                     break
+            except RunnerTLSError as exc:  # waiting longer will not make it trusted
+                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+                return
             except (RunnerConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
@@ -946,6 +968,15 @@ def _start_error_type(exc: BaseException) -> str:
     if type(exc).__name__ == "EnvironmentBuildError":
         return "environment_build_failed"
     return "startup_failed"
+
+
+def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
+    """The context verifying runners against the stack CA (None without runner TLS)."""
+    if material is None or material.ca is None:
+        return None
+    from skyform.tls import client_context
+
+    return client_context(material.ca)
 
 
 def _request_id() -> str:

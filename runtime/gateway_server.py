@@ -12,6 +12,10 @@ Three adjustments to stock uvicorn:
   header whole before uvicorn sees it, and uvicorn's keep-alive timeout is not
   armed until a first response, so without this one caller can make the
   gateway hold a 60 MB header, or hundreds of connections that never finish one.
+
+With TLS, the certificate files are checked every few seconds and reloaded
+into the live context when they change: `apply` renews a certificate before
+it expires, and new connections get the new one without a restart.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -29,6 +35,9 @@ import uvicorn
 from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
+
+# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
+_CERT_CHECK_TICKS = 50
 
 
 class _CoalescingTransport:
@@ -174,6 +183,36 @@ def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] 
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT and then letting the process exit 0."""
 
+    tls_files: tuple[Path, Path] | None = None
+    _tls_stamp: tuple[float, float] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.tls_files is not None and counter % _CERT_CHECK_TICKS == 0:
+            self._reload_certificate()
+        return await super().on_tick(counter)
+
+    def _reload_certificate(self) -> None:
+        """Load renewed certificate files into the live TLS context (new connections use them)."""
+        from skyform.tls import TLSError, load_cert_chain
+
+        assert self.tls_files is not None
+        cert, key = self.tls_files
+        try:
+            stamp = (os.stat(cert).st_mtime, os.stat(key).st_mtime)
+        except OSError:
+            return
+        if self._tls_stamp is None:
+            self._tls_stamp = stamp
+        if stamp == self._tls_stamp or self.config.ssl is None:
+            return
+        try:
+            load_cert_chain(self.config.ssl, cert, key)
+        except TLSError as exc:  # a half-renewed pair: the old certificate stays in use
+            log.warning("certificate not reloaded: %s", exc)
+            return
+        self._tls_stamp = stamp
+        log.info("reloaded the TLS certificate from %s", cert)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
@@ -194,11 +233,19 @@ class GatewayServer(uvicorn.Server):
 
 
 def make_server(
-    app: Any, host: str, port: int, limits: GatewayLimits | None = None
+    app: Any,
+    host: str,
+    port: int,
+    limits: GatewayLimits | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> GatewayServer:
-    """The server for the gateway's ASGI `app` on `host:port`, within `limits`."""
+    """The server for the gateway's ASGI `app` on `host:port`, within `limits`;
+    https with `tls` (cert, key)."""
     limits = limits or GatewayLimits()
     options: dict[str, Any] = {}
+    if tls is not None:
+        options["ssl_certfile"] = str(tls[0])
+        options["ssl_keyfile"] = str(tls[1])
     protocol = guarded_httptools_protocol(limits)
     if protocol is not None:
         options["http"] = protocol
@@ -224,4 +271,8 @@ def make_server(
         h11_max_incomplete_event_size=limits.max_header_bytes,
         **options,
     )
-    return GatewayServer(config)
+    server = GatewayServer(config)
+    if tls is not None:
+        server.tls_files = (Path(tls[0]), Path(tls[1]))
+        server._reload_certificate()  # records the files' current state
+    return server
