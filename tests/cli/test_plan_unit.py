@@ -414,3 +414,26 @@ def test_on_a_gpu_host_plan_says_how_many_runners_of_each_gpu_app_fit(
         "1 run at once here",
     ]
     assert "Warning: app hello: this host can hold 1 runner(s)" in render_text(plan)
+
+
+def test_gateway_limits_replace_the_gateway_and_reach_its_environment(root: Path) -> None:
+    from skyform.apply import _limits_env
+
+    doc, live = applied(plan_for(root))
+    assert "limits" not in plan_for(root).gateway_spec  # unset: no attribute, no change
+    yaml_path = root / "skyform.yaml"
+    text = yaml_path.read_text()
+    assert "gateway: {port: " in text
+    yaml_path.write_text(
+        text.replace("gateway: {port: ", "gateway: {limits: {max_body_bytes: 1MiB}, port: ")
+    )
+    plan = plan_for(root, doc, live)
+    change = plan.change("gateway")
+    assert change is not None and change.actions == ["delete", "create"]
+    assert change.changed == ["limits"]
+    assert "max_body_bytes" in render_text(plan)
+    assert plan.gateway_spec["limits"] == {"max_body_bytes": 1024 * 1024}
+    env = _limits_env(plan.gateway_spec)
+    assert json.loads(env["SKYFORM_GATEWAY_LIMITS"]) == {"max_body_bytes": 1048576}
+    doc, live = applied(plan)
+    assert not plan_for(root, doc, live).has_changes
