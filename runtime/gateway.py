@@ -44,6 +44,7 @@ from skyform.runtime.gateway_scheduler import (
     APP_NAME_RE,
     MAX_ATTEMPTS,
     RESERVED_NAMES,
+    TIMEOUT_MARGIN_S,
     AppState,
     LiveRequest,
     RequestNotCancellable,
@@ -185,7 +186,11 @@ class Gateway:
             async with asyncio.timeout(bound):
                 await req.done.wait()
         except TimeoutError:
+            req.waiting = False
             self.scheduler.forget(req)
+        if req.stream is not None and req.released is not None:
+            await self._forward(send, receive, app, req)
+            return
         if req.status != "COMPLETED":
             raise HTTPError(
                 504,
@@ -194,6 +199,27 @@ class Gateway:
                 extra={"request_id": req.id},
             )
         await self._send_result(send, req)
+
+    async def _forward(self, send: Send, receive: Receive, app: AppState, req: LiveRequest) -> None:
+        """Forward a streamed answer as it arrives (see `gateway_stream`); then free the slot."""
+        from skyform.runtime.gateway_client import StreamBroken
+        from skyform.runtime.gateway_stream import forward_stream
+
+        assert req.stream is not None and req.released is not None
+        idle = app.limits.request_timeout + TIMEOUT_MARGIN_S
+        try:
+            req.outcome = await forward_stream(
+                send, receive, req.stream, [(_REQUEST_ID, req.id.encode())], req.id, idle
+            )
+        except (StreamBroken, TimeoutError) as exc:
+            # Not an event stream: the body ends short, which the caller sees as an error.
+            log.warning("request %s: the runner's stream broke off: %s", req.id, exc)
+            req.outcome = "broken"
+        except BaseException:
+            req.outcome = "broken"
+            raise
+        finally:
+            req.released.set()
 
     async def _queue(
         self, scope: Scope, receive: Receive, send: Send, rest: str, method: str

@@ -168,8 +168,10 @@ class Runner:
                 log_config=None,
                 server_header=False,
                 proxy_headers=False,
-                ws="none",
-                timeout_graceful_shutdown=config.grace,
+                # Websocket endpoints need a server side (the `websockets` package).
+                ws="websockets-sansio" if any(e.kind == "websocket" for e in endpoints) else "none",
+                # uvicorn waits with asyncio.wait_for: a float works though typed int.
+                timeout_graceful_shutdown=config.grace,  # type: ignore[arg-type]
             )
         )
         self._install_signals(server, state)
