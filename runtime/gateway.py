@@ -114,6 +114,17 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            from skyform.runtime.ws_proxy import proxy_websocket, refuse
+
+            try:
+                app, path = self._websocket_target(scope)
+            except HTTPError as exc:
+                body = {"detail": exc.detail, "error_type": exc.error_type or "refused"}
+                await refuse(send, exc.status, dump(body))
+                return
+            await proxy_websocket(self, app, path, scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         try:
@@ -175,6 +186,29 @@ class Gateway:
         await self._sync_call(scope, receive, send, app, rest, method)
 
     # --- public routes ------------------------------------------------------
+
+    def _websocket_target(self, scope: Scope) -> tuple[AppState, str]:
+        """The app and `websocket=True` endpoint of `/{app}/{path}` or `/{stack}/{app}/{path}`."""
+        if not self.accepting:
+            raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+        parts = scope["path"].strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == self.stack and parts[1] in self.scheduler.apps:
+            parts = parts[1:]
+        app = self._app(parts[0])
+        rest = "/" + "/".join(parts[1:])
+        ep = app.endpoint_of(rest)
+        if ep is None or ep.get("kind") != "websocket":
+            sockets = [
+                e["path"] for e in app.meta.get("endpoints", []) if e.get("kind") == "websocket"
+            ]
+            raise HTTPError(
+                404,
+                f"app {app.name!r} has no websocket endpoint {rest}; websocket endpoints: "
+                + (", ".join(sockets) or "none"),
+                "endpoint_not_found",
+            )
+        self._check_caller(scope, app)
+        return app, rest
 
     async def _sync_call(
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str

@@ -404,6 +404,7 @@ class Scheduler:
         *,
         no_retry: bool,
         persist: bool,
+        kind: str = "http",
     ) -> LiveRequest:
         """Accept a request. With `persist`, it is durable when this returns."""
         req = LiveRequest(
@@ -418,6 +419,7 @@ class Scheduler:
             attempts=0,
             created=time.time(),
             persist=persist,
+            kind=kind,
         )
         if persist:
             self.store.add_request(req)

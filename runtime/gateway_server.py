@@ -111,6 +111,7 @@ def make_server(app: Any, host: str, port: int) -> GatewayServer:
         timeout_keep_alive=30,
         proxy_headers=False,
         server_header=False,
+        ws="websockets-sansio",  # websocket endpoints (ws_proxy)
         **options,
     )
     return GatewayServer(config)
