@@ -50,6 +50,7 @@ from skyform.runtime.gateway_scheduler import (
     RequestNotCancellable,
     Scheduler,
 )
+from skyform.runtime.gateway_validation import BodyRefused, BodyRules, check_body
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
@@ -107,6 +108,7 @@ class Gateway:
             runner_token=runner_token,
         )
         self.accepting = True
+        self._body_rules: dict[str, tuple[dict[str, Any], BodyRules]] = {}
 
     # --- ASGI ---------------------------------------------------------------
 
@@ -284,17 +286,43 @@ class Gateway:
     async def _submit(
         self, scope: Scope, receive: Receive, app: AppState, path: str, method: str, persist: bool
     ) -> LiveRequest:
-        """Read the body and hand the request to the scheduler (durable when `persist`)."""
-        body = await _read_body(receive)
+        """Check and read the body, hand the request to the scheduler (durable when `persist`).
+
+        Size, content type and (for the queue) the JSON schema are checked here,
+        so a body that cannot succeed is refused at once (`gateway_validation`).
+        """
+        rules = self._rules_of(app)
+        content_type = _header(scope, b"content-type")
+        try:
+            rules.check_size(_header(scope, b"content-length"))
+            body = await _read_body(receive, rules.max_bytes)
+            if body is None:
+                raise rules.too_large()
+            ep = app.endpoint_of(path)
+            rule = rules.rule(ep["path"], method) if ep is not None else None
+            content_type = check_body(rule, content_type, body, validate=persist) or content_type
+        except BodyRefused as exc:
+            raise HTTPError(
+                exc.status, str(exc.detail), exc.error_type, extra={"detail": exc.detail}
+            ) from None
         return self.scheduler.submit(
             app,
             _with_query(path, scope),
             method,
             body,
-            _header(scope, b"content-type") or "application/json",
+            content_type or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
         )
+
+    def _rules_of(self, app: AppState) -> BodyRules:
+        """The body rules of `app`'s current bundle (built once per revision)."""
+        cached = self._body_rules.get(app.name)
+        if cached is None or cached[0] is not app.meta:
+            limit = float(app.options.get("max_body_mb") or MAX_BODY / (1024 * 1024))
+            cached = (app.meta, BodyRules(app.meta.get("openapi", {}), limit))
+            self._body_rules[app.name] = cached
+        return cached[1]
 
     async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
         req = self._request(app, request_id)
@@ -406,7 +434,10 @@ class Gateway:
         elif method == "PUT":
             if not self.accepting:
                 raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
-            app = self._register(name, await _read_body(receive))
+            raw = await _read_body(receive)
+            if raw is None:
+                raise HTTPError(413, f"request body is larger than {MAX_BODY} bytes")
+            app = self._register(name, raw)
             body = {"name": app.name, "revision": app.revision, "fingerprint": app.fingerprint}
             await send_response(send, 200, dump(body))
         elif method == "DELETE":
@@ -533,17 +564,19 @@ class Gateway:
 # --- ASGI helpers -------------------------------------------------------------
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body; None when it grows past `limit` bytes."""
     chunks = []
     size = 0
+    limit = MAX_BODY if limit is None else limit
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPError(413, f"request body is larger than {MAX_BODY} bytes")
+        if size > limit:
+            return None
         chunks.append(chunk)
         if not message.get("more_body"):
             break
