@@ -220,9 +220,9 @@ def _report(args: argparse.Namespace, rates: dict, lat: dict) -> None:
     )
     print("| measure | bare FastAPI | through gateway (runner + gateway) | result | target |")
     print("|---|---:|---:|---|---|")
-    print(f"| chunk latency p50 (ms) | {b50:.2f} | {g50:.2f} | +{g50 - b50:.2f} ms | - |")
+    print(f"| chunk latency p50 (ms) | {b50:.2f} | {g50:.2f} | {g50 - b50:+.2f} ms | - |")
     print(
-        f"| chunk latency p99 (ms) | {b99:.2f} | {g99:.2f} | +{g99 - b99:.2f} ms | "
+        f"| chunk latency p99 (ms) | {b99:.2f} | {g99:.2f} | {g99 - b99:+.2f} ms | "
         f"<= 10 ms {'OK' if g99 <= 10 else 'MISSED'} |"
     )
     print(

@@ -89,6 +89,23 @@ class Streamer(App):
             _mark(f"{req.key}.closed")
             raise
 
+    @endpoint("/flaky")
+    def flaky(self, req: TokensIn) -> Iterator[dict]:
+        """The first call of a key fails with a CUDA error before its first event (503)."""
+        marker = _dir() / f"{req.key}.calls"
+        calls = len(marker.read_text().splitlines()) + 1 if marker.exists() else 1
+        marker.write_text("x\n" * calls)
+        if calls == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        yield {"pid": os.getpid(), "calls": calls}
+
+    @endpoint("/die")
+    def die(self, req: TokensIn) -> Iterator[dict]:
+        """One event, then the runner process dies (once the test says go1)."""
+        yield {"pid": os.getpid()}
+        _wait(f"{req.key}.go1")
+        os._exit(1)
+
     @endpoint("/refuse")
     def refuse(self, req: TokensIn) -> Iterator[dict]:
         """Fails before its first event: an ordinary HTTP error."""
