@@ -537,6 +537,10 @@ class Gateway:
                 f"app {app.name!r} has no endpoint {path}; endpoints: {paths}",
                 "endpoint_not_found",
             )
+        if ep_method == "WEBSOCKET":
+            raise HTTPError(
+                405, f"{path} of {app.name!r} is a websocket endpoint: open a websocket to it"
+            )
         if not queue and method != ep_method:
             raise HTTPError(405, f"{path} of {app.name!r} takes {ep_method}, not {method}")
         if queue and method not in ("POST", ep_method):

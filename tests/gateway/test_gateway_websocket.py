@@ -54,6 +54,9 @@ def test_refusals_are_http_answers(gw: GatewayProc) -> None:
         connect(_ws_url(gw, "/sock/nows"), open_timeout=30)
     assert missing.value.response.status_code == 404
     assert b"no websocket endpoint /nows" in missing.value.response.body
+    for route in ("/sock/ws", "/queue/sock/ws"):
+        plain = gw.http.post(route, json={})
+        assert plain.status_code == 405 and "open a websocket" in plain.json()["detail"]
     with pytest.raises(InvalidStatus) as private:
         connect(_ws_url(gw, "/psock/ws"), open_timeout=30)
     assert private.value.response.status_code == 401
