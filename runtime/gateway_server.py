@@ -21,6 +21,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from skyform.runtime.asgi import websocket_protocol
+
 log = logging.getLogger("skyform.gateway")
 
 
@@ -111,7 +113,7 @@ def make_server(app: Any, host: str, port: int) -> GatewayServer:
         timeout_keep_alive=30,
         proxy_headers=False,
         server_header=False,
-        ws="websockets-sansio",  # websocket endpoints (ws_proxy)
+        ws=websocket_protocol(),  # websocket endpoints (ws_proxy)
         **options,
     )
     return GatewayServer(config)

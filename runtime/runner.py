@@ -41,6 +41,7 @@ import uvicorn
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
+from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs
 from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
@@ -169,7 +170,9 @@ class Runner:
                 server_header=False,
                 proxy_headers=False,
                 # Websocket endpoints need a server side (the `websockets` package).
-                ws="websockets-sansio" if any(e.kind == "websocket" for e in endpoints) else "none",
+                ws=websocket_protocol()
+                if any(e.kind == "websocket" for e in endpoints)
+                else "none",
                 # uvicorn waits with asyncio.wait_for: a float works though typed int.
                 timeout_graceful_shutdown=config.grace,  # type: ignore[arg-type]
             )

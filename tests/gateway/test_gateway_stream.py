@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,28 @@ def test_a_client_that_leaves_reaches_the_handler(gw: GatewayProc, path: str) ->
     wait_for((gw.count_dir / f"{key}.closed").exists, 20, "the handler to see the disconnect")
     wait_for(lambda: _in_flight(gw) == 0, 10, "the runner slot to be free")
     assert not (gw.count_dir / f"{key}.go2").exists()
+
+
+def test_a_caller_that_does_not_read_holds_the_handler_back(gw: GatewayProc) -> None:
+    total = 2000  # 128 MiB if nothing held the handler back
+    progress = gw.count_dir / "slow.progress"
+    with gw.http.stream("POST", "/stream/big", json={"key": "slow", "n": total}) as response:
+        events = _events(response.iter_lines())  # kept: dropping it would close the stream
+        assert next(events)[1]["i"] == 0  # type: ignore[index]
+        # Stop reading. The handler runs on until the buffers between (sockets, one
+        # chunk per hop) are full, then waits: its progress stops moving.
+        last = -1
+
+        def settled() -> bool:
+            nonlocal last
+            time.sleep(1.0)  # unchanged for a second: the handler waits
+            now = int(progress.read_text())
+            still, last = now == last, now
+            return still
+
+        wait_for(settled, 60, "the handler to be held back")
+        assert last < total / 4, f"the handler ran ahead to {last} of {total}"
+    wait_for(lambda: _in_flight(gw) == 0, 20, "the left stream to free its slot")
 
 
 def test_a_failure_after_the_first_event_ends_the_stream_with_an_error_event(

@@ -106,6 +106,14 @@ class Streamer(App):
         _wait(f"{req.key}.go1")
         os._exit(1)
 
+    @endpoint("/big")
+    def big(self, req: TokensIn) -> Iterator[dict]:
+        """n events of 64 KiB each; `<key>.progress` says how many were produced."""
+        pad = "x" * 65536
+        for i in range(req.n):
+            (_dir() / f"{req.key}.progress").write_text(str(i))
+            yield {"i": i, "pad": pad}
+
     @endpoint("/refuse")
     def refuse(self, req: TokensIn) -> Iterator[dict]:
         """Fails before its first event: an ordinary HTTP error."""
