@@ -43,6 +43,10 @@ class RunnerConnectionError(ConnectionError):
     """The runner refused the connection or closed it before answering."""
 
 
+class RunnerTLSError(RunnerConnectionError):
+    """The runner's certificate is not one the gateway trusts (not signed by the stack CA)."""
+
+
 class StreamBroken(ConnectionError):
     """The runner's response stopped before its end (after its head had arrived)."""
 
@@ -51,11 +55,24 @@ Response = tuple[int, dict[str, str], bytes]
 
 
 async def open_connection(
-    host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open one connection to a runner (TLS when `ssl_context` is given)."""
+    """Open one connection to a runner: TLS when `ssl_context` is given, the runner's
+    certificate verified by it against `server_hostname` (default: `host`)."""
     try:
-        return await asyncio.open_connection(host, port, ssl=ssl_context)
+        return await asyncio.open_connection(
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context is not None else None,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise RunnerTLSError(
+            f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}"
+        ) from None
     except OSError as exc:
         raise RunnerConnectionError(_describe(exc)) from None
 
@@ -184,18 +201,24 @@ class RunnerResponse:
 
 
 class RunnerClient:
-    """Calls one runner at `host:port`; reuses connections between calls."""
+    """Calls one runner at `host:port`; reuses connections between calls.
+
+    With `ssl`, connections are TLS, the runner's certificate verified by that
+    context against `server_hostname` (default: `host`).
+    """
 
     def __init__(
         self,
         host: str,
         port: int,
         headers: dict[str, str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.ssl_context = ssl_context
+        self.ssl_context = ssl
+        self.server_hostname = server_hostname if ssl is not None else None
         self._idle: list[_Conn] = []
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._fixed = f"host: {host}:{port}\r\n{extra}".encode("latin-1")
@@ -233,7 +256,11 @@ class RunnerClient:
         async with asyncio.timeout(timeout):
             while True:
                 if conn is None:
-                    conn = _Conn(*await open_connection(self.host, self.port, self.ssl_context))
+                    conn = _Conn(
+                        *await open_connection(
+                            self.host, self.port, self.ssl_context, self.server_hostname
+                        )
+                    )
                 try:
                     return await self._exchange(conn, head, body)
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:

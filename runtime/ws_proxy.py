@@ -99,8 +99,17 @@ async def _connect(
     if gateway.scheduler.runner_token:
         headers["authorization"] = f"Bearer {gateway.scheduler.runner_token}"
     subprotocols = scope.get("subprotocols") or None
+    client = runner.client
+    tls = client.ssl_context is not None  # runners off this host are reached over TLS
+    extra: dict[str, Any] = {}
+    if tls:
+        extra = {
+            "ssl": client.ssl_context,
+            "server_hostname": client.server_hostname or client.host,
+        }
     return await connect(
-        f"ws://{runner.client.host}:{runner.client.port}{target}",
+        f"{'wss' if tls else 'ws'}://{client.host}:{client.port}{target}",
+        **extra,
         additional_headers=headers,
         subprotocols=subprotocols,
         open_timeout=_OPEN_TIMEOUT_S,
