@@ -12,7 +12,10 @@ OpenAPI schema (from its bundle), so it checks, per endpoint:
   is missing;
 - for queue submissions, the JSON body against the endpoint's request schema
   (JSON Schema 2020-12, which OpenAPI 3.1 uses; `jsonschema`): invalid -> 422
-  with FastAPI's error shape, `{"detail": [{"loc", "msg", "type"}]}`.
+  with FastAPI's error shape, `{"detail": [{"loc", "msg", "type"}]}`. Bodies
+  over `VALIDATE_MAX_BYTES` are passed on unchecked (the runner validates
+  them): parsing tens of megabytes would stall the gateway's event loop and
+  hold a second copy of the body in memory.
 
 Multipart and form bodies are passed on as they are (the runner parses them).
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 JSON_TYPE = "application/json"
 _MIB = 1024 * 1024
+VALIDATE_MAX_BYTES = _MIB
 
 
 class BodyRefused(Exception):
@@ -100,7 +104,10 @@ def check_body(
         return None
     media = (content_type or "").split(";", 1)[0].strip().lower()
     parsed: Any = None
-    if not media:
+    small = len(body) <= VALIDATE_MAX_BYTES
+    if not media and not small:
+        content_type = JSON_TYPE  # too big to look into: taken as the JSON it should be
+    elif not media:
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
@@ -117,7 +124,7 @@ def check_body(
             f"this endpoint takes a JSON body (Content-Type: application/json), got {media}",
             "unsupported_media_type",
         )
-    if validate and rule.validator is not None:
+    if validate and small and rule.validator is not None:
         if parsed is None:
             try:
                 parsed = json.loads(body)

@@ -69,3 +69,11 @@ def test_a_json_endpoint_says_what_content_type_it_wants(gw: GatewayProc) -> Non
     assert bare.status_code == 202, bare.text
     status = gw.wait_done(bare.json())
     assert status["response_status"] == 200
+
+
+def test_a_body_over_a_mib_is_left_to_the_runner_to_validate(gw: GatewayProc) -> None:
+    big = {"n": "not a number", "pad": "x" * (2 * 1024 * 1024)}  # no key, n is wrong
+    submitted = gw.http.post("/queue/bodies/tokens", json=big)
+    assert submitted.status_code == 202, submitted.text  # not parsed at the gateway
+    status = gw.wait_done(submitted.json())
+    assert status["response_status"] == 422 and status["error_type"] == "validation_error"

@@ -8,18 +8,12 @@ read the previous event (see apps/gw_stream.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, RUNNER_TOKEN, GatewayProc, wait_for
-from tls_tunnel import tls_front
+from gateway_helpers import APPS, BUNDLE_KEY, RUNNER_TOKEN, GatewayProc, wait_for
 
 from skyform.bundle import build_bundle
 
@@ -205,45 +199,6 @@ def test_the_bundle_schema_describes_each_endpoint(gw: GatewayProc) -> None:
     item = paths["/items/{item_id}"]["post"]
     assert {p["name"]: p["in"] for p in item["parameters"]} == {"item_id": "path", "q": "query"}
     assert "/ws" not in paths
-
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stream"
-
-
-def test_the_example_streams_to_curl_and_to_fal_client(gw: GatewayProc, tmp_path: Path) -> None:
-    bundle = build_bundle(str(EXAMPLE / "app.py") + "::TextGen", EXAMPLE, BUNDLE_KEY)
-    gw.register("textgen", bundle, auth="private")
-    body = json.dumps({"prompt": "the", "max_tokens": 5, "seed": 7, "delay": 0})
-    command = [
-        *("curl", "-N", "-sS", "--fail-with-body", f"{gw.url}/textgen/stream"),
-        *("-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json"),
-        *("-d", body),
-    ]
-    curl = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert curl.returncode == 0, curl.stderr + curl.stdout
-    tokens = [e for _, e in _events(iter(curl.stdout.splitlines()))]
-    assert [t["index"] for t in tokens] == [0, 1, 2, 3, 4]  # type: ignore[index]
-    script = textwrap.dedent(
-        f"""
-        import json, fal_client
-        events = fal_client.stream("textgen", {body}, path="/stream")
-        print(json.dumps(list(events)))
-        """
-    )
-    with tls_front(gw.port, tmp_path) as (port, ca):
-        env = dict(
-            os.environ, FAL_RUN_HOST=f"127.0.0.1:{port}", FAL_KEY=API_KEY, SSL_CERT_FILE=str(ca)
-        )
-        fal = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-        )
-    assert fal.returncode == 0, fal.stderr
-    assert json.loads(fal.stdout) == tokens  # the same seed gives the same tokens
 
 
 def test_a_stream_failing_before_its_first_byte_is_retried_on_a_fresh_runner(

@@ -1,17 +1,14 @@
-"""WebSocket endpoints through the gateway: relay, slots, auth, close codes, fal-client."""
+"""WebSocket endpoints through the gateway: relay, slots, auth, close codes.
+
+(fal-client's realtime over TLS: test_gateway_stream_tls.py.)
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc, wait_for
-from tls_tunnel import tls_front
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -77,30 +74,6 @@ def test_a_handler_error_closes_1011_and_the_runner_keeps_serving(gw: GatewayPro
     with connect(_ws_url(gw, "/sock/ws"), open_timeout=60) as ws:
         ws.send("again")
         assert int(str(ws.recv(timeout=30)).rsplit(":", 1)[1]) == pid
-
-
-def test_fal_client_realtime_connects_through_the_gateway(gw: GatewayProc, tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        """
-        import fal_client
-        with fal_client.realtime("test/sock", path="/ws", use_jwt=False) as conn:
-            conn.send({"prompt": "hi", "n": 2})
-            print("got", conn.recv())
-        with fal_client.ws_connect("test/sock", path="/ws", use_jwt=False) as ws:
-            ws.send("plain")
-            print("raw", ws.recv())
-        """
-    )
-    with tls_front(gw.port, tmp_path) as (port, ca):
-        env = dict(
-            os.environ, FAL_RUN_HOST=f"127.0.0.1:{port}", FAL_KEY=API_KEY, SSL_CERT_FILE=str(ca)
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-        )
-    assert done.returncode == 0, done.stderr
-    assert "got {'prompt': 'hi', 'n': 2}" in done.stdout
-    assert "raw echo:plain:" in done.stdout
 
 
 def test_an_unhealthy_runner_closes_1013_and_is_replaced(gw: GatewayProc) -> None:
