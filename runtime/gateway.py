@@ -9,11 +9,13 @@ The provider comes from `<state-dir>/provider.json` (absent: local).
 Routes (DESIGN §7):
     POST /{app}/{path}                         synchronous call
     POST /queue/{app}/{path}                   202 {request_id, status_url, response_url, cancel_url}
-    GET  /queue/{app}/requests/{id}/status     IN_QUEUE (queue_position) / IN_PROGRESS / COMPLETED
+    GET  /queue/{app}/requests/{id}/status     202 IN_QUEUE (queue_position) / IN_PROGRESS, 200 COMPLETED
+    GET  /queue/{app}/requests/{id}/status/stream   the same, as server-sent events
     GET  /queue/{app}/requests/{id}            the result once COMPLETED
     PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
     GET  /{app}/playground                     a page to try each endpoint
     /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+    /{stack}/{app}/..., /queue/{stack}/{app}/...   fal-style owner/alias ids (fal_compat)
 
 A plain ASGI callable rather than a framework: the proxy path is the hot path
 and every microsecond there shows in added latency.
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -34,10 +37,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
@@ -52,6 +56,7 @@ from skyform.runtime.gateway_scheduler import (
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
+from skyform.runtime.webhooks import WebhookPolicy, WebhookRefused, WebhookSender
 from skyform.suggest import did_you_mean
 
 log = logging.getLogger("skyform.gateway")
@@ -61,6 +66,7 @@ _HTML = b"text/html; charset=utf-8"
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 NO_RETRY_HEADER = b"x-skyform-no-retry"
 MAX_BODY = 64 * 1024 * 1024
+STREAM_POLL_S = 0.25  # how often a status stream looks for a changed queue position
 
 
 class HTTPError(Exception):
@@ -87,6 +93,8 @@ class Gateway:
         api_key: str,
         bundle_key: str,
         runner_token: str,
+        webhook_key: bytes = b"",
+        webhook_hosts: frozenset[str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.stack = stack
@@ -105,6 +113,9 @@ class Gateway:
             runner_env={k: v for k, v in runner_env.items() if v},
             runner_token=runner_token,
         )
+        self.webhook_policy = WebhookPolicy(webhook_hosts)
+        self.webhooks = WebhookSender(self.store, webhook_key, self.webhook_policy)
+        self.scheduler.on_webhook = self.webhooks.wake
         self.accepting = True
 
     # --- ASGI ---------------------------------------------------------------
@@ -137,6 +148,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.scheduler.start()
+                    self.webhooks.start()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -144,6 +156,7 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 self.accepting = False
                 await self.scheduler.close()
+                await self.webhooks.close()
                 self.store.close()
                 log.info("gateway stopped; unfinished requests stay queued for the next start")
                 await send({"type": "lifespan.shutdown.complete"})
@@ -160,7 +173,7 @@ class Gateway:
         if path.startswith("/queue/"):
             await self._queue(scope, receive, send, path[7:], method)
             return
-        name, _, rest = path[1:].partition("/")
+        name, rest, _prefix = fal_compat.split_app(path[1:], self.stack, self.scheduler.apps)
         app = self._app(name)
         rest = "/" + rest.strip("/")
         if rest == "/playground" and method == "GET" and app.endpoint_method(rest) is None:
@@ -198,33 +211,53 @@ class Gateway:
     async def _queue(
         self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
     ) -> None:
-        name, _, tail = rest.partition("/")
+        name, tail, prefix = fal_compat.split_app(rest, self.stack, self.scheduler.apps)
         app = self._app(name)
         self._check_caller(scope, app)
         parts = tail.strip("/").split("/")
-        if len(parts) >= 2 and parts[0] == "requests" and len(parts) <= 3:
+        if len(parts) >= 2 and parts[0] == "requests" and len(parts) <= 4:
             request_id = parts[1]
-            action = parts[2] if len(parts) == 3 else ""
+            action = "/".join(parts[2:])
             if action == "" and method == "GET":
-                await self._result(send, scope, app, request_id)
+                await self._result(send, scope, app, request_id, prefix)
                 return
             if action == "status" and method == "GET":
-                await send_response(
-                    send, 200, dump(self._status(scope, self._request(app, request_id)))
-                )
+                req = self._request(app, request_id)
+                status = 200 if req.status == "COMPLETED" else 202
+                await send_response(send, status, dump(self._status(scope, req, prefix)))
+                return
+            if action == "status/stream" and method == "GET":
+                await self._status_stream(scope, receive, send, app, request_id, prefix)
                 return
             if action == "cancel" and method in ("PUT", "POST"):
                 await self._cancel(send, app, request_id)
                 return
         path = "/" + tail.strip("/")
         ep_method = self._endpoint(app, path, method, queue=True)
-        req = await self._submit(scope, receive, app, path, ep_method, persist=True)
-        await send_response(send, 202, dump(self._urls(scope, app.name, req.id)))
+        webhook = await self._webhook(scope)
+        req = await self._submit(
+            scope, receive, app, path, ep_method, persist=True, webhook_url=webhook
+        )
+        await send_response(send, 202, dump(self._urls(scope, prefix, req.id)))
 
     async def _submit(
-        self, scope: Scope, receive: Receive, app: AppState, path: str, method: str, persist: bool
+        self,
+        scope: Scope,
+        receive: Receive,
+        app: AppState,
+        path: str,
+        method: str,
+        persist: bool,
+        webhook_url: str | None = None,
     ) -> LiveRequest:
         """Read the body and hand the request to the scheduler (durable when `persist`)."""
+        try:
+            start_timeout = fal_compat.request_timeout(
+                _header(scope, fal_compat.REQUEST_TIMEOUT_HEADER)
+            )
+            hint = fal_compat.runner_hint(_header(scope, fal_compat.RUNNER_HINT_HEADER))
+        except fal_compat.FalHeaderError as exc:
+            raise HTTPError(400, str(exc), "invalid_header") from None
         body = await _read_body(receive)
         return self.scheduler.submit(
             app,
@@ -234,14 +267,80 @@ class Gateway:
             _header(scope, b"content-type") or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
+            hint=hint,
+            start_timeout=start_timeout,
+            webhook_url=webhook_url,
         )
 
-    async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
+    async def _webhook(self, scope: Scope) -> str | None:
+        """The submit's `?fal_webhook=` URL, checked (400 when the gateway will not call it)."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        urls = query.get("fal_webhook")
+        if not urls:
+            return None
+        try:
+            await self.webhook_policy.check(urls[-1])
+        except WebhookRefused as exc:
+            raise HTTPError(400, str(exc), "webhook_refused") from None
+        return urls[-1]
+
+    async def _result(
+        self, send: Send, scope: Scope, app: AppState, request_id: str, prefix: str
+    ) -> None:
         req = self._request(app, request_id)
         if req.status != "COMPLETED":
-            await send_response(send, 202, dump(self._status(scope, req)))
+            await send_response(send, 202, dump(self._status(scope, req, prefix)))
             return
         await self._send_result(send, req)
+
+    async def _status_stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        app: AppState,
+        request_id: str,
+        prefix: str,
+    ) -> None:
+        """Each change of the status object as one server-sent event, until COMPLETED."""
+        req = self._request(app, request_id)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (_REQUEST_ID, req.id.encode()),
+                ],
+            }
+        )
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        last = b""
+        try:
+            while not gone.is_set():
+                req = self.scheduler.find(request_id) or req
+                body = dump(self._status(scope, req, prefix))
+                if body != last:
+                    last = body
+                    event = fal_compat.sse_event(body)
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                if req.status == "COMPLETED":
+                    break
+                done = req.done if isinstance(req, LiveRequest) else gone
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STREAM_POLL_S):
+                        await done.wait()
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
 
     async def _cancel(self, send: Send, app: AppState, request_id: str) -> None:
         self._request(app, request_id)
@@ -260,31 +359,35 @@ class Gateway:
 
     async def _send_result(self, send: Send, req: StoredRequest) -> None:
         headers = [(_REQUEST_ID, req.id.encode())]
+        if req.error_type:
+            headers.append((fal_compat.ERROR_TYPE_HEADER, req.error_type.encode()))
+            if req.error_type == "request_timeout" and req.started is None:
+                headers.append(fal_compat.TIMEOUT_TYPE_HEADER)
         content_type = (req.result_type or "application/json").encode()
         await send_response(
             send, req.result_status or 200, req.result_body or b"", content_type, headers
         )
 
-    def _status(self, scope: Scope, req: StoredRequest) -> dict[str, Any]:
+    def _status(self, scope: Scope, req: StoredRequest, prefix: str) -> dict[str, Any]:
+        """fal's status object; `logs` always there, filled with `?logs=1` (or `true`)."""
         out: dict[str, Any] = {"status": req.status, "request_id": req.id}
         if req.status == "IN_QUEUE":
             position = self.scheduler.queue_position(req)
             out["queue_position"] = position if position is not None else 0
-        out.update(self._urls(scope, req.app, req.id))
+        out.update(self._urls(scope, prefix, req.id))
         out["attempts"] = req.attempts
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        out["logs"] = list(req.logs or []) if fal_compat.wants_logs(query) else []
         if req.status == "COMPLETED":
             out["response_status"] = req.result_status
             if req.error_type:
                 out["error"] = req.error
                 out["error_type"] = req.error_type
-            if req.started is not None and req.completed is not None:
-                out["metrics"] = {
-                    "queue_seconds": round(req.started - req.created, 6),
-                    "run_seconds": round(req.completed - req.started, 6),
-                }
+            out["metrics"] = fal_compat.metrics(req.created, req.started, req.completed)
         return out
 
     def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
+        """The request's URLs, under the app id form (`app` or `stack/app`) the caller used."""
         base = f"{_base_url(scope)}/queue/{app}/requests/{request_id}"
         return {
             "request_id": request_id,
@@ -499,6 +602,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def _with_query(path: str, scope: Scope) -> str:
     query = scope.get("query_string", b"")
+    if b"fal_webhook" in query:  # the gateway's, not the endpoint's
+        pairs = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+        pairs.pop("fal_webhook", None)
+        query = urlencode(pairs, doseq=True).encode("latin-1")
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
@@ -521,6 +628,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    # Serving TLS directly; stack-level `gateway.tls` builds on these two.
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
     return parser
 
 
@@ -543,6 +653,8 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
     if not environ.get("SKYFORM_API_KEY"):
         log.warning("SKYFORM_API_KEY is not set: private apps refuse every caller")
+    from skyform.runtime.webhooks import ENV_HOSTS, parse_hosts, webhook_key
+
     return Gateway(
         state_dir=state_dir,
         stack=args.stack,
@@ -551,6 +663,8 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
         runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
+        webhook_key=webhook_key(environ, state_dir),
+        webhook_hosts=parse_hosts(environ.get(ENV_HOSTS)),
     )
 
 
@@ -582,9 +696,17 @@ def main(argv: list[str] | None = None) -> int:
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = make_server(gateway, args.host, args.port)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 1
+    for tls_file in (args.tls_cert, args.tls_key):
+        if tls_file is not None and not tls_file.is_file():
+            print(f"error: {tls_file}: no such file", file=sys.stderr)
+            return 1
+    server = make_server(gateway, args.host, args.port, args.tls_cert, args.tls_key)
     started = time.monotonic()
-    log.info("gateway for stack %s on http://%s:%d", args.stack, args.host, args.port)
+    scheme = "https" if args.tls_cert else "http"
+    log.info("gateway for stack %s on %s://%s:%d", args.stack, scheme, args.host, args.port)
     server.run()
     if not server.started:
         print(f"error: the gateway could not start on {args.host}:{args.port}", file=sys.stderr)

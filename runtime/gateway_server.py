@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -85,9 +86,14 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def make_server(app: Any, host: str, port: int) -> GatewayServer:
-    """The server for the gateway's ASGI `app` on `host:port`."""
+def make_server(
+    app: Any, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
+) -> GatewayServer:
+    """The server for the gateway's ASGI `app` on `host:port` (TLS with a cert and key)."""
     options: dict[str, Any] = {}
+    if tls_cert is not None and tls_key is not None:
+        options["ssl_certfile"] = str(tls_cert)
+        options["ssl_keyfile"] = str(tls_key)
     try:
         import httptools  # noqa: F401
 

@@ -33,6 +33,7 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
+from skyform.runtime.request_logs import LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -45,6 +46,7 @@ log = logging.getLogger("skyform.runner")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _MAX_REQUEST_ID = 200
+_LOGS_HEADER = LOGS_HEADER.encode()
 
 
 class Phase(enum.Enum):
@@ -196,6 +198,8 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if ctx.logs:
+                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
             await send(message)
 
         started = time.perf_counter()

@@ -25,6 +25,7 @@ class RequestContext:
     request_id: str
     exit_code: int | None = None
     exit_reason: str = ""
+    logs: list[dict[str, str]] | None = None  # this request's own log lines (request_logs)
 
     def end_runner(self, code: int, reason: str) -> None:
         if self.exit_code is None:
@@ -65,6 +66,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    from skyform.runtime.request_logs import install_capture
+
+    install_capture()
     # uvicorn's own start/stop chatter is replaced by the runner's lines.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

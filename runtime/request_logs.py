@@ -1,0 +1,128 @@
+"""Each request's own log lines: captured on the runner, shipped to the gateway, stored there.
+
+fal's queue status (`?logs=1`) lists the lines an endpoint printed or logged
+while serving that one request. The runner already knows which request a
+thread or task serves (`runner_context`), so capture is cheap: a logging
+handler and a stdout/stderr tee append `{message, level, timestamp, source}`
+to the current request's list, and nothing at all happens outside a request.
+
+The lines travel back in one response header, `x-skyform-logs` (base64 of
+the JSON list), written when the response starts: for a plain endpoint every
+line is in by then. A request's lines are capped (`MAX_LINES`, `MAX_BYTES`),
+so the header stays well under any HTTP implementation's header limit; a
+capped list ends with one line saying how many were left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from skyform.runtime.runner_context import current_request
+
+LOGS_HEADER = "x-skyform-logs"
+MAX_LINES = 200
+MAX_BYTES = 24 * 1024
+MAX_LINE_CHARS = 2000
+
+LogLine = dict[str, str]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_line(message: str, level: str, source: str) -> None:
+    """Append one line to the current request's logs (a no-op outside a request)."""
+    ctx = current_request()
+    if ctx is None:
+        return
+    logs = ctx.logs
+    if logs is None:
+        logs = ctx.logs = []
+    if len(logs) > MAX_LINES:
+        return
+    if len(logs) == MAX_LINES:
+        logs.append(
+            {
+                "message": "[more lines left out]",
+                "level": "WARN",
+                "timestamp": _now(),
+                "source": "skyform",
+            }
+        )
+        return
+    logs.append(
+        {"message": message[:MAX_LINE_CHARS], "level": level, "timestamp": _now(), "source": source}
+    )
+
+
+class RequestLogHandler(logging.Handler):
+    """Logging records made while serving a request become that request's log lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if current_request() is None:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
+        record_line(message, level, "user" if not record.name.startswith("skyform") else "skyform")
+
+
+class _Tee:
+    """A stdout/stderr that also records complete lines written during a request."""
+
+    def __init__(self, stream: IO[str], level: str) -> None:
+        self._stream = stream
+        self._level = level
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        if current_request() is not None:
+            for line in text.splitlines():
+                if line.strip():
+                    record_line(line, self._level, "stdout" if self._level == "INFO" else "stderr")
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def install_capture() -> None:
+    """Capture `print()` and logging of requests on this runner (called once at start)."""
+    logging.getLogger().addHandler(RequestLogHandler())
+    if not isinstance(sys.stdout, _Tee):
+        sys.stdout = _Tee(sys.stdout, "INFO")
+
+
+def encode_logs(logs: list[LogLine]) -> bytes:
+    """The header value for `logs`: base64 JSON, oldest lines kept when over `MAX_BYTES`."""
+    raw = json.dumps(logs, separators=(",", ":")).encode()
+    while len(raw) * 4 // 3 > MAX_BYTES and len(logs) > 1:
+        logs = logs[: len(logs) // 2]
+        raw = json.dumps(logs, separators=(",", ":")).encode()
+    return base64.b64encode(raw)
+
+
+def decode_logs(value: str | None) -> list[LogLine]:
+    """The lines in a runner's `x-skyform-logs` header; [] when absent or unreadable."""
+    if not value:
+        return []
+    try:
+        data = json.loads(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return []
+    if not isinstance(data, list):
+        return []
+    return [
+        {k: str(line.get(k, "")) for k in ("message", "level", "timestamp", "source")}
+        for line in data
+        if isinstance(line, dict)
+    ]
