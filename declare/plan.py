@@ -209,11 +209,14 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     from skyform.providers import provider_name
 
     gw = stack.model.gateway
-    return {
+    want: dict[str, Any] = {
         "provider": provider_name(stack.model.provider),
         "host": gw.host,
         "port": port if port is not None else gw.port,
     }
+    if gw.webhook_hosts is not None:  # only when set: stacks without it see no change
+        want["webhook_hosts"] = list(gw.webhook_hosts)
+    return want
 
 
 def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:

@@ -39,6 +39,22 @@ class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(name: str) -> bool:
+    """True for a DNS name (letters, digits, '-', dots) or an IPv4/IPv6 address."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
 class GatewayConfig(BaseModel):
     """Where the stack's gateway listens."""
 
@@ -46,6 +62,26 @@ class GatewayConfig(BaseModel):
 
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
     host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+    webhook_hosts: list[str] | None = Field(
+        None,
+        description="Hosts `?fal_webhook=` may call; unset: any host with public addresses only.",
+    )
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _check_webhook_hosts(cls, value: list[str] | None) -> list[str] | None:
+        """Bare host names or IP addresses: a URL or a port here would never match a webhook."""
+        if value is None:
+            return None
+        out = []
+        for host in value:
+            name = host.strip().lower()
+            if not _is_host(name):
+                raise ValueError(
+                    f"{host!r} is not a host name or IP address (no scheme, port or path)"
+                )
+            out.append(name.strip("[]"))
+        return sorted(set(out))
 
 
 class AppEntry(BaseModel):
