@@ -224,7 +224,7 @@ class Gateway:
             if action == "status" and method == "GET":
                 req = self._request(app, request_id)
                 status = 200 if req.status == "COMPLETED" else 202
-                await send_response(send, status, dump(self._status(scope, req, prefix)))
+                await send_response(send, status, dump(await self._status_of(scope, req, prefix)))
                 return
             if action == "status/stream" and method == "GET":
                 await self._status_stream(scope, receive, send, app, request_id, prefix)
@@ -289,7 +289,7 @@ class Gateway:
     ) -> None:
         req = self._request(app, request_id)
         if req.status != "COMPLETED":
-            await send_response(send, 202, dump(self._status(scope, req, prefix)))
+            await send_response(send, 202, dump(await self._status_of(scope, req, prefix)))
             return
         await self._send_result(send, req)
 
@@ -327,7 +327,7 @@ class Gateway:
         try:
             while not gone.is_set():
                 req = self.scheduler.find(request_id) or req
-                body = dump(self._status(scope, req, prefix))
+                body = dump(await self._status_of(scope, req, prefix))
                 if body != last:
                     last = body
                     event = fal_compat.sse_event(body)
@@ -368,7 +368,22 @@ class Gateway:
             send, req.result_status or 200, req.result_body or b"", content_type, headers
         )
 
-    def _status(self, scope: Scope, req: StoredRequest, prefix: str) -> dict[str, Any]:
+    async def _status_of(self, scope: Scope, req: StoredRequest, prefix: str) -> dict[str, Any]:
+        """`_status`, with a running request's log lines so far when `?logs=1` asks for them."""
+        logs = None
+        if req.status == "IN_PROGRESS" and isinstance(req, LiveRequest):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if fal_compat.wants_logs(query):
+                logs = await req.live_logs()
+        return self._status(scope, req, prefix, logs)
+
+    def _status(
+        self,
+        scope: Scope,
+        req: StoredRequest,
+        prefix: str,
+        logs: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
         """fal's status object; `logs` always there, filled with `?logs=1` (or `true`)."""
         out: dict[str, Any] = {"status": req.status, "request_id": req.id}
         if req.status == "IN_QUEUE":
@@ -377,7 +392,8 @@ class Gateway:
         out.update(self._urls(scope, prefix, req.id))
         out["attempts"] = req.attempts
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        out["logs"] = list(req.logs or []) if fal_compat.wants_logs(query) else []
+        wanted = fal_compat.wants_logs(query)
+        out["logs"] = (logs if logs is not None else list(req.logs or [])) if wanted else []
         if req.status == "COMPLETED":
             out["response_status"] = req.result_status
             if req.error_type:

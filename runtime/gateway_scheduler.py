@@ -46,7 +46,7 @@ from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
-from skyform.runtime.request_logs import LOGS_HEADER, decode_logs
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 from skyform.runtime.webhooks import payload as webhook_payload
@@ -67,6 +67,7 @@ PRUNE_INTERVAL_S = 300.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
 MAX_HINTS = 256  # runner hints remembered per runner
+LIVE_LOGS_TIMEOUT_S = 2.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
 ERROR_STATUS = {
@@ -97,6 +98,22 @@ class LiveRequest(StoredRequest):
     persist: bool = True  # queue requests are stored; synchronous ones live in memory
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_answer: str = ""
+    runner: Runner | None = None  # serving the current attempt
+
+    async def live_logs(self) -> list[dict[str, str]]:
+        """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
+        earlier = list(self.logs or [])
+        runner = self.runner
+        if self.status != "IN_PROGRESS" or runner is None or runner.client is None:
+            return earlier
+        try:
+            status, _h, body = await runner.client.request(
+                "GET", f"{LIVE_LOGS_PREFIX}{self.id}/logs", timeout=LIVE_LOGS_TIMEOUT_S
+            )
+            lines = json.loads(body).get("logs", []) if status == 200 else []
+        except (RunnerConnectionError, TimeoutError, ValueError, AttributeError):
+            lines = []
+        return earlier + [line for line in lines if isinstance(line, dict)]
 
 
 @dataclass(eq=False)
@@ -528,6 +545,7 @@ class Scheduler:
             req.started = time.time()
             self.metrics.queue_seconds.labels(app.name).observe(req.started - req.created)
         req.status = "IN_PROGRESS"
+        req.runner = runner
         if req.hint is not None:
             runner.hints.pop(req.hint, None)
             runner.hints[req.hint] = None
@@ -549,6 +567,7 @@ class Scheduler:
         except TimeoutError:
             reason = "timeout"
         finally:
+            req.runner = None
             runner.in_flight -= 1
             runner.served += 1
             runner.idle_since = time.monotonic()

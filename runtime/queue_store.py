@@ -330,15 +330,6 @@ class QueueStore:
             (attempts, time.time(), error, seq),
         )
 
-    def webhooks(self, request_id: str) -> list[dict[str, Any]]:
-        """The outbox rows of one request (for the admin API and tests)."""
-        rows = self._db.execute(
-            "SELECT url, state, attempts, last_error FROM webhook_outbox WHERE request_id = ? "
-            "ORDER BY seq",
-            (request_id,),
-        ).fetchall()
-        return [{"url": r[0], "state": r[1], "attempts": r[2], "last_error": r[3]} for r in rows]
-
 
 def _request(row: tuple[Any, ...]) -> StoredRequest:
     return StoredRequest(

@@ -10,7 +10,9 @@ The lines travel back in one response header, `x-skyform-logs` (base64 of
 the JSON list), written when the response starts: for a plain endpoint every
 line is in by then. A request's lines are capped (`MAX_LINES`, `MAX_BYTES`),
 so the header stays well under any HTTP implementation's header limit; a
-capped list ends with one line saying how many were left out.
+capped list ends with one line saying more were left out. While a request
+runs, the gateway reads its lines so far from the runner
+(`GET /-/requests/{id}/logs`, runner token required), for fal's IN_PROGRESS logs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import IO, Any
 from skyform.runtime.runner_context import current_request
 
 LOGS_HEADER = "x-skyform-logs"
+# `GET /-/requests/{id}/logs` on a runner: the lines of a request still being served.
+LIVE_LOGS_PREFIX = "/-/requests/"
 MAX_LINES = 200
 MAX_BYTES = 24 * 1024
 MAX_LINE_CHARS = 2000

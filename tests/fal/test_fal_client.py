@@ -61,6 +61,8 @@ def test_subscribe_reports_queue_updates_with_logs(sync_run: dict[str, Any]) -> 
     assert "InProgress" in kinds and kinds[-1] == "Completed"
     assert set(kinds) <= {"Queued", "InProgress", "Completed"}
     assert _messages(sync_run["updates"][-1]) == ["printing sub", "logging sub"]
+    in_progress = [u for u in sync_run["updates"] if u["type"] == "InProgress"]
+    assert any(_messages(u) == ["printing sub", "logging sub"] for u in in_progress)
 
 
 def test_iter_events_ends_with_completed(sync_run: dict[str, Any]) -> None:

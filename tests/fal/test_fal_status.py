@@ -68,6 +68,22 @@ def test_status_codes_logs_and_metrics(fal_gateway: TLSGateway) -> None:
     assert same.json()["logs"] == []
 
 
+def test_in_progress_status_has_the_lines_so_far(fal_gateway: TLSGateway) -> None:
+    gw = fal_gateway
+    running = _submit(gw, {"prompt": "live", "sleep": 2.0})
+
+    def in_progress_with_logs() -> Any:
+        response = gw.http.get(running["status_url"], params={"logs": "1"}, headers=AUTH)
+        body = response.json()
+        return body if body["status"] == "IN_PROGRESS" and body["logs"] else None
+
+    body = wait_for(in_progress_with_logs, 30, "IN_PROGRESS with logs")
+    assert [line["message"] for line in body["logs"]] == ["printing live", "logging live"]
+    # Without ?logs the list is there and empty.
+    quiet = gw.http.get(running["status_url"], headers=AUTH).json()
+    assert quiet["logs"] == [] or quiet["status"] == "COMPLETED"
+
+
 def test_status_stream_sends_each_change_until_completed(fal_gateway: TLSGateway) -> None:
     gw = fal_gateway
     hold = _submit(gw, {"prompt": "hold", "sleep": 1.0})
