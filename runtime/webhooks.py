@@ -216,7 +216,9 @@ class WebhookSender:
                 wait = 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(wait or 60.0, 60.0))
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=60.0 if wait is None else min(wait, 60.0)
+                )
 
     async def _deliver(
         self, seq: int, request_id: str, url: str, body: bytes, attempts: int
