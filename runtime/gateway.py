@@ -698,6 +698,25 @@ def _stored_admin_token(state_dir: Path) -> str:
     return token
 
 
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    """Load the certificate and key now: a bad one is one line, not uvicorn's traceback."""
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        raise SkyformError("--tls-cert and --tls-key go together")
+    import ssl
+
+    for path in (cert, key):
+        if not path.is_file():
+            raise SkyformError(f"{path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SkyformError(
+            f"cannot use {cert} / {key} as a TLS certificate and key: {exc.strerror or exc}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from skyform.runtime.gateway_server import make_server
 
@@ -708,17 +727,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = _parser().parse_args(argv)
     try:
+        _check_tls(args.tls_cert, args.tls_key)
         gateway = build_gateway(args, dict(os.environ))
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 1
-    for tls_file in (args.tls_cert, args.tls_key):
-        if tls_file is not None and not tls_file.is_file():
-            print(f"error: {tls_file}: no such file", file=sys.stderr)
-            return 1
     server = make_server(gateway, args.host, args.port, args.tls_cert, args.tls_key)
     started = time.monotonic()
     scheme = "https" if args.tls_cert else "http"

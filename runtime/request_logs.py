@@ -89,14 +89,28 @@ class _Tee:
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
-        if current_request() is not None:
-            for line in text.splitlines():
+        ctx = current_request()
+        if ctx is not None:
+            # print("a", "b") writes "a", " ", "b", "\n": keep the line whole.
+            *lines, ctx.partial_line = (ctx.partial_line + text).split("\n")
+            for line in lines:
                 if line.strip():
-                    record_line(line, self._level, "stdout" if self._level == "INFO" else "stderr")
+                    record_line(line.rstrip("\r"), self._level, "stdout")
         return written
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def finish_lines() -> list[LogLine] | None:
+    """The current request's lines, with printed text that never got its newline."""
+    ctx = current_request()
+    if ctx is None:
+        return None
+    if ctx.partial_line.strip():
+        record_line(ctx.partial_line, "INFO", "stdout")
+    ctx.partial_line = ""
+    return ctx.logs
 
 
 def install_capture() -> None:

@@ -33,7 +33,12 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
-from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
+from skyform.runtime.request_logs import (
+    LIVE_LOGS_PREFIX,
+    LOGS_HEADER,
+    encode_logs,
+    finish_lines,
+)
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -206,8 +211,10 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
-                if ctx.logs:
-                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
+                if ctx.logs or ctx.partial_line:
+                    lines = finish_lines()
+                    if lines:
+                        message["headers"].append((_LOGS_HEADER, encode_logs(lines)))
             await send(message)
 
         started = time.perf_counter()

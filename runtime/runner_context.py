@@ -26,6 +26,7 @@ class RequestContext:
     exit_code: int | None = None
     exit_reason: str = ""
     logs: list[dict[str, str]] | None = None  # this request's own log lines (request_logs)
+    partial_line: str = ""  # printed text not yet ended by a newline
 
     def end_runner(self, code: int, reason: str) -> None:
         if self.exit_code is None:

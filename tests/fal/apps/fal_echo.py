@@ -25,7 +25,7 @@ class FalEcho(App):
     @endpoint("/")
     async def generate(self, req: PromptIn) -> dict:
         """Echo the prompt after `sleep` seconds; print and log on the way."""
-        print(f"printing {req.prompt}")
+        print("printing", req.prompt)  # several writes: captured as one line
         log.warning("logging %s", req.prompt)
         if req.sleep:
             await asyncio.sleep(req.sleep)
