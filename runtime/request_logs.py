@@ -3,8 +3,9 @@
 fal's queue status (`?logs=1`) lists the lines an endpoint printed or logged
 while serving that one request. The runner already knows which request a
 thread or task serves (`runner_context`), so capture is cheap: a logging
-handler and a stdout/stderr tee append `{message, level, timestamp, source}`
-to the current request's list, and nothing at all happens outside a request.
+handler, and the runner's stamped stdout/stderr for whole printed lines,
+append `{message, level, timestamp, source}` to the current request's list;
+nothing at all happens outside a request.
 
 The lines travel back in one response header, `x-skyform-logs` (base64 of
 the JSON list), written when the response starts: for a plain endpoint every
@@ -21,11 +22,10 @@ import base64
 import binascii
 import json
 import logging
-import sys
 from datetime import UTC, datetime
-from typing import IO, Any
 
-from skyform.runtime.runner_context import current_request
+# The module, not its names: runner_context imports this one back (printed lines).
+from skyform.runtime import runner_context
 
 LOGS_HEADER = "x-skyform-logs"
 # `GET /-/requests/{id}/logs` on a runner: the lines of a request still being served.
@@ -43,7 +43,7 @@ def _now() -> str:
 
 def record_line(message: str, level: str, source: str) -> None:
     """Append one line to the current request's logs (a no-op outside a request)."""
-    ctx = current_request()
+    ctx = runner_context.current_request()
     if ctx is None:
         return
     logs = ctx.logs
@@ -70,7 +70,7 @@ class RequestLogHandler(logging.Handler):
     """Logging records made while serving a request become that request's log lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if current_request() is None:
+        if runner_context.current_request() is None:
             return
         try:
             message = record.getMessage()
@@ -78,46 +78,6 @@ class RequestLogHandler(logging.Handler):
             message = str(record.msg)
         level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
         record_line(message, level, "user" if not record.name.startswith("skyform") else "skyform")
-
-
-class _Tee:
-    """A stdout/stderr that also records complete lines written during a request."""
-
-    def __init__(self, stream: IO[str], level: str) -> None:
-        self._stream = stream
-        self._level = level
-
-    def write(self, text: str) -> int:
-        written = self._stream.write(text)
-        ctx = current_request()
-        if ctx is not None:
-            # print("a", "b") writes "a", " ", "b", "\n": keep the line whole.
-            *lines, ctx.partial_line = (ctx.partial_line + text).split("\n")
-            for line in lines:
-                if line.strip():
-                    record_line(line.rstrip("\r"), self._level, "stdout")
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def finish_lines() -> list[LogLine] | None:
-    """The current request's lines, with printed text that never got its newline."""
-    ctx = current_request()
-    if ctx is None:
-        return None
-    if ctx.partial_line.strip():
-        record_line(ctx.partial_line, "INFO", "stdout")
-    ctx.partial_line = ""
-    return ctx.logs
-
-
-def install_capture() -> None:
-    """Capture `print()` and logging of requests on this runner (called once at start)."""
-    logging.getLogger().addHandler(RequestLogHandler())
-    if not isinstance(sys.stdout, _Tee):
-        sys.stdout = _Tee(sys.stdout, "INFO")
 
 
 def encode_logs(logs: list[LogLine]) -> bytes:

@@ -33,12 +33,7 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
-from skyform.runtime.request_logs import (
-    LIVE_LOGS_PREFIX,
-    LOGS_HEADER,
-    encode_logs,
-    finish_lines,
-)
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -211,10 +206,8 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
-                if ctx.logs or ctx.partial_line:
-                    lines = finish_lines()
-                    if lines:
-                        message["headers"].append((_LOGS_HEADER, encode_logs(lines)))
+                if ctx.logs:
+                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
             await send(message)
 
         started = time.perf_counter()
