@@ -63,9 +63,21 @@ LOG_SUFFIX = ".log"
 LOCK_SUFFIX = ".lock"
 KEY_LENGTH = 24
 
-# What `python -m skyform.runtime.runner` imports besides skyform itself.
-RUNTIME_PACKAGES = ("pydantic", "cloudpickle", "fastapi", "uvicorn", "httpx", "pyyaml")
+# What `python -m skyform.runtime.runner` imports besides skyform itself
+# (python-multipart: form and file endpoints; websockets: websocket endpoints).
+RUNTIME_PACKAGES = (
+    "pydantic",
+    "cloudpickle",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "pyyaml",
+    "python-multipart",
+    "websockets",
+)
 _RUNTIME_FALLBACK = {
+    "python-multipart": "python-multipart>=0.0.9",
+    "websockets": "websockets>=13.0",
     "pydantic": "pydantic>=2.7",
     "cloudpickle": "cloudpickle>=3.0",
     "fastapi": "fastapi>=0.110",

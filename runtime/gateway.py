@@ -52,12 +52,14 @@ from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
+    TIMEOUT_MARGIN_S,
     AppState,
     LiveRequest,
     RequestNotCancellable,
     Scheduler,
 )
 from skyform.runtime.gateway_urls import PublicURL, default_public_url
+from skyform.runtime.gateway_validation import BodyRefused, BodyRules, check_body
 from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
@@ -147,12 +149,24 @@ class Gateway:
         self.webhooks = WebhookSender(self.store, webhook_key, self.webhook_policy)
         self.scheduler.on_webhook = self.webhooks.wake
         self.accepting = True
+        self._body_rules: dict[str, tuple[dict[str, Any], BodyRules]] = {}
 
     # --- ASGI ---------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            from skyform.runtime.ws_proxy import proxy_websocket, refuse
+
+            try:
+                app, path = self._websocket_target(scope)
+            except HTTPError as exc:
+                body = {"detail": exc.detail, "error_type": exc.error_type or "refused"}
+                await refuse(send, exc.status, dump(body))
+                return
+            await proxy_websocket(self, app, path, scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -218,11 +232,34 @@ class Gateway:
 
     # --- public routes ------------------------------------------------------
 
+    def _websocket_target(self, scope: Scope) -> tuple[AppState, str]:
+        """The app and `websocket=True` endpoint of `/{app}/{path}` or `/{stack}/{app}/{path}`."""
+        if not self.accepting:
+            raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+        parts = scope["path"].strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == self.stack and parts[1] in self.scheduler.apps:
+            parts = parts[1:]
+        app = self._app(parts[0])
+        rest = "/" + "/".join(parts[1:])
+        ep = app.endpoint_of(rest)
+        if ep is None or ep.get("kind") != "websocket":
+            sockets = [
+                e["path"] for e in app.meta.get("endpoints", []) if e.get("kind") == "websocket"
+            ]
+            raise HTTPError(
+                404,
+                f"app {app.name!r} has no websocket endpoint {rest}; websocket endpoints: "
+                + (", ".join(sockets) or "none"),
+                "endpoint_not_found",
+            )
+        self._check_caller(scope, app)
+        return app, rest
+
     async def _sync_call(
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
     ) -> None:
         ep_method = self._endpoint(app, path, method)
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(scope, receive, app)
         # The body stays in memory until the call is answered: charged until then.
         try:
             req = self._submit(scope, app, path, ep_method, body, persist=False)
@@ -231,9 +268,13 @@ class Gateway:
                 async with asyncio.timeout(bound):
                     await req.done.wait()
             except TimeoutError:
+                req.waiting = False
                 self.scheduler.forget(req)
         finally:
             self.body_budget.release(len(body))
+        if req.stream is not None and req.released is not None:
+            await self._forward(send, receive, app, req)
+            return
         if req.status != "COMPLETED":
             raise HTTPError(
                 504,
@@ -242,6 +283,27 @@ class Gateway:
                 extra={"request_id": req.id},
             )
         await self._send_result(send, req)
+
+    async def _forward(self, send: Send, receive: Receive, app: AppState, req: LiveRequest) -> None:
+        """Forward a streamed answer as it arrives (see `gateway_stream`); then free the slot."""
+        from skyform.runtime.gateway_client import StreamBroken
+        from skyform.runtime.gateway_stream import forward_stream
+
+        assert req.stream is not None and req.released is not None
+        idle = app.limits.request_timeout + TIMEOUT_MARGIN_S
+        try:
+            req.outcome = await forward_stream(
+                send, receive, req.stream, [(_REQUEST_ID, req.id.encode())], req.id, idle
+            )
+        except (StreamBroken, TimeoutError) as exc:
+            # Not an event stream: the body ends short, which the caller sees as an error.
+            log.warning("request %s: the runner's stream broke off: %s", req.id, exc)
+            req.outcome = "broken"
+        except BaseException:
+            req.outcome = "broken"
+            raise
+        finally:
+            req.released.set()
 
     async def _queue(
         self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
@@ -274,7 +336,7 @@ class Gateway:
         first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
         if first is None:
             self._check_queue_room(app, _content_length(scope) or 0)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, app)
             try:
                 # Looked up again: a twin submitted while this body streamed in wins.
                 first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
@@ -309,7 +371,20 @@ class Gateway:
         idem_key: str | None = None,
         webhook_url: str | None = None,
     ) -> LiveRequest:
-        """Hand the request to the scheduler (durable when `persist`)."""
+        """Check the body, hand the request to the scheduler (durable when `persist`).
+
+        Content type and (for the queue) the JSON schema are checked here, so a
+        body that cannot succeed is refused at once (`gateway_validation`).
+        """
+        content_type = _header(scope, b"content-type")
+        ep = app.endpoint_of(path)
+        rule = self._rules_of(app).rule(ep["path"], method) if ep is not None else None
+        try:
+            content_type = check_body(rule, content_type, body, validate=persist) or content_type
+        except BodyRefused as exc:
+            raise HTTPError(
+                exc.status, str(exc.detail), exc.error_type, extra={"detail": exc.detail}
+            ) from None
         try:
             start_timeout = fal_compat.request_timeout(
                 _header(scope, fal_compat.REQUEST_TIMEOUT_HEADER)
@@ -322,7 +397,7 @@ class Gateway:
             _with_query(path, scope),
             method,
             body,
-            _header(scope, b"content-type") or "application/json",
+            content_type or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
             idem_key=idem_key,
@@ -343,7 +418,18 @@ class Gateway:
             raise HTTPError(400, str(exc), "webhook_refused") from None
         return urls[-1]
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    def _rules_of(self, app: AppState) -> BodyRules:
+        """The body rules of `app`'s current bundle (built once per revision)."""
+        cached = self._body_rules.get(app.name)
+        if cached is None or cached[0] is not app.meta:
+            limit = float(app.options.get("max_body_mb") or 64)
+            cached = (app.meta, BodyRules(app.meta.get("openapi", {}), limit))
+            self._body_rules[app.name] = cached
+        return cached[1]
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, app: AppState | None = None
+    ) -> bytes:
         """The request body, read while charging the gateway-wide in-flight body budget.
 
         The declared length is checked (413) and charged (503 + Retry-After when
@@ -353,9 +439,17 @@ class Gateway:
         charge is released before raising.
         """
         limit = self.limits.max_body_bytes
+        too_large = _too_large(limit)
+        if app is not None and (rules := self._rules_of(app)).max_bytes < limit:
+            # The app's own max_body_mb is the tighter bound: the 413 names it.
+            refused = rules.too_large()
+            limit = rules.max_bytes
+            too_large = HTTPError(
+                413, str(refused.detail), refused.error_type, headers=[(b"connection", b"close")]
+            )
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            raise _too_large(limit)
+            raise too_large
         charged = 0
         try:
             if declared:
@@ -373,7 +467,7 @@ class Gateway:
                 chunk = message.get("body", b"")
                 end = size + len(chunk)
                 if end > limit:
-                    raise _too_large(limit)
+                    raise too_large
                 if end > charged:
                     if not self.body_budget.try_charge(end - charged):
                         raise _budget_spent(self.body_budget)
@@ -749,6 +843,10 @@ class Gateway:
                 404,
                 f"app {app.name!r} has no endpoint {path}; endpoints: {paths}",
                 "endpoint_not_found",
+            )
+        if ep_method == "WEBSOCKET":
+            raise HTTPError(
+                405, f"{path} of {app.name!r} is a websocket endpoint: open a websocket to it"
             )
         if not queue and method != ep_method:
             raise HTTPError(405, f"{path} of {app.name!r} takes {ep_method}, not {method}")

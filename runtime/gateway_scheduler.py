@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import re
 import secrets
 import ssl
 import threading
@@ -48,8 +50,14 @@ from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
 from skyform.logformat import LINE_RE
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
+from skyform.runtime.gateway_client import (
+    RunnerClient,
+    RunnerConnectionError,
+    RunnerResponse,
+    RunnerTLSError,
+)
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
+from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
 from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
@@ -102,6 +110,17 @@ class LiveRequest(StoredRequest):
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_answer: str = ""
     runner: Runner | None = None  # serving the current attempt
+    # "http", or "websocket": the caller is lent a runner slot while its socket is open.
+    kind: str = "http"
+    # A synchronous caller still waiting; False once it gave up (nobody to stream to).
+    waiting: bool = True
+    # Handed over to the synchronous caller: a streamed response (`stream`) or,
+    # for a websocket, the runner (`lent`). The caller sets `released` when done,
+    # with `outcome` saying how it ended; only then is the runner's slot free again.
+    stream: RunnerResponse | None = None
+    lent: Runner | None = None
+    released: asyncio.Event | None = None
+    outcome: str = ""
 
     async def live_logs(self) -> list[dict[str, str]]:
         """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
@@ -217,9 +236,19 @@ class AppState:
         return self.meta.get("options", {})
 
     def endpoint_method(self, path: str) -> str | None:
-        for ep in self.meta.get("endpoints", []):
+        ep = self.endpoint_of(path)
+        return str(ep.get("method", "POST")).upper() if ep is not None else None
+
+    def endpoint_of(self, path: str) -> dict[str, Any] | None:
+        """The bundle's record of the endpoint serving `path` (path parameters included)."""
+        endpoints = self.meta.get("endpoints", [])
+        for ep in endpoints:
             if ep.get("path") == path:
-                return str(ep.get("method", "POST")).upper()
+                return dict(ep)
+        for ep in endpoints:
+            pattern = _path_pattern(str(ep.get("path", "")))
+            if pattern is not None and pattern.fullmatch(path):
+                return dict(ep)
         return None
 
     def in_progress(self) -> int:
@@ -453,6 +482,7 @@ class Scheduler:
         hint: str | None = None,
         start_timeout: float | None = None,
         webhook_url: str | None = None,
+        kind: str = "http",
     ) -> LiveRequest:
         """Accept a request. With `persist`, it is durable when this returns.
 
@@ -476,6 +506,7 @@ class Scheduler:
             hint=hint,
             start_deadline=created + start_timeout if start_timeout else None,
             webhook_url=webhook_url,
+            kind=kind,
         )
         if persist:
             self.store.add_request(req)
@@ -612,12 +643,24 @@ class Scheduler:
         reason = ""
         answer: tuple[int, dict[str, str], bytes] | None = None
         assert runner.client is not None
+        handed = False
         try:
-            # The runner enforces request_timeout itself (504, then it ends);
-            # the margin lets its answer arrive before the gateway gives up.
-            answer = await runner.client.request(
-                req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
-            )
+            if req.kind == "websocket":
+                handed = True
+                await self._lend(req, runner)
+            else:
+                # The runner enforces request_timeout itself (504, then it ends);
+                # the margin lets its answer arrive before the gateway gives up.
+                response = await runner.client.open(
+                    req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
+                )
+                if not response.streaming or response.status in (503, 504):
+                    answer = (response.status, response.headers, await _read(response, timeout))
+                elif not req.persist and req.waiting:
+                    handed = True
+                    await self._hand_over(app, req, runner, response)
+                else:
+                    answer = await self._read_stream(app, req, runner, response)
         except RunnerConnectionError as exc:
             reason = f"runner {runner.id} unreachable: {exc}"
         except TimeoutError:
@@ -627,6 +670,9 @@ class Scheduler:
             runner.in_flight -= 1
             runner.served += 1
             runner.idle_since = time.monotonic()
+        if handed:
+            self._pump(app)
+            return
         if self.closing and answer is None:
             # The gateway is stopping (not dying): the request stays queued in the store.
             if req.persist:
@@ -661,6 +707,70 @@ class Scheduler:
             else:
                 self._complete_answer(req, answer)
         self._pump(app)
+
+    async def _hand_over(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> None:
+        """Give a streamed response to its synchronous caller; wait until it is forwarded.
+
+        From here on the request is not retried (bytes reach the caller). The
+        runner keeps its slot until the stream ends.
+        """
+        req.stream, req.released = response, asyncio.Event()
+        req.done.set()  # wakes the caller; the request stays IN_PROGRESS meanwhile
+        try:
+            await req.released.wait()
+        finally:
+            response.close()
+            req.stream = None
+        if req.outcome == "broken":
+            self._runner_lost(app, runner, "failed", "the connection broke mid-stream")
+        req.result_status, req.result_type = response.status, response.headers.get("content-type")
+        self._finish(req, "success" if response.status < 400 else "app_error")
+
+    async def _read_stream(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A streamed response read whole, for the queue (see `gateway_stream`)."""
+        body, broke = await read_stream(response, app.limits.request_timeout + TIMEOUT_MARGIN_S)
+        headers = dict(response.headers)
+        if broke is not None:
+            self._runner_lost(app, runner, "failed", broke)
+            if not is_event_stream(headers.get("content-type")):
+                return 502, {"content-type": "application/json"}, _error_json(broke, req.id)
+        if is_event_stream(headers.get("content-type")):
+            body = stored_events(body, broke)
+            headers["content-type"] = "application/json"
+        return response.status, headers, body
+
+    async def _lend(self, req: LiveRequest, runner: Runner) -> None:
+        """Lend `runner` to a websocket caller; wait until its socket closes."""
+        req.lent, req.released = runner, asyncio.Event()
+        req.done.set()
+        try:
+            await req.released.wait()
+        finally:
+            req.lent = None
+
+    def websocket_ended(self, req: LiveRequest, runner: Runner, outcome: str) -> None:
+        """A lent websocket closed; apply the runner-fate rules to how it ended.
+
+        `outcome`: "unreachable" (the runner could not be reached: retried on
+        another one), "unhealthy" (the runner closed with 1013: it is ending
+        itself), anything else: the runner is fine.
+        """
+        app = self.apps.get(req.app)
+        if app is None:
+            self._finish(req, "app_removed")
+            return
+        if outcome == "unreachable":
+            self._runner_lost(app, runner, "failed", "its websocket could not be opened")
+            req.done.clear()
+            self._retry(app, req, "unreachable", f"runner {runner.id} unreachable (websocket)")
+            return
+        if outcome == "unhealthy":
+            self._runner_lost(app, runner, "stopped", "closed a websocket with 1013: unhealthy")
+        self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
 
     def _retry(
         self,
@@ -1044,6 +1154,21 @@ class Scheduler:
         return out + list(self._orphans)
 
 
+@functools.cache
+def _path_pattern(template: str) -> re.Pattern[str] | None:
+    """A regex for a path with `{param}` parts (`{param:path}` spans slashes); None without."""
+    if "{" not in template:
+        return None
+    parts = re.split(r"\{([^}]+)\}", template)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.append(re.escape(part))
+        else:
+            out.append(".+" if part.endswith(":path") else "[^/]+")
+    return re.compile("".join(out))
+
+
 def _start_error_type(exc: BaseException) -> str:
     """The `error_type` of a provider's failure to prepare or start a runner."""
     if type(exc).__name__ == "EnvironmentBuildError":
@@ -1068,6 +1193,20 @@ def _host_port(url: str) -> tuple[str, int]:
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def _read(response: RunnerResponse, timeout: float) -> bytes:
+    """A response's whole body; a connection cut mid-body is the runner lost (retried)."""
+    try:
+        return await response.read(timeout + TIMEOUT_MARGIN_S)
+    except (OSError, ValueError) as exc:
+        raise RunnerConnectionError(str(exc)) from None
+
+
+def _error_json(message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"detail": message, "error_type": "stream_broken", "request_id": request_id}
+    ).encode()
 
 
 def _error_detail(body: bytes) -> str:

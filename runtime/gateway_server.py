@@ -32,6 +32,7 @@ from typing import Any
 
 import uvicorn
 
+from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
@@ -268,6 +269,7 @@ def make_server(
         timeout_keep_alive=30,
         proxy_headers=False,
         server_header=False,
+        ws=websocket_protocol(),  # websocket endpoints (ws_proxy)
         h11_max_incomplete_event_size=limits.max_header_bytes,
         **options,
     )

@@ -147,6 +147,8 @@ class RunnerASGI:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
             return
         path = scope["path"]
         if path == "/health":
@@ -238,6 +240,35 @@ class RunnerASGI:
             self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (request {request_id})")
         elif status == 503:
             self.state.fail(EXIT_UNHEALTHY, f"{path} answered 503 (request {request_id})")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket connection: the same token and readiness rules, close codes for refusals.
+
+        Refused before the handshake completes, the client sees HTTP 403 (wrong
+        token) or a close with 1013 (not ready: try again later).
+        """
+        request_id = authorization = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_BYTES:
+                request_id = _valid_request_id(value)
+            elif name == b"authorization":
+                authorization = value
+        if self._auth is not None and not _same(authorization, self._auth):
+            await send({"type": "websocket.close", "code": 1008, "reason": "runner token"})
+            return
+        if self.state.phase is not Phase.READY:
+            await send({"type": "websocket.close", "code": 1013, "reason": "runner not ready"})
+            return
+        ctx = RequestContext(request_id or self._new_request_id())
+        token = enter_request(ctx)
+        self.metrics.in_flight.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.metrics.in_flight.value -= 1
+            leave_request(token)
+        if ctx.exit_code is not None:
+            self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (websocket {ctx.request_id})")
 
 
 _PROMETHEUS = Registry.content_type.encode()
