@@ -23,8 +23,18 @@ class RunnerSpec:
     machine_types: list[str]  # ordered candidates
     requirements: list[str]
     python_version: str  # "3.11": the bundle's minor version
-    env: dict[str, str] = field(default_factory=dict)  # app env + secrets + skyform keys
+    env: dict[str, str] = field(default_factory=dict)  # the app's plain env
     runner_id: str = ""
+    # Never in a process environment or a file: local runners get them on a pipe,
+    # cloud runners as task secrets (`credential_env`).
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the app's secrets
+    bundle_key: str = field(default="", repr=False)  # verifies the bundle
+    runner_token: str = field(default="", repr=False)  # this runner's own token
+
+    def credential_env(self) -> dict[str, str]:
+        """Env, secrets and keys as one mapping, for providers that hand them over as secrets."""
+        keys = {"SKYFORM_BUNDLE_KEY": self.bundle_key, "SKYFORM_RUNNER_TOKEN": self.runner_token}
+        return {**self.env, **self.secrets, **{k: v for k, v in keys.items() if v}}
 
 
 @dataclass
@@ -44,7 +54,10 @@ class GatewaySpec:
     stack: str
     port: int
     state_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # plain variables
+    # The stack's keys (SKYFORM_ADMIN_TOKEN ...): handed over on a pipe locally,
+    # as task secrets on a cloud; never in a process environment or a file.
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass

@@ -429,7 +429,7 @@ class SkyPilotProvider:
         )
         labels = tasks.cluster_labels(spec.stack, spec.app, spec.revision)
         return self._task(
-            config, spec.machine_types, [tasks.RUNNER_PORT], labels, spec.env, cluster
+            config, spec.machine_types, [tasks.RUNNER_PORT], labels, spec.credential_env(), cluster
         )
 
     def gateway_task(self, spec: GatewaySpec, cluster: str, endpoint: str) -> Any:
@@ -447,7 +447,7 @@ class SkyPilotProvider:
             package=tasks.skyform_package(self._work_dir("wheels"), extras=("skypilot",)),
             requirements=[f"skypilot=={version('skypilot')}"],
         )
-        secrets = {**spec.env, API_SERVER_ENV: endpoint}
+        secrets = {**spec.env, **spec.credentials, API_SERVER_ENV: endpoint}
         token = os.environ.get(SERVICE_ACCOUNT_TOKEN_ENV)
         if token:
             secrets[SERVICE_ACCOUNT_TOKEN_ENV] = token

@@ -2,8 +2,12 @@
 
     python -m skyform.runtime.gateway --port N --state-dir DIR [--host H] [--stack NAME]
 
-Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
-private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners).
+Keys: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of private
+apps), SKYFORM_BUNDLE_KEY (verifies bundles, seals stored secrets) and
+SKYFORM_RUNNER_TOKEN, read from a JSON object on `--credentials-fd N` (how the
+local provider starts it: nothing in /proc/<pid>/environ) or else from the
+environment. Each runner gets a token of its own, minted here. The process is
+non-dumpable and writes its files owner-only (umask 077).
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
 Routes (DESIGN §7):
@@ -39,6 +43,7 @@ from urllib.parse import parse_qs
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
+from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     APP_NAME_RE,
@@ -52,6 +57,7 @@ from skyform.runtime.gateway_scheduler import (
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
+from skyform.runtime.sealing import Sealer
 from skyform.suggest import did_you_mean
 
 log = logging.getLogger("skyform.gateway")
@@ -86,7 +92,6 @@ class Gateway:
         admin_token: str,
         api_key: str,
         bundle_key: str,
-        runner_token: str,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.stack = stack
@@ -94,16 +99,15 @@ class Gateway:
         self.api_key = api_key
         self.bundle_key = bundle_key
         self.metrics = GatewayMetrics()
-        self.store = QueueStore(self.state_dir / "gateway.sqlite3")
-        runner_env = {"SKYFORM_BUNDLE_KEY": bundle_key, "SKYFORM_RUNNER_TOKEN": runner_token}
+        sealer = Sealer(bundle_key) if bundle_key else None
+        self.store = QueueStore(self.state_dir / "gateway.sqlite3", sealer=sealer)
         self.scheduler = Scheduler(
             store=self.store,
             provider=provider,
             metrics=self.metrics,
             stack=stack,
             state_dir=self.state_dir,
-            runner_env={k: v for k, v in runner_env.items() if v},
-            runner_token=runner_token,
+            bundle_key=bundle_key,
         )
         self.accepting = True
 
@@ -371,13 +375,11 @@ class Gateway:
             raise HTTPError(400, "request body must be JSON") from None
         if not isinstance(payload, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        unknown = set(payload) - {"bundle_b64", "auth", "env"}
+        fields = ["bundle_b64", "auth", "env", "secrets"]
+        unknown = set(payload) - set(fields)
         if unknown:
             key = sorted(unknown)[0]
-            raise HTTPError(
-                400,
-                f"unknown field {key!r}{did_you_mean(key, ['bundle_b64', 'auth', 'env'])}",
-            )
+            raise HTTPError(400, f"unknown field {key!r}{did_you_mean(key, fields)}")
         bundle_b64 = payload.get("bundle_b64")
         if not isinstance(bundle_b64, str) or not bundle_b64:
             raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
@@ -392,12 +394,11 @@ class Gateway:
         auth = payload.get("auth") or meta.get("options", {}).get("auth") or "private"
         if auth not in ("private", "public"):
             raise HTTPError(400, f'auth must be "private" or "public", got {auth!r}')
-        env = payload.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise HTTPError(400, "env must be an object of string to string")
-        return self.scheduler.register(name, data, meta, auth, env)
+        env = _string_map(payload, "env")
+        secrets = _string_map(payload, "secrets")
+        if secrets and self.store.sealer is None:
+            raise HTTPError(400, "this gateway has no bundle key to seal secrets with")
+        return self.scheduler.register(name, data, meta, auth, env, secrets)
 
     def _logs(self, app: AppState, tail: int) -> str:
         chunks = []
@@ -473,6 +474,15 @@ class Gateway:
 # --- ASGI helpers -------------------------------------------------------------
 
 
+def _string_map(payload: dict[str, Any], field: str) -> dict[str, str]:
+    value = payload.get(field) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise HTTPError(400, f"{field} must be an object of string to string")
+    return value
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     size = 0
@@ -521,6 +531,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument(
+        CREDENTIALS_FLAG,
+        dest="credentials_fd",
+        type=int,
+        default=None,
+        help="read the keys (a JSON object) from this fd instead of the environment",
+    )
     return parser
 
 
@@ -550,7 +567,6 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         admin_token=admin_token,
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
-        runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
     )
 
 
@@ -577,8 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # queue, bundles, logs: the owner's only
+    harden_process()
     try:
-        gateway = build_gateway(args, dict(os.environ))
+        environ = dict(os.environ)
+        if args.credentials_fd is not None:
+            keys = read_credentials(args.credentials_fd)
+            environ.update({str(k): str(v) for k, v in keys.items() if v})
+        gateway = build_gateway(args, environ)
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
