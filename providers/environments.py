@@ -593,7 +593,7 @@ def _run(command: list[str], env: dict[str, str], report: Progress, log: object)
     lock_fd = getattr(_held, "fd", None)
     try:
         proc = subprocess.Popen(
-            command,
+            [sys.executable, "-I", "-S", "-c", _SUPERVISOR, *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -603,7 +603,7 @@ def _run(command: list[str], env: dict[str, str], report: Progress, log: object)
             errors="replace",
             start_new_session=True,  # its whole group is killed on interrupt
             pass_fds=(lock_fd,) if lock_fd is not None else (),
-            preexec_fn=_die_with_builder,
+            preexec_fn=_term_with_builder,
             umask=0o022,
         )
     except OSError as exc:
@@ -629,11 +629,23 @@ def _run(command: list[str], env: dict[str, str], report: Progress, log: object)
         raise EnvironmentBuildError(_failure_message(lines), output=output)
 
 
-def _die_with_builder() -> None:
-    """preexec_fn: the kernel SIGKILLs the installer when the thread that started it dies."""
+# Runs each installer step: it leads the step's process group and holds the build
+# lock's fd. SIGTERM (the kernel sends it when the builder dies, even by SIGKILL)
+# kills the whole group, so no installer, nor a build backend it started, outlives
+# the build.
+_SUPERVISOR = (
+    "import os, signal, subprocess, sys\n"
+    "signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "sys.exit(subprocess.Popen(sys.argv[1:], close_fds=False).wait())\n"
+)
+
+
+def _term_with_builder() -> None:
+    """preexec_fn: the kernel SIGTERMs the supervisor when the thread that started it dies."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
