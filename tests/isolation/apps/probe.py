@@ -69,7 +69,19 @@ def _memory_tokens() -> set[str]:
     """Strings in this process's objects that look like a token."""
     found: set[str] = set()
     for obj in gc.get_objects():
-        values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+        if isinstance(obj, dict):
+            values = list(obj.values())
+        elif isinstance(obj, list | tuple):
+            values = list(obj)
+        else:
+            try:
+                values = list(vars(obj).values())
+            except Exception:
+                values = []
+            try:
+                values += [getattr(obj, n, None) for n in getattr(type(obj), "__slots__", ())]
+            except Exception:
+                pass
         for value in values:
             if isinstance(value, bytes):
                 value = value.decode("latin-1")
@@ -92,7 +104,8 @@ class Probe(App):
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 others[entry.name] = _read(entry / "environ")
         files = _walk(Path(req.skyform_dir)) if req.skyform_dir else {}
-        candidates = set(os.environ.values()) | _memory_tokens()
+        memory = _memory_tokens()
+        candidates = set(os.environ.values()) | memory
         for text in [*others.values(), *files.values()]:
             candidates |= {w for w in re.split(r"[\s\"'=,:\x00]+", text) if TOKENISH.match(w)}
         calls = {}
@@ -110,6 +123,7 @@ class Probe(App):
             "parent_mem": _read(Path(f"/proc/{ppid}/mem")),
             "proc_environs": others,
             "files": files,
+            "memory_tokens": sorted(memory),
             "candidates": len(candidates),
             "runner_calls": calls,
             "admin_calls": admin,
