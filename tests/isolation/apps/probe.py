@@ -7,6 +7,7 @@ strings in its own memory that look like tokens, and whether any of them opens
 another app's runner or the gateway's admin API.
 """
 
+import contextlib
 import gc
 import hashlib
 import os
@@ -78,10 +79,8 @@ def _memory_tokens() -> set[str]:
                 values = list(vars(obj).values())
             except Exception:
                 values = []
-            try:
+            with contextlib.suppress(Exception):
                 values += [getattr(obj, n, None) for n in getattr(type(obj), "__slots__", ())]
-            except Exception:
-                pass
         for value in values:
             if isinstance(value, bytes):
                 value = value.decode("latin-1")
