@@ -130,10 +130,19 @@ class AppEntry(BaseModel):
         }
 
 
+# Set by skyform itself on every runner, or the stack's own keys (which never reach one).
+RESERVED_ENV = ("SKYFORM_", "PYTHONUNBUFFERED", "VIRTUAL_ENV")
+
+
 def _check_env_names(names: Iterable[str]) -> None:
     for name in names:
         if not ENV_NAME_PATTERN.match(name):
             raise ValueError(f"{name!r} is not an environment variable name")
+        if name.startswith(RESERVED_ENV):
+            raise ValueError(
+                f"{name} is reserved: skyform sets it on runners, and the stack's keys "
+                "(SKYFORM_*) never reach app code"
+            )
 
 
 class StackModel(BaseModel):
