@@ -68,7 +68,11 @@ class AppEntry(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
     secrets: list[str] = Field(
         default_factory=list,
-        description="Names of environment variables passed to runners; values never stored.",
+        description=(
+            "Names of variables read from the deployer's environment at apply and handed to "
+            "this app's runners only (on a pipe, sealed at rest); never stored in state, plans "
+            "or logs. Nothing else of the deployer's environment reaches a runner."
+        ),
     )
 
     @field_validator("app")
