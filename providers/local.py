@@ -272,12 +272,19 @@ class LocalProvider:
         digest = hashlib.sha256(str(self.runtime_dir.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"skyform-runners-{digest}"
 
+    def remove_stale_homes(self) -> None:
+        """At a gateway's start: homes of runners a killed predecessor left (they died with it)."""
+        shutil.rmtree(self.homes_root(), ignore_errors=True)
+
     def _runner_home(self, runner_id: str, user: RunnerUser) -> Path:
         root = self.homes_root()
-        root.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(root, 0o711)  # passable, not listable: one runner cannot find another's
         home = root / runner_id
-        home.mkdir(mode=0o700, exist_ok=True)
+        for _attempt in range(5):  # the last runner's stop may remove `root` meanwhile
+            root.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(root, 0o711)  # passable, not listable: one runner cannot find another's
+            with contextlib.suppress(FileNotFoundError):
+                home.mkdir(mode=0o700, exist_ok=True)
+                break
         os.chown(home, user.uid, user.gid)
         return home
 
@@ -310,6 +317,8 @@ class LocalProvider:
         if pid is not None:
             kill_group(pid)
         shutil.rmtree(self.homes_root() / handle.runner_id, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.homes_root().rmdir()  # the last one out (fails while others live there)
 
     def list_runners(self, stack: str) -> list[RunnerHandle]:
         if stack != self.stack:

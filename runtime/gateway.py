@@ -555,6 +555,10 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         except ValueError as exc:
             raise SkyformError(f"{provider_file} is not valid JSON: {exc}") from None
     provider = create_provider(config, stack=args.stack, runtime_dir=state_dir)
+    from skyform.providers.local import LocalProvider
+
+    if isinstance(provider, LocalProvider):
+        provider.remove_stale_homes()
     admin_token = environ.get("SKYFORM_ADMIN_TOKEN") or _stored_admin_token(state_dir)
     if not environ.get("SKYFORM_BUNDLE_KEY"):
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
