@@ -207,7 +207,7 @@ class Runner:
                 server_header=False,
                 proxy_headers=False,
                 ws="none",
-                timeout_graceful_shutdown=config.grace,
+                timeout_graceful_shutdown=config.grace,  # type: ignore[arg-type]  # float works
             )
         )
         self._install_signals(server, state)
