@@ -13,6 +13,20 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class TLSMaterial:
+    """PEM files for one TLS hop: what the server serves, and what its client trusts.
+
+    `server_name` is the name the client checks in the certificate, when it is
+    not the address it dials (runners: see `skyform.tls.runner_server_name`).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     """Everything needed to start one runner of one app revision."""
 
@@ -30,6 +44,9 @@ class RunnerSpec:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the app's secrets
     bundle_key: str = field(default="", repr=False)  # verifies the bundle
     runner_token: str = field(default="", repr=False)  # this runner's own token
+    # The runner certificate of the stack; a provider whose runners are reached over a
+    # network serves with it (an `https` handle url), a loopback one may leave it unused.
+    tls: TLSMaterial | None = None
 
     def credential_env(self) -> dict[str, str]:
         """Env, secrets and keys as one mapping, for providers that hand them over as secrets."""
@@ -58,6 +75,10 @@ class GatewaySpec:
     # The stack's keys (SKYFORM_ADMIN_TOKEN ...): handed over on a pipe locally,
     # as task secrets on a cloud; never in a process environment or a file.
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    tls: TLSMaterial | None = None  # the gateway serves https with it
+    runner_tls: TLSMaterial | None = None  # handed to runners; `ca` verifies them
+    public_url: str = ""  # where callers reach it: the base of every URL it returns
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-Proto/-Host it honours
 
 
 @dataclass
