@@ -62,7 +62,8 @@ class StackContext:
     def gateway_state_dir(self) -> Path:
         return self.runtime_dir / "gateway"
 
-    def gateway_env(self) -> dict[str, str]:
+    def gateway_credentials(self) -> dict[str, str]:
+        """The keys the gateway starts with: on a pipe locally, never in its environment."""
         return {
             "SKYFORM_ADMIN_TOKEN": self.keys["admin_token"],
             "SKYFORM_RUNNER_TOKEN": self.keys["runner_token"],
@@ -447,7 +448,8 @@ class Applier:
                 stack=self.ctx.stack.name,
                 port=int(spec["port"]),
                 state_dir=self.ctx.gateway_state_dir,
-                env={**self.ctx.gateway_env(), **_limits_env(spec)},
+                env=_limits_env(spec),
+                credentials=self.ctx.gateway_credentials(),
                 public_url=str(spec.get("public_url") or ""),
                 trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
                 **tls,
@@ -511,8 +513,13 @@ class Applier:
                     c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
                 )
                 self.report(f"{c.address}: {verb}...")
-                env = {**after.get("env", {}), **secrets.get(c.name, {})}
-                answer = client.put_app(c.name, data, after.get("auth") or "private", env)
+                answer = client.put_app(
+                    c.name,
+                    data,
+                    after.get("auth") or "private",
+                    dict(after.get("env", {})),
+                    secrets.get(c.name, {}),
+                )
                 after["revision"] = answer.get("revision", after.get("revision"))
                 after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
                 results[c.address] = after
@@ -666,6 +673,21 @@ class Applier:
             return str((tls_dir(self.ctx.workdir, stack.name) / "ca.pem").resolve())
         files = stack.tls_files()
         return str(Path(files.ca).resolve()) if files and files.ca else None
+
+
+QUEUE_FILES = ("gateway.sqlite3", "gateway.sqlite3-wal", "gateway.sqlite3-shm")
+
+
+def remove_queue(ctx: StackContext) -> list[Path]:
+    """Delete the stopped gateway's queue database (requests, results, apps' env): what
+    `destroy` leaves behind only when asked to (`--keep-queue`)."""
+    removed = []
+    for name in QUEUE_FILES:
+        path = ctx.gateway_state_dir / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def should_stop(provider: Any, handle: Any) -> bool:

@@ -95,12 +95,23 @@ class GatewayClient:
         body = self._call("GET", "/-/apps", "list apps").json()
         return {a["name"]: a for a in body.get("apps", [])}
 
-    def put_app(self, name: str, bundle: bytes, auth: str, env: dict[str, str]) -> dict[str, Any]:
-        """Register (or update) an app revision; returns `{name, revision, fingerprint}`."""
+    def put_app(
+        self,
+        name: str,
+        bundle: bytes,
+        auth: str,
+        env: dict[str, str],
+        secrets: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register (or update) an app revision; returns `{name, revision, fingerprint}`.
+
+        `secrets` travel apart from `env`: the gateway stores them sealed.
+        """
         payload = {
             "bundle_b64": base64.b64encode(bundle).decode(),
             "auth": auth,
             "env": env,
+            "secrets": secrets or {},
         }
         return self._call(
             "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload

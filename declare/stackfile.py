@@ -288,7 +288,11 @@ class AppEntry(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
     secrets: list[str] = Field(
         default_factory=list,
-        description="Names of environment variables passed to runners; values never stored.",
+        description=(
+            "Names of variables read from the deployer's environment at apply and handed to "
+            "this app's runners only (on a pipe, sealed at rest); never stored in state, plans "
+            "or logs. Nothing else of the deployer's environment reaches a runner."
+        ),
     )
 
     @field_validator("app")
@@ -350,10 +354,19 @@ class AppEntry(BaseModel):
         }
 
 
+# Set by skyform itself on every runner, or the stack's own keys (which never reach one).
+RESERVED_ENV = ("SKYFORM_", "PYTHONUNBUFFERED", "VIRTUAL_ENV")
+
+
 def _check_env_names(names: Iterable[str]) -> None:
     for name in names:
         if not ENV_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"{name!r} is not an environment variable name")
+        if name.startswith(RESERVED_ENV):
+            raise ValueError(
+                f"{name} is reserved: skyform sets it on runners, and the stack's keys "
+                "(SKYFORM_*) never reach app code"
+            )
 
 
 class StackModel(BaseModel):

@@ -4,8 +4,12 @@
         [--tls-cert PEM --tls-key PEM] [--runner-cert PEM --runner-key PEM --runner-ca PEM]
         [--public-url URL] [--trusted-proxy IP/CIDR]...
 
-Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
-private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners),
+Keys: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of private
+apps), SKYFORM_BUNDLE_KEY (verifies bundles, seals stored secrets) and
+SKYFORM_RUNNER_TOKEN, read from a JSON object on `--credentials-fd N` (how the
+local provider starts it: nothing in /proc/<pid>/environ) or else from the
+environment. Each runner gets a token of its own, minted here. The process is
+non-dumpable and writes its files owner-only (umask 077).
 SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file).
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
@@ -49,6 +53,7 @@ from skyform.names import app_name_problem
 from skyform.providers.base import TLSMaterial
 from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
+from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
@@ -64,6 +69,7 @@ from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
+from skyform.runtime.sealing import Sealer
 from skyform.runtime.webhooks import WebhookPolicy, WebhookRefused, WebhookSender
 from skyform.suggest import did_you_mean
 
@@ -109,7 +115,6 @@ class Gateway:
         admin_token: str,
         api_key: str,
         bundle_key: str,
-        runner_token: str,
         webhook_key: bytes = b"",
         webhook_hosts: frozenset[str] | None = None,
         limits: GatewayLimits | None = None,
@@ -132,16 +137,15 @@ class Gateway:
         self.api_key = api_key
         self.bundle_key = bundle_key
         self.metrics = GatewayMetrics()
-        self.store = QueueStore(self.state_dir / "gateway.sqlite3")
-        runner_env = {"SKYFORM_BUNDLE_KEY": bundle_key, "SKYFORM_RUNNER_TOKEN": runner_token}
+        sealer = Sealer(bundle_key) if bundle_key else None
+        self.store = QueueStore(self.state_dir / "gateway.sqlite3", sealer=sealer)
         self.scheduler = Scheduler(
             store=self.store,
             provider=provider,
             metrics=self.metrics,
             stack=stack,
             state_dir=self.state_dir,
-            runner_env={k: v for k, v in runner_env.items() if v},
-            runner_token=runner_token,
+            bundle_key=bundle_key,
             limits=self.limits,
             runner_tls=runner_tls,
         )
@@ -757,13 +761,11 @@ class Gateway:
             raise HTTPError(400, "request body must be JSON") from None
         if not isinstance(payload, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        unknown = set(payload) - {"bundle_b64", "auth", "env"}
+        fields = ["bundle_b64", "auth", "env", "secrets"]
+        unknown = set(payload) - set(fields)
         if unknown:
             key = sorted(unknown)[0]
-            raise HTTPError(
-                400,
-                f"unknown field {key!r}{did_you_mean(key, ['bundle_b64', 'auth', 'env'])}",
-            )
+            raise HTTPError(400, f"unknown field {key!r}{did_you_mean(key, fields)}")
         bundle_b64 = payload.get("bundle_b64")
         if not isinstance(bundle_b64, str) or not bundle_b64:
             raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
@@ -778,12 +780,11 @@ class Gateway:
         auth = payload.get("auth") or meta.get("options", {}).get("auth") or "private"
         if auth not in ("private", "public"):
             raise HTTPError(400, f'auth must be "private" or "public", got {auth!r}')
-        env = payload.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise HTTPError(400, "env must be an object of string to string")
-        return self.scheduler.register(name, data, meta, auth, env)
+        env = _string_map(payload, "env")
+        secrets = _string_map(payload, "secrets")
+        if secrets and self.store.sealer is None:
+            raise HTTPError(400, "this gateway has no bundle key to seal secrets with")
+        return self.scheduler.register(name, data, meta, auth, env, secrets)
 
     def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
         """The app's runner log lines, merged by time, the last `tail` of them in all.
@@ -873,6 +874,15 @@ class Gateway:
 
 
 # --- ASGI helpers -------------------------------------------------------------
+
+
+def _string_map(payload: dict[str, Any], field: str) -> dict[str, str]:
+    value = payload.get(field) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise HTTPError(400, f"{field} must be an object of string to string")
+    return value
 
 
 def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, str]:
@@ -970,6 +980,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument(
+        CREDENTIALS_FLAG,
+        dest="credentials_fd",
+        type=int,
+        default=None,
+        help="read the keys (a JSON object) from this fd instead of the environment",
+    )
     parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
     parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
     parser.add_argument("--runner-cert", type=Path, help="PEM certificate handed to runners")
@@ -1042,6 +1059,10 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         except ValueError as exc:
             raise SkyformError(f"{provider_file} is not valid JSON: {exc}") from None
     provider = create_provider(config, stack=args.stack, runtime_dir=state_dir)
+    from skyform.providers.local import LocalProvider
+
+    if isinstance(provider, LocalProvider):
+        provider.remove_stale_homes()
     admin_token = environ.get("SKYFORM_ADMIN_TOKEN") or _stored_admin_token(state_dir)
     if not environ.get("SKYFORM_BUNDLE_KEY"):
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
@@ -1057,7 +1078,6 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         admin_token=admin_token,
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
-        runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
         limits=limits,
         public_url=args.public_url
         or _learned_public_url(state_dir)
@@ -1101,8 +1121,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # queue, bundles, logs: the owner's only
+    harden_process()
     try:
-        gateway = build_gateway(args, dict(os.environ))
+        environ = dict(os.environ)
+        if args.credentials_fd is not None:
+            keys = read_credentials(args.credentials_fd)
+            environ.update({str(k): str(v) for k, v in keys.items() if v})
+        gateway = build_gateway(args, environ)
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -47,7 +47,7 @@ from typing import Any
 
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
-from skyform.files import write_atomic
+from skyform.files import private_dir, write_atomic
 from skyform.logformat import LINE_RE
 from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
 from skyform.runtime.gateway_client import (
@@ -154,6 +154,8 @@ class Runner:
     served: int = 0
     # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
     hints: dict[str, None] = field(default_factory=dict)
+    # Minted for this runner alone: it opens this runner and no other.
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def url(self) -> str | None:
@@ -218,6 +220,7 @@ class AppState:
     last_error_type: str | None = None
     kick_handle: asyncio.TimerHandle | None = None
     limits: AppLimits = field(default_factory=AppLimits)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     queued_bytes: int = 0  # bodies of its accepted, unfinished queue requests
 
     def __post_init__(self) -> None:
@@ -271,10 +274,10 @@ class AppState:
         }
 
 
-def generation_of(revision: str, env: dict[str, str]) -> str:
-    """What decides whether runners must be replaced: the code revision and the env."""
-    raw = json.dumps({"revision": revision, "env": env}, sort_keys=True).encode()
-    return hashlib.sha256(raw).hexdigest()[:16]
+def generation_of(revision: str, env: dict[str, str], secrets: dict[str, str] | None = None) -> str:
+    """What decides whether runners must be replaced: the code revision, env and secrets."""
+    raw = json.dumps({"revision": revision, "env": env, "secrets": secrets or {}}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class Scheduler:
@@ -288,8 +291,7 @@ class Scheduler:
         metrics: GatewayMetrics,
         stack: str,
         state_dir: Path,
-        runner_env: dict[str, str],
-        runner_token: str,
+        bundle_key: str = "",
         limits: GatewayLimits | None = None,
         runner_tls: TLSMaterial | None = None,
     ) -> None:
@@ -299,8 +301,7 @@ class Scheduler:
         self.metrics = metrics
         self.stack = stack
         self.state_dir = Path(state_dir)
-        self.runner_env = runner_env
-        self.runner_token = runner_token
+        self.bundle_key = bundle_key  # handed to each runner, on its credentials pipe
         self.runner_tls = runner_tls
         self._runner_ssl = _runner_ssl_context(runner_tls)
         self.apps: dict[str, AppState] = {}
@@ -328,7 +329,10 @@ class Scheduler:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(PROVIDER_THREADS, thread_name_prefix="skyform-provider")
         )
-        for stored in self.store.load_apps():
+        stored_apps = self.store.load_apps()
+        for name, error in self.store.load_errors.items():
+            log.error("app %s: not loaded: %s", name, error)
+        for stored in stored_apps:
             try:
                 # Verified at registration; this is the gateway's own copy.
                 meta = unverified_meta(stored.bundle_path.read_bytes())
@@ -341,7 +345,8 @@ class Scheduler:
                 auth=stored.auth,
                 env=stored.env,
                 bundle_path=stored.bundle_path,
-                generation=generation_of(meta["revision"], stored.env),
+                generation=generation_of(meta["revision"], stored.env, stored.secrets),
+                secrets=stored.secrets,
             )
         poison_after = self.gateway_limits.poison_after_deaths
         for stored in self.store.open_requests():
@@ -404,22 +409,29 @@ class Scheduler:
     # --- apps ---------------------------------------------------------------
 
     def register(
-        self, name: str, data: bytes, meta: dict[str, Any], auth: str, env: dict[str, str]
+        self,
+        name: str,
+        data: bytes,
+        meta: dict[str, Any],
+        auth: str,
+        env: dict[str, str],
+        secrets: dict[str, str] | None = None,
     ) -> AppState:
         """Add or update an app. A new generation rolls; same generation updates in place."""
-        folder = self.state_dir / "bundles" / name
-        folder.mkdir(parents=True, exist_ok=True)
+        secrets = dict(secrets or {})
+        folder = private_dir(self.state_dir / "bundles" / name)
         path = folder / f"{meta['fingerprint']}.bundle"
         if not path.exists():
-            write_atomic(path, data)
-        generation = generation_of(meta["revision"], env)
+            write_atomic(path, data, mode=0o600)
+        generation = generation_of(meta["revision"], env, secrets)
         app = self.apps.get(name)
         fresh = app is None or app.generation != generation
         if app is None:
-            app = AppState(name, meta, auth, env, path, generation)
+            app = AppState(name, meta, auth, env, path, generation, secrets=secrets)
             self.apps[name] = app
         else:
             app.meta, app.auth, app.env, app.bundle_path = meta, auth, env, path
+            app.secrets = secrets
             app.limits = AppLimits.of(meta)
             if app.generation != generation or app.failures:
                 # A new generation starts afresh; so does registering a failing one
@@ -427,7 +439,9 @@ class Scheduler:
                 app.generation = generation
                 app.failures, app.next_start_at = 0, 0.0
                 app.last_error = app.last_error_type = None
-        self.store.save_app(StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path))
+        self.store.save_app(
+            StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path, secrets)
+        )
         if fresh:
             self._spawn(self._prepare(app, generation))
         self._pump(app)
@@ -901,10 +915,10 @@ class Scheduler:
         self._spawn(self._bring_up(app, runner))
         return runner
 
-    def _runner_spec(self, app: AppState, runner_id: str = "") -> RunnerSpec:
+    def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
         options = app.options
         machine = options.get("machine_type", "CPU")
-        env = {**app.env, **self.runner_env, "SKYFORM_APP_NAME": app.name}
+        env = {**app.env, "SKYFORM_APP_NAME": app.name}
         return RunnerSpec(
             stack=self.stack,
             app=app.name,
@@ -914,7 +928,10 @@ class Scheduler:
             requirements=list(app.meta.get("requirements", [])),
             python_version=str(app.meta.get("python", "")),
             env=env,
-            runner_id=runner_id,
+            runner_id=runner.id if runner else "",
+            secrets=dict(app.secrets),
+            bundle_key=self.bundle_key,
+            runner_token=runner.token if runner else "",
             tls=self.runner_tls,
         )
 
@@ -927,7 +944,7 @@ class Scheduler:
         return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
-        spec = self._runner_spec(app, runner.id)
+        spec = self._runner_spec(app, runner)
 
         def start() -> RunnerHandle | None:
             # In the start thread, so that a runner whose start outlives a shutdown
@@ -955,12 +972,7 @@ class Scheduler:
         except SkyformError as exc:
             self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
             return
-        runner.client = RunnerClient(
-            host,
-            port,
-            {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
-            **tls,
-        )
+        runner.client = RunnerClient(host, port, {"authorization": f"Bearer {runner.token}"}, **tls)
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
         while runner.state == "starting":

@@ -200,9 +200,14 @@ def destroy(
     file: Path = FILE_OPTION,
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Do not ask for `yes`."),
     lock_timeout: float = LOCK_TIMEOUT,
+    keep_queue: bool = typer.Option(
+        False,
+        "--keep-queue",
+        help="Keep the gateway's queue database (requests, results) instead of deleting it.",
+    ),
 ) -> None:
     """Stop the gateway and every runner of the stack, and empty its state."""
-    from skyform.apply import Applier, open_context, stop_orphans
+    from skyform.apply import Applier, open_context, remove_queue, stop_orphans
     from skyform.plan import PlanRequest
     from skyform.render import render_text
     from skyform.stackfile import load_stack
@@ -213,6 +218,8 @@ def destroy(
         built = _refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
         if not built.has_changes:
             stopped = stop_orphans(ctx)
+            if not keep_queue:
+                remove_queue(ctx)
             if doc.outputs:
                 ctx.backend.write(doc.evolve(outputs={}))
             note = f" (stopped {len(stopped)} stray gateway process)" if stopped else ""
@@ -224,6 +231,8 @@ def destroy(
         applier = Applier(ctx, built, doc, _report)
         applier.run()
         stop_orphans(ctx)
+        if not keep_queue:
+            remove_queue(ctx)
     console.print(
         f"\n[bold green]Destroy complete![/] Resources: {applier.done['destroy']} destroyed."
     )
