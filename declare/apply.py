@@ -43,6 +43,7 @@ from skyform.stackfile import Stack
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
+READY_POLL_S = 0.1  # how often apply asks the gateway whether min_runners are ready (a cheap GET)
 
 Report = Callable[[str], None]
 
@@ -590,7 +591,7 @@ class Applier:
                             f"see `skyform logs {name}`"
                         )
                     return failed
-                time.sleep(0.25)
+                time.sleep(READY_POLL_S)
                 if self._interrupts is not None:
                     self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
                 live = client.list_apps()

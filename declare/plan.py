@@ -519,7 +519,10 @@ def _check_local_gpus(
         and not c.is_noop
         and all(get_machine_type(m).needs_gpu for m in c.after["machine_type"])
     ]
-    if not gpu_apps or host_has_gpu():
+    if not gpu_apps:
+        return
+    if host_has_gpu():
+        _note_gpu_capacity(stack, changes, gpu_apps, notes)
         return
     allowed = mode == "run" or os.environ.get(ALLOW_CPU_FALLBACK, "") in {"1", "true", "yes"}
     name, types = gpu_apps[0]
@@ -531,6 +534,33 @@ def _check_local_gpus(
         )
     for name, types in gpu_apps:
         notes.append(f"app {name}: {types[0]} needs a GPU this host lacks; it runs on CPU here")
+
+
+def _note_gpu_capacity(
+    stack: Stack,
+    changes: dict[str, ResourceChange],
+    gpu_apps: list[tuple[str, list[str]]],
+    notes: list[str],
+) -> None:
+    """On a host with GPUs: how many runners of each GPU app it can hold, on which GPUs.
+
+    Each runner gets GPUs of its own (the local provider's placement), so
+    the host, not `max_runners`, may be what limits an app; and a GPU model
+    standing in for the one asked for is named.
+    """
+    from skyform.providers.gpus import capacity, inventory
+
+    gpus = inventory()
+    if not gpus:
+        return
+    for name, types in gpu_apps:
+        fits = capacity(types, gpus)
+        line = fits.describe(name)
+        after = changes[name].after or {}
+        wanted = int(after.get("max_runners", 1) or 1)
+        if 0 < fits.runners < wanted:
+            line += f"; max_runners is {wanted}, so at most {fits.runners} run at once here"
+        notes.append(line)
 
 
 def _python_version() -> str:

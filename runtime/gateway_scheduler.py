@@ -49,7 +49,13 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
 from skyform.logformat import LINE_RE
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
+from skyform.providers.base import (
+    CapacityUnavailable,
+    Provider,
+    RunnerHandle,
+    RunnerSpec,
+    TLSMaterial,
+)
 from skyform.runtime.gateway_client import (
     RunnerClient,
     RunnerConnectionError,
@@ -72,6 +78,8 @@ START_FAILURE_LIMIT = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTH_POLL_S = 0.05
+HEALTH_WAIT_S = 1.0
+CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
 RETIRED_KEPT = 20
@@ -218,6 +226,7 @@ class AppState:
     next_start_at: float = 0.0
     last_error: str | None = None
     last_error_type: str | None = None
+    waiting: str | None = None  # why a runner cannot start yet (no free GPU), if it cannot
     kick_handle: asyncio.TimerHandle | None = None
     limits: AppLimits = field(default_factory=AppLimits)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
@@ -271,6 +280,7 @@ class AppState:
             "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
             "last_error": self.last_error,
             "last_error_type": self.last_error_type,
+            "waiting": self.waiting,
         }
 
 
@@ -623,6 +633,7 @@ class Scheduler:
         target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
         missing = target - current
         if missing <= 0:
+            app.waiting = None  # no runner wanted that could be waiting
             return
         now = time.monotonic()
         if now < app.next_start_at:
@@ -959,6 +970,9 @@ class Scheduler:
 
         try:
             handle = await asyncio.to_thread(start)
+        except CapacityUnavailable as exc:
+            self._wait_for_capacity(app, runner, str(exc))
+            return
         except Exception as exc:
             message = f"runner {runner.id} could not start: {exc}"
             self._start_failed(app, runner, _start_error_type(exc), message)
@@ -966,6 +980,7 @@ class Scheduler:
         if handle is None:  # removed or shut down meanwhile
             return
         runner.state = "starting"
+        app.waiting = None
         host, port = _host_port(handle.url)
         try:
             tls = self._tls_for(handle.url)
@@ -983,7 +998,11 @@ class Scheduler:
                 )
                 return
             try:
-                status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
+                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
+                # is seen at once, with a request a second instead of twenty.
+                status, _h, _b = await runner.client.request(
+                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
+                )
                 if status == 200:
                     break
             except RunnerTLSError as exc:  # waiting longer will not make it trusted
@@ -1019,6 +1038,22 @@ class Scheduler:
                     old.state = "draining"
                     self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
+
+    def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
+        """No room for the runner yet (its GPUs are in use): not a failure; try again soon.
+
+        Queued requests stay queued (others may serve them meanwhile), and the
+        app says why it waits (`waiting` in `/-/apps`, `skyform status`).
+        """
+        if app.waiting != message:
+            log.info("app %s: %s", app.name, message)
+        app.waiting = message
+        self._retire(app, runner, "stopped")
+        with contextlib.suppress(ValueError):
+            app.retired.remove(runner)  # it never ran: not a runner anyone needs to see
+        if self.apps.get(app.name) is app:
+            app.next_start_at = time.monotonic() + CAPACITY_RETRY_S
+            self._pump(app)
 
     def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
         log.warning("app %s: %s", app.name, message)

@@ -12,11 +12,13 @@ per ASGI message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hmac
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -64,6 +66,7 @@ class RunnerState:
         self.revision = revision
         self.phase = Phase.STARTING
         self._on_fail = on_fail
+        self._settled = asyncio.Event()  # set once the runner leaves STARTING
         self._ready_body = json.dumps(
             {"status": "ready", "app": app_name, "revision": revision}
         ).encode()
@@ -71,16 +74,31 @@ class RunnerState:
     def mark_ready(self) -> None:
         if self.phase is Phase.STARTING:
             self.phase = Phase.READY
+        self._settled.set()
 
     def drain(self) -> None:
         if self.phase in (Phase.STARTING, Phase.READY):
             self.phase = Phase.DRAINING
+        self._settled.set()
 
     def fail(self, code: int, reason: str) -> None:
         if self.phase is Phase.EXITING:
             return
         self.phase = Phase.EXITING
+        self._settled.set()
         self._on_fail(code, reason)
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Return once the runner is past STARTING, or after `timeout` seconds.
+
+        Lets `GET /health?wait=S` answer the moment setup() ends: the gateway
+        learns of readiness at once without polling 20 times a second through
+        a long setup() (each poll costs the runner GIL time that the setup
+        thread, importing torch, would otherwise have).
+        """
+        if self.phase is Phase.STARTING and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout)
 
     def health(self) -> tuple[int, bytes]:
         if self.phase is Phase.READY:
@@ -152,6 +170,9 @@ class RunnerASGI:
             return
         path = scope["path"]
         if path == "/health":
+            wait = _health_wait(scope.get("query_string", b""))
+            if wait:
+                await self.state.wait_settled(wait)
             status, body = self.state.health()
             await send_response(send, status, body)
             return
@@ -294,3 +315,19 @@ def _valid_request_id(value: bytes) -> str | None:
 
 def _same(given: bytes | None, expected: bytes) -> bool:
     return given is not None and hmac.compare_digest(given, expected)
+
+
+# The longest `GET /health?wait=S` may hold a request open.
+MAX_HEALTH_WAIT_S = 10.0
+
+
+def _health_wait(query: bytes) -> float:
+    """Seconds from `wait=S` in a /health query (0 when absent or malformed, capped)."""
+    for part in query.split(b"&"):
+        if part.startswith(b"wait="):
+            try:
+                value = float(part[5:])
+            except ValueError:
+                return 0.0
+            return min(max(value, 0.0), MAX_HEALTH_WAIT_S) if math.isfinite(value) else 0.0
+    return 0.0

@@ -437,6 +437,7 @@ def status(
                 "queue_depth": app.get("queue_depth"),
                 "last_error": app.get("last_error"),
                 "last_error_type": app.get("last_error_type"),
+                "waiting": app.get("waiting"),
                 **(app_urls(base, name) if base else {}),
             }
         )
@@ -476,6 +477,8 @@ def status(
         )
     console.print(table)
     for a in apps:
+        if a["waiting"]:
+            console.print(f"[yellow]app.{a['name']}:[/] {escape(str(a['waiting']))}")
         if a["tainted"]:
             console.print(
                 f"[red]app.{a['name']}: tainted[/] (the next apply replaces it): "
