@@ -102,3 +102,10 @@ def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
         f"{local.url}/queue/hello/", json={"name": "q"}, verify=verify, trust_env=False
     ).json()
     assert submitted["status_url"].startswith(f"{placed.url}/queue/hello/requests/")
+
+
+def test_destroy_stops_everything_over_tls(root: Path) -> None:
+    done = sky(root, "destroy", "--auto-approve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Destroy complete!" in done.stdout
+    assert processes_under(root) == []
