@@ -77,6 +77,11 @@ def test_https_with_the_stack_ca_and_runners_behind_verified_tls(
     submitted = gw.submit("echo", "/", {"text": "q"})
     assert submitted["status_url"].startswith(f"https://127.0.0.1:{gw.port}/queue/echo/requests/")
     assert gw.wait_done(submitted)["response_status"] == 200
+    # The certificates pass strict X.509 checks too (the default of Python 3.13+ clients).
+    strict = client_context(pki["gateway"].ca)
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    page = httpx.get(f"{gw.url}/echo/playground", verify=strict, timeout=5, trust_env=False)
+    assert page.status_code == 200
     # Plain http to the same port gets no answer.
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{gw.port}/echo/playground", timeout=5, trust_env=False)
