@@ -8,7 +8,7 @@ Two adjustments to stock uvicorn:
 - SIGTERM/SIGINT stop the server and the process then exits 0 (uvicorn's own
   capture re-raises the signal after shutdown).
 
-With TLS, the certificate files are checked every few seconds and reloaded
+With TLS, the certificate files are checked every second and reloaded
 into the live context when they change: `apply` renews a certificate before
 it expires, and new connections get the new one without a restart.
 """
@@ -29,8 +29,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("skyform.gateway")
 
-# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
-_CERT_CHECK_TICKS = 50
+# uvicorn ticks every 0.1 s; the certificate files are looked at (two stats) every second.
+_CERT_CHECK_TICKS = 10
 
 
 class _CoalescingTransport:
