@@ -109,3 +109,35 @@ def test_destroy_stops_everything_over_tls(root: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Destroy complete!" in done.stdout
     assert processes_under(root) == []
+
+
+def test_a_user_certificate_through_apply(tmp_path: Path) -> None:
+    from skyform.tls import ensure_leaf
+
+    root = write_project(tmp_path / "proj", apps={})
+    # The user's own CA and certificate, kept beside the stack file.
+    mine = ensure_leaf(root / "certs", "corp", "gateway", [])
+    rel = {k: str(getattr(mine, k).relative_to(root)) for k in ("cert", "key", "ca")}
+    text = (
+        (root / "skyform.yaml")
+        .read_text()
+        .replace(
+            "gateway: {port:",
+            f"gateway: {{tls: {{cert: {rel['cert']}, key: {rel['key']}, ca: {rel['ca']}}}, port:",
+        )
+    )
+    (root / "skyform.yaml").write_text(text)
+    try:
+        done = sky(root, "apply", "--auto-approve")
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = json.loads(sky(root, "output", "--json").stdout)
+        assert out["gateway_url"].startswith("https://127.0.0.1:")
+        assert out["ca_file"] == str(mine.ca)
+        assert not (root / ".skyform" / "tls").exists()  # no stack CA was needed
+        health = httpx.get(
+            f"{out['gateway_url']}/-/health", verify=client_context(out["ca_file"]), trust_env=False
+        )
+        assert health.status_code == 401  # up, verified, and the admin API still wants its token
+        assert sky(root, "plan", "--detailed-exitcode").returncode == 0  # the CLI verifies too
+    finally:
+        cleanup(root)
