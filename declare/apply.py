@@ -59,6 +59,16 @@ class StackContext:
     def gateway_state_dir(self) -> Path:
         return self.runtime_dir / "gateway"
 
+    def gateway_ca_file(self) -> str | None:
+        """This machine's CA file for the stack's gateway (None: the system's CAs)."""
+        mode = self.stack.tls_mode
+        if mode == "auto":
+            from skyform.tls import tls_dir
+
+            return str(tls_dir(self.workdir, self.stack.name) / "ca.pem")
+        files = self.stack.tls_files()
+        return (files.ca or files.cert) if files is not None else None
+
     def gateway_env(self) -> dict[str, str]:
         return {
             "SKYFORM_ADMIN_TOKEN": self.keys["admin_token"],
@@ -153,7 +163,8 @@ def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) 
     update = address_update(ctx.stack, handle, before, now)
     if update is None:
         return
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=60.0) as client:
+    token = ctx.keys["admin_token"]
+    with GatewayClient.for_handle(handle, token, 60.0, ctx.gateway_ca_file()) as client:
         client.put_tls(
             now.decode(),
             gw_tls.key.read_text(),
@@ -387,7 +398,9 @@ class Applier:
         handle = self._handle()
         if handle is None:
             raise SkyformError("the gateway is not running; run apply without a saved plan")
-        return GatewayClient.for_handle(handle, self.ctx.keys["admin_token"], timeout=120.0)
+        return GatewayClient.for_handle(
+            handle, self.ctx.keys["admin_token"], 120.0, self.ctx.gateway_ca_file()
+        )
 
     def _stop_gateway(self, change: ResourceChange) -> None:
         self.report("gateway: stopping...")

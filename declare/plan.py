@@ -235,7 +235,12 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     }
 
 
-def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:
+def refresh(
+    state_resources: dict[str, dict[str, Any]],
+    provider: Any,
+    admin_token: str,
+    ca_file: str | None = None,
+) -> Live:
     """Ask the provider whether the recorded gateway runs, and the gateway which apps it has."""
     from skyform.gatewayclient import GatewayClient, GatewayError
     from skyform.providers.base import GatewayHandle
@@ -256,7 +261,7 @@ def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_tok
             else "the gateway is not running: stopped outside skyform, or crashed"
         )
         return Live(False, gh.url, None, [{"address": GATEWAY, "reason": reason}])
-    with GatewayClient.for_handle(gh, admin_token) as client:
+    with GatewayClient.for_handle(gh, admin_token, ca_file=ca_file) as client:
         try:
             apps = client.list_apps()
         except GatewayError as exc:

@@ -104,6 +104,24 @@ def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
     assert submitted["status_url"].startswith(f"{placed.url}/queue/hello/requests/")
 
 
+def test_another_machine_verifies_with_its_own_copy_of_the_ca(root: Path) -> None:
+    """The recorded CA path is the applying machine's; elsewhere the stack's own copy counts."""
+    from dataclasses import replace
+
+    from skyform.gatewayclient import GatewayClient
+    from skyform.providers.base import GatewayHandle
+
+    record = state_of(root)["resources"]["gateway"]
+    handle = GatewayHandle(**record["handle"])
+    moved = replace(handle, info={**handle.info, "ca_file": "/elsewhere/ca.pem"})
+    token = json.loads((root / ".skyform" / "demo.keys.json").read_text())["admin_token"]
+    mine = str(root / ".skyform" / "tls" / "demo" / "ca.pem")
+    with GatewayClient.for_handle(moved, token, ca_file=mine) as client:
+        assert client.healthy()
+    with GatewayClient.for_handle(moved, token) as client:  # no CA at all: not trusted
+        assert not client.healthy()
+
+
 def test_destroy_stops_everything_over_tls(root: Path) -> None:
     done = sky(root, "destroy", "--auto-approve")
     assert done.returncode == 0, done.stdout + done.stderr
