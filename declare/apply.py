@@ -100,7 +100,7 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     from urllib.parse import urlsplit
 
     from skyform.providers.base import TLSMaterial
-    from skyform.tls import ensure_leaf, gateway_server_name
+    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
 
     stack = ctx.stack
     gw = stack.model.gateway
@@ -122,8 +122,6 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
         )
     if runner_tls_wanted(stack):
         leaf = ensure_leaf(ctx.workdir, stack.name, "runner", [])
-        from skyform.tls import runner_server_name
-
         out["runner_tls"] = TLSMaterial(
             leaf.cert, leaf.key, leaf.ca, runner_server_name(stack.name)
         )
@@ -419,9 +417,8 @@ class Applier:
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
         attrs = {k: spec.get(k) for k in GATEWAY_ATTRS}
-        known = tuple(
-            str(r["url"]) for r in (self.doc.resources.get(GATEWAY) or {},) if r.get("url")
-        )
+        prior = self.doc.resources.get(GATEWAY) or {}
+        known = (str(prior["url"]),) if prior.get("url") else ()  # e.g. a SkyPilot head IP
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
@@ -575,17 +572,15 @@ class Applier:
         names = [a[len(APP_PREFIX) :] for a in self.doc.resources if a.startswith(APP_PREFIX)]
         if record.get("tls", "off") == "off":
             return stack_outputs(base, names)
-        return stack_outputs(base, names, ca_file=self._ca_file())
+        return stack_outputs(base, names, tls=True, ca_file=self._ca_file())
 
     def _ca_file(self) -> str | None:
         """The CA a client trusts the gateway through: the stack CA, or the user's `ca`."""
-        stack = self.ctx.stack
-        if stack.tls_mode == "auto":
-            from skyform.tls import tls_dir
-
-            return str((tls_dir(self.ctx.workdir, stack.name) / "ca.pem").resolve())
-        files = stack.tls_files()
-        return str(Path(files.ca).resolve()) if files and files.ca else None
+        files = self.ctx.stack.tls_files()
+        if files is not None and not files.ca:
+            return None  # a user's certificate alone: a public CA vouches for it
+        found = self.ctx.gateway_ca_file()
+        return str(Path(found).resolve()) if found else None
 
 
 def should_stop(provider: Any, handle: Any) -> bool:

@@ -211,11 +211,11 @@ def app_urls(base: str, name: str) -> dict[str, str]:
 
 
 def stack_outputs(
-    base: str, apps: Iterable[str], ca_file: str | bool | None = False
+    base: str, apps: Iterable[str], tls: bool = False, ca_file: str | None = None
 ) -> dict[str, Any]:
     """DESIGN §4's output shape; with TLS also `ca_file` (None: the system's CAs vouch)."""
     out: dict[str, Any] = {"gateway_url": base}
-    if ca_file is not False:
+    if tls:
         out["ca_file"] = ca_file
     out["apps"] = {n: app_urls(base, n) for n in sorted(apps)}
     return out
