@@ -9,13 +9,16 @@ state is written once per batch, not once per app.
 
 Order: a gateway being replaced or removed goes first (its runners die with
 it), then the gateway is (re)started, then removed apps are unregistered, then
-new and changed apps are registered, then apply waits for each app's
-`min_runners` to be ready, and finally the outputs are written.
+new and changed apps are registered, then apply waits until every app is
+live (its `min_runners` ready on the new revision, no old runner taking
+requests), records the apps that could not become live as tainted, and finally
+the outputs are written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -76,6 +79,14 @@ class StackContext:
             "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
             "SKYFORM_API_KEY": self.keys["api_key"],
         }
+
+
+def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The stack file's gateway limits, as the gateway process reads them."""
+    limits = spec.get("limits")
+    if not limits:
+        return {}
+    return {"SKYFORM_GATEWAY_LIMITS": json.dumps(limits, sort_keys=True)}
 
 
 def runner_tls_wanted(stack: Stack) -> bool:
@@ -284,6 +295,7 @@ class Applier:
         self.wait_ready = wait_ready
         self.progress = progress
         self.done: dict[str, int] = {"add": 0, "change": 0, "destroy": 0}
+        self._interrupts: _Interrupts | None = None
 
     # -- state bookkeeping ---------------------------------------------------------
 
@@ -307,6 +319,7 @@ class Applier:
         # A missing secret fails the apply before anything is stopped, started or written.
         secrets = secret_values(self.plan)
         with _Interrupts(self.report) as interrupts:
+            self._interrupts = interrupts
             gw = self.plan.change(GATEWAY)
             if gw is not None and "delete" in gw.actions:
                 self._stop_gateway(gw)
@@ -328,11 +341,15 @@ class Applier:
                 self.done["destroy"] += len(deletes)
             broken = self._build_environments(registers)
             interrupts.check()
+            before = self._runner_ids() if registers else set()
             for batch in _batches(registers):
                 self._register_apps(batch, secrets)
                 interrupts.check()
             if self.plan.mode != "destroy" and self.wait_ready:
-                self._wait_ready(skip=frozenset(broken))
+                names = [c.name for c in registers]
+                broken.update(self._wait_live(names, before, skip=frozenset(broken)))
+            if self.plan.mode != "destroy":
+                self._taint(broken)
             self._write({}, outputs=self._outputs())
         if broken:
             raise SkyformError(
@@ -416,7 +433,7 @@ class Applier:
 
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
-        attrs = {k: spec.get(k) for k in GATEWAY_ATTRS}
+        attrs = {k: spec.get(k) for k in GATEWAY_ATTRS if k != "limits" or k in spec}
         prior = self.doc.resources.get(GATEWAY) or {}
         known = (str(prior["url"]),) if prior.get("url") else ()  # e.g. a SkyPilot head IP
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
@@ -429,7 +446,7 @@ class Applier:
                 stack=self.ctx.stack.name,
                 port=int(spec["port"]),
                 state_dir=self.ctx.gateway_state_dir,
-                env=self.ctx.gateway_env(),
+                env={**self.ctx.gateway_env(), **_limits_env(spec)},
                 public_url=str(spec.get("public_url") or ""),
                 trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
                 **tls,
@@ -507,58 +524,123 @@ class Applier:
                     self.done["change"] += 1
         self._write(results)
 
-    def _wait_ready(self, skip: frozenset[str] = frozenset()) -> None:
-        """Wait until every app has `min_runners` ready runners of its current revision."""
-        wanted = {
-            name[len(APP_PREFIX) :]: rec
-            for name, rec in self.doc.resources.items()
-            if name.startswith(APP_PREFIX)
-            and int(rec.get("min_runners") or 0) > 0
-            and name[len(APP_PREFIX) :] not in skip
-        }
-        if not wanted:
-            return
-        deadline = (
-            time.monotonic()
-            + max(float(r.get("startup_timeout") or 600) for r in wanted.values())
-            + READY_MARGIN
-        )
+    def _runner_ids(self) -> set[str]:
+        """Ids of every runner the gateway knows now (failed and stopped ones included)."""
+        if self._handle() is None:
+            return set()
         with self._client() as client:
+            return {
+                str(r.get("id"))
+                for app in client.list_apps().values()
+                for r in app.get("runners", [])
+            }
+
+    def _wait_live(
+        self, registered: list[str], seen: set[str], skip: frozenset[str] = frozenset()
+    ) -> dict[str, str]:
+        """Wait until every app serves only its current revision; returns the apps that cannot.
+
+        "Apply means live" (DESIGN §7): an app is live when it has `min_runners`
+        ready runners of its current generation and no runner of an older one
+        takes requests any more (the gateway drains old runners once a new one
+        is ready). Apps with no runner to replace and `min_runners: 0` are live
+        at once. `seen`: the runners that existed before this apply registered
+        anything, so a failure is blamed on a runner that just failed, never an
+        older one.
+        """
+        watched = {
+            name: rec
+            for name, rec in self._app_records().items()
+            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+        }
+        if not watched:
+            return {}
+        with self._client() as client:
+            live = client.list_apps()
+            deadline = (
+                time.monotonic()
+                + max(float(r.get("startup_timeout") or 600) for r in watched.values())
+                + READY_MARGIN
+            )
+            failed: dict[str, str] = {}
             while True:
-                live = client.list_apps()
-                pending = {}
-                for name, rec in wanted.items():
-                    app = live.get(name) or {}
-                    current = [
-                        r
-                        for r in app.get("runners", [])
-                        if r.get("revision") == rec.get("revision")
-                    ]
-                    ready = [r for r in current if r.get("state") == "ready"]
-                    if self.progress is not None:
-                        states = Counter(
-                            str(r.get("state")) for r in current if r.get("state") != "ready"
-                        )
-                        self.progress(name, len(ready), int(rec["min_runners"]), dict(states))
-                    if len(ready) < int(rec["min_runners"]):
-                        pending[name] = app
-                        failed = [r for r in current if r.get("state") == "failed"]
-                        if len(failed) >= FAILED_RUNNERS_LIMIT and not ready:
-                            error = failed[-1].get("error") or app.get("last_error") or "no error"
-                            raise SkyformError(
-                                f"app {name}: its runners fail to start: {error} "
-                                f"(see `skyform logs {name}`)"
-                            )
-                if not pending:
-                    return
+                for name, rec in list(watched.items()):
+                    verdict = self._liveness(name, rec, live.get(name), seen)
+                    if verdict is None:
+                        del watched[name]
+                    elif verdict:
+                        failed[name] = verdict
+                        del watched[name]
+                if not watched:
+                    return failed
                 if time.monotonic() > deadline:
-                    name, app = min(pending.items())
-                    error = app.get("last_error") or _runner_error(app) or "no error reported"
-                    raise SkyformError(
-                        f"app {name}: min_runners not ready in time ({error}); "
-                        f"see `skyform logs {name}`"
-                    )
+                    for name in watched:
+                        app = live.get(name) or {}
+                        error = app.get("last_error") or "no error reported"
+                        failed[name] = (
+                            f"its new revision was not live in time ({error}); "
+                            f"see `skyform logs {name}`"
+                        )
+                    return failed
                 time.sleep(0.25)
+                if self._interrupts is not None:
+                    self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
+                live = client.list_apps()
+
+    def _liveness(
+        self, name: str, rec: dict[str, Any], app: dict[str, Any] | None, seen: set[str]
+    ) -> str | None:
+        """None: `name` is live. "": not yet. Otherwise why it cannot become live."""
+        if app is None:
+            return "it is not registered at the gateway any more"
+        generation = app.get("generation")
+        runners = app.get("runners", [])
+        current = [r for r in runners if r.get("generation", generation) == generation]
+        old = [
+            r
+            for r in runners
+            if r.get("generation", generation) != generation
+            and r.get("state") in ("building", "starting", "ready")
+        ]
+        ready = [r for r in current if r.get("state") == "ready"]
+        wanted = int(rec.get("min_runners") or 0)
+        if self.progress is not None and (wanted or old):
+            states = Counter(str(r.get("state")) for r in current if r.get("state") != "ready")
+            states = Counter({s: n for s, n in states.items() if s not in ("failed", "stopped")})
+            if old:
+                states["of the old revision still serving"] = len(old)
+            self.progress(name, len(ready), max(wanted, 1 if old else 0), dict(states))
+        if len(ready) >= wanted and not old:
+            return None
+        if app.get("last_error_type") == "environment_build_failed":
+            return f"its environment cannot be built: {app.get('last_error')}"
+        fresh_failures = sorted(
+            (r for r in current if r.get("state") == "failed" and str(r.get("id")) not in seen),
+            key=lambda r: float(r.get("started") or 0),
+        )
+        if len(fresh_failures) >= FAILED_RUNNERS_LIMIT and not ready:
+            newest = fresh_failures[-1]
+            error = newest.get("error") or f"runner {newest.get('id')} failed to start"
+            serving = "; the old revision keeps serving" if old else ""
+            return f"its runners fail to start: {error}{serving} (see `skyform logs {name}`)"
+        return ""
+
+    def _app_records(self) -> dict[str, dict[str, Any]]:
+        return {
+            a[len(APP_PREFIX) :]: rec
+            for a, rec in self.doc.resources.items()
+            if a.startswith(APP_PREFIX)
+        }
+
+    def _taint(self, failed: dict[str, str]) -> None:
+        """Record each app that did not become live as tainted: the next plan replaces it."""
+        updates: dict[str, dict[str, Any] | None] = {}
+        for name, reason in failed.items():
+            record = self.doc.resources.get(app_address(name))
+            if record is not None:
+                updates[app_address(name)] = {**record, "tainted": {"reason": reason}}
+        if updates:
+            self._write(updates)
 
     def _outputs(self) -> dict[str, Any]:
         if self.plan.mode == "destroy" or GATEWAY not in self.doc.resources:

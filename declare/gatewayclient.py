@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -114,11 +115,13 @@ class GatewayClient:
             "auth": auth,
             "env": env,
         }
-        return self._call("PUT", f"/-/apps/{name}", f"register app {name}", json=payload).json()
+        return self._call(
+            "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload
+        ).json()
 
     def delete_app(self, name: str) -> None:
         """Remove an app; an app the gateway does not know is already gone."""
-        self._call("DELETE", f"/-/apps/{name}", f"remove app {name}", ok_missing=True)
+        self._call("DELETE", f"/-/apps/{_segment(name)}", f"remove app {name!r}", ok_missing=True)
 
     def put_tls(self, cert_pem: str, key_pem: str, public_url: str | None = None) -> dict[str, Any]:
         """Hand the gateway a renewed certificate (and its public URL, once known)."""
@@ -127,9 +130,13 @@ class GatewayClient:
             payload["public_url"] = public_url
         return self._call("PUT", "/-/tls", "replace its certificate", json=payload).json()
 
-    def logs(self, name: str, tail: int = 200) -> str:
+    def logs(self, name: str, tail: int = 200, every: bool = False) -> str:
+        """The last `tail` log lines of the app's current runners (`every`: old revisions too)."""
+        params: dict[str, Any] = {"tail": tail}
+        if every:
+            params["all"] = 1
         return self._call(
-            "GET", f"/-/apps/{name}/logs", f"logs of {name}", params={"tail": tail}
+            "GET", f"/-/apps/{_segment(name)}/logs", f"logs of {name!r}", params=params
         ).text
 
     def _call(
@@ -137,7 +144,8 @@ class GatewayClient:
     ) -> httpx.Response:
         try:
             response = self._client.request(method, path, extensions=self._extensions, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL is not an HTTPError: without it here, a bad URL is a traceback.
             raise GatewayError(
                 f"gateway {self.url} did not answer ({what}): {type(exc).__name__}: {exc}"
             ) from None
@@ -150,6 +158,11 @@ class GatewayClient:
                 response.status_code,
             )
         return response
+
+
+def _segment(name: str) -> str:
+    """`name` as one URL path segment: any name the gateway lists can be addressed."""
+    return quote(name, safe="")
 
 
 def _detail(response: httpx.Response) -> str:

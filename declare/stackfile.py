@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -34,6 +36,7 @@ from pydantic import (
 from skyform.app import OPTION_NAMES
 from skyform.errors import SkyformError
 from skyform.machines import machine_type_names
+from skyform.names import app_name_problem
 from skyform.suggest import did_you_mean
 
 DEFAULT_FILE = "skyform.yaml"
@@ -47,6 +50,74 @@ Path_ = tuple[str | int, ...]
 
 class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
+
+
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+_SIZE_LIMITS = {
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_inflight_body_bytes",
+    "max_queued_bytes_per_app",
+}
+
+
+class GatewayLimitsConfig(BaseModel):
+    """What the gateway may be made to hold; each unset key keeps its default.
+
+    The keys are those of the gateway's `GatewayLimits` (skyform.runtime.limits),
+    which holds the defaults; `apply` passes the keys set here to the gateway.
+    Sizes take a number of bytes or a unit ("64MiB", "1GB").
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_header_bytes: ByteSize | None = Field(
+        None, gt=0, description="Request line + headers of one request (431 past it)."
+    )
+    header_timeout: float | None = Field(
+        None, gt=0, description="Seconds to send a whole request head (slow ones are closed)."
+    )
+    max_body_bytes: ByteSize | None = Field(
+        None, gt=0, description="One request's body (413 past it)."
+    )
+    max_inflight_body_bytes: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes in memory across concurrent requests (503 + Retry-After past it).",
+    )
+    max_queued_bytes_per_app: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes of one app's unfinished queue requests (429 + Retry-After).",
+    )
+    result_ttl: float | None = Field(
+        None, gt=0, description="Seconds a result (and its idempotency key) is kept."
+    )
+    poison_after_deaths: int | None = Field(
+        None, ge=1, description="Gateway deaths a request may be in flight at before it fails."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if info.field_name in _SIZE_LIMITS and value is not None:
+            try:
+                return int(_BYTE_SIZE.validate_python(value))
+            except ValidationError:
+                raise ValueError(
+                    f"must be a size: a number of bytes, or a number with a unit "
+                    f"(64KiB, 60MB, 1GiB); got {value!r}"
+                ) from None
+        return value
+
+    def overrides(self) -> dict[str, int | float]:
+        """The limits set here, as plain numbers (what the gateway reads)."""
+        return {
+            k: (int(v) if isinstance(v, int) else float(v))
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
 
 
 TLS_MODES = ("auto", "off")
@@ -64,19 +135,25 @@ class TLSFiles(BaseModel):
 
 
 class GatewayConfig(BaseModel):
-    """Where the stack's gateway listens, how it is reached, and whether over TLS."""
+    """Where the stack's gateway listens, how it is reached, over TLS or not, within which limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the gateway binds to."
+    )
+    limits: GatewayLimitsConfig = Field(
+        default=GatewayLimitsConfig.model_validate({}),
+        description="Resource bounds of the gateway.",
+    )
     tls: Literal["auto", "off"] | TLSFiles | None = Field(
-        None,
+        default=None,
         description="auto (a per-stack CA; the default on skypilot) | off (the default on "
         "local) | {cert: PATH, key: PATH, ca: PATH}",
     )
     public_url: str | None = Field(
-        None,
+        default=None,
         description="The URL callers reach the gateway at; returned URLs start with it "
         "(default: scheme, host and port of the gateway).",
     )
@@ -241,7 +318,7 @@ class AppEntry(BaseModel):
 
 def _check_env_names(names: Iterable[str]) -> None:
     for name in names:
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"{name!r} is not an environment variable name")
 
 
@@ -293,13 +370,9 @@ class StackModel(BaseModel):
     @classmethod
     def _check_app_names(cls, value: dict[str, AppEntry]) -> dict[str, AppEntry]:
         for name in value:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    f'app name "{name}" must be lowercase letters, digits and "-" '
-                    "(it becomes a URL path)"
-                )
-            if name in {"queue", "-"}:
-                raise ValueError(f'app name "{name}" is reserved by the gateway')
+            problem = app_name_problem(name)
+            if problem:
+                raise ValueError(problem)
         return value
 
 
@@ -458,7 +531,7 @@ def _expand(value: str, where: Path_, line: int, shown: str, env: Any) -> str:
         if match.group(0) == "$${":
             return "${"
         name = match.group(1)
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise StackFileError(
                 f"{shown}:{line}: {_dotted(where)}: ${{{name}}} is not a variable name"
             )
@@ -518,6 +591,8 @@ def _known_keys(parent: Path_) -> list[str]:
         return list(StackModel.model_fields)
     if parent == ("gateway",):
         return list(GatewayConfig.model_fields)
+    if parent == ("gateway", "limits"):
+        return list(GatewayLimitsConfig.model_fields)
     if parent == ("gateway", "tls"):
         return list(TLS_FILE_KEYS)
     if len(parent) == 2 and parent[0] == "apps":

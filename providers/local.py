@@ -91,9 +91,11 @@ def _env_user(spec: RunnerSpec) -> EnvUser | None:
 def _log_line(path: Path) -> Callable[[str], None]:
     """Append progress lines (environment builds) to a runner's log."""
 
+    from skyform.logformat import log_line
+
     def write(line: str) -> None:
         with open(path, "a", encoding="utf-8") as log:
-            log.write(f"[skyform] {line.rstrip()}\n")
+            log.write(log_line("skyform.env", "INFO", line.rstrip()) + "\n")
 
     return write
 

@@ -229,8 +229,9 @@ class SDKClient:
     def endpoint(self, cluster_name: str, port: int) -> str:
         import sky
 
-        found = sky.get(sky.endpoints(cluster_name, port))
-        url = str(found.get(port) or found.get(str(port)) or "")
+        # Keyed by port number; some SkyPilot versions key it by the port as a string.
+        endpoints: dict[Any, str] = sky.get(sky.endpoints(cluster_name, port))
+        url = str(endpoints.get(port) or endpoints.get(str(port)) or "")
         if not url:
             raise SkyformError(f"SkyPilot has no endpoint for port {port} of {cluster_name}")
         return url if "://" in url else f"http://{url}"

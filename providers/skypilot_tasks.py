@@ -20,10 +20,7 @@ import hashlib
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -161,51 +158,12 @@ def skyform_package(wheel_dir: Path, extras: tuple[str, ...] = ()) -> SkyformPac
         root = source_root()
         if root is None:
             return SkyformPackage(__version__, f"skyform{extra}=={__version__}")
+        from skyform.providers.wheel import build_wheel
+
         wheel = build_wheel(root, wheel_dir)
     digest = wheel_digest(wheel)
     remote = f"{REMOTE_HOME_SH}/wheels/{wheel.name}"
     return SkyformPackage(__version__, f"skyform{extra} @ file://{remote}", wheel, digest)
-
-
-_BUILT: dict[Path, Path] = {}
-
-
-def build_wheel(root: Path, out_dir: Path) -> Path:
-    """Build skyform's wheel from a checkout (once per process), offline.
-
-    Builds from a clean copy of the package folders so stale `build/` leftovers in
-    the checkout never end up in the wheel, and the checkout is not written to.
-    """
-    if root in _BUILT and _BUILT[root].exists():
-        return _BUILT[root]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="skyform-wheel-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md", "declare", "state", "providers", "runtime"):
-            path = root / name
-            if path.is_dir():
-                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-            elif path.is_file():
-                shutil.copy2(path, src / name)
-        build = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
-                str(out_dir.resolve()),
-            ],
-            cwd=src,
-            capture_output=True,
-            text=True,
-        )
-    if build.returncode != 0:
-        tail = (build.stderr or build.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SkyformError(f"cannot build the skyform wheel to ship: {tail[0]}")
-    wheel = out_dir / build.stdout.strip().splitlines()[-1]
-    _BUILT[root] = wheel
-    return wheel
 
 
 def wheel_digest(wheel: Path) -> str:

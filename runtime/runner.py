@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -44,7 +45,7 @@ from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
-from skyform.runtime.runner_context import configure_logging, flush_logs
+from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
 from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
 from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except SkyformError as exc:
         print(f"skyform runner: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_START)
+    stamp_output()  # the App's own prints get a time and request id from here on
     _run(Runner(config, sock).serve_then_exit())
     raise AssertionError("unreachable: the runner leaves through os._exit")
 
@@ -186,7 +188,8 @@ class Runner:
                 server_header=False,
                 proxy_headers=False,
                 ws="none",
-                timeout_graceful_shutdown=config.grace,
+                # uvicorn takes whole seconds: round up, never cutting the drain short.
+                timeout_graceful_shutdown=math.ceil(config.grace),
                 ssl_certfile=str(config.tls[0]) if config.tls else None,
                 ssl_keyfile=str(config.tls[1]) if config.tls else None,
             )

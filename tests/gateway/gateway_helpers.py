@@ -68,11 +68,13 @@ class GatewayProc:
         tag: str,
         count_dir: Path,
         port: int | None = None,
+        env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         ca_file: Path | None = None,
     ) -> None:
         """`args`: more gateway arguments; with `--tls-cert`, `http` verifies against `ca_file`."""
         self.state_dir = state_dir
+        self.env = env or {}
         self.tag = tag
         self.count_dir = count_dir
         self.port = port or free_port()
@@ -93,6 +95,7 @@ class GatewayProc:
             SKYFORM_BUNDLE_KEY=BUNDLE_KEY,
             GW_COUNT_DIR=str(self.count_dir),
             **{TAG_VAR: self.tag},
+            **self.env,
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / "test-gateway.log", "ab")  # noqa: SIM115

@@ -4,7 +4,6 @@ lookups, and a fake cloud behind the provider's SkyPilot client calls."""
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,15 @@ SKY_ENV = {
 }
 
 
+# The catalog subsets live in the repository (see their README): a fresh clone
+# plans offline with nothing beside it.
+CATALOGS = REPO / "tests" / "data" / "skypilot-catalogs"
+
+
 def catalogs_dir() -> Path:
-    default = REPO.parent / "shared" / "skypilot-catalogs"
-    path = Path(os.environ.get("SKYFORM_TEST_SKYPILOT_CATALOGS", default))
-    if not (path / "v8" / "lambda" / "vms.csv").is_file():
-        raise RuntimeError(
-            f"SkyPilot catalog subsets not found at {path}; set SKYFORM_TEST_SKYPILOT_CATALOGS"
-        )
-    return path
+    if not (CATALOGS / "v8" / "lambda" / "vms.csv").is_file():
+        raise RuntimeError(f"SkyPilot catalog subsets missing from the checkout: {CATALOGS}")
+    return CATALOGS
 
 
 def make_sky_home(home: Path) -> Path:
