@@ -7,15 +7,17 @@ runners serve TLS too (`runner_tls: true`), outputs carry https URLs and
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import cleanup, processes_under, sky, state_of, write_project
+from cli_helpers import cleanup, processes_under, sky, state_of, wait_until, write_project
 
 from skyform.tls import client_context
 
@@ -120,6 +122,30 @@ def test_another_machine_verifies_with_its_own_copy_of_the_ca(root: Path) -> Non
         assert client.healthy()
     with GatewayClient.for_handle(moved, token) as client:  # no CA at all: not trusted
         assert not client.healthy()
+
+
+def _served_expiry(port: int) -> dt.datetime:
+    from cryptography import x509
+
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+
+
+def test_apply_renews_a_certificate_close_to_expiry(root: Path) -> None:
+    from skyform.tls import LEAF_LIFETIME, RENEW_BEFORE, ensure_leaf
+
+    port = state_of(root)["resources"]["gateway"]["port"]
+    now = dt.datetime.now(dt.UTC)
+    # A certificate issued long ago: fewer days left than the renewal window.
+    ensure_leaf(
+        root, "demo", "gateway", ["old.example.test"], now=now - LEAF_LIFETIME + RENEW_BEFORE / 3
+    )
+    assert wait_until(lambda: _served_expiry(port) - now < RENEW_BEFORE, timeout=30)
+    done = sky(root, "apply", "--auto-approve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No changes." in done.stdout
+    # Renewed by apply; the running gateway picked the new files up by itself.
+    assert wait_until(lambda: _served_expiry(port) - now > LEAF_LIFETIME - RENEW_BEFORE, timeout=30)
 
 
 def test_destroy_stops_everything_over_tls(root: Path) -> None:
