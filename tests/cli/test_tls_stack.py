@@ -12,6 +12,8 @@ import json
 import os
 import ssl
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,17 @@ def test_callers_verify_with_the_ca_file_and_runners_are_on_tls(root: Path) -> N
     assert answer.status_code == 200 and answer.json()["message"] == "Hello, tls!"
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.post(out["apps"]["hello"]["url"], json={}, trust_env=False)
+    # What fal-client relies on: an httpx client with SSL_CERT_FILE naming the CA file.
+    probe = "import httpx, sys; print(httpx.post(sys.argv[1], json={}).status_code)"
+    env = {**os.environ, "SSL_CERT_FILE": out["ca_file"]}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, out["apps"]["hello"]["url"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "200", done.stderr
     status = json.loads(sky(root, "status", "--json").stdout)  # the CLI verifies too
     (app,) = status["apps"]
     assert [r["url"][:8] for r in app["runners"]] == ["https://"]
