@@ -253,17 +253,24 @@ def test_bad_tls_arguments_are_one_line(tmp_path: Path, args: tuple, needle: str
     assert "Traceback" not in done.stderr
 
 
-def test_mismatched_key_is_named(tmp_path: Path, pki: dict[str, CertFiles]) -> None:
+@pytest.mark.parametrize("hop", ["gateway", "runner"])
+def test_mismatched_key_is_named(tmp_path: Path, pki: dict[str, CertFiles], hop: str) -> None:
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "skyform.runtime.gateway", "--port", "1"]
     command += ["--state-dir", str(tmp_path / "s")]
-    command += ["--tls-cert", str(pki["gateway"].cert), "--tls-key", str(pki["runner"].key)]
+    wrong = pki["foreign"].key
+    if hop == "gateway":
+        command += ["--tls-cert", str(pki["gateway"].cert), "--tls-key", str(wrong)]
+    else:
+        command += ["--runner-cert", str(pki["runner"].cert), "--runner-key", str(wrong)]
+        command += ["--runner-ca", str(pki["runner"].ca)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert f"error: key {pki['runner'].key} does not belong to certificate" in done.stderr
+    assert f"error: key {wrong} does not belong to certificate" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was made
 
 
 def _served_names(port: int) -> set[str]:
