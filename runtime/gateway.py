@@ -1016,6 +1016,9 @@ def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     for path in given:
         if not path.is_file():
             raise SkyformError(f"no such file: {path}")
+    from skyform.tls import server_context
+
+    server_context(args.runner_cert, args.runner_key)  # runners would refuse to start with it
     return TLSMaterial(
         args.runner_cert.resolve(),
         args.runner_key.resolve(),

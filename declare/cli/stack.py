@@ -110,7 +110,7 @@ def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> 
     from skyform.plan import build_plan, refresh
 
     with _status("Refreshing state...", quiet):
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     with _status("Building bundles...", quiet):
         return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
 
@@ -410,7 +410,7 @@ def status(
 
     ctx = open_context(load_stack(file))
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     gw_record = doc.resources.get(GATEWAY) or {}
     base = gw_record.get("url") or ""
     names = sorted(
@@ -512,7 +512,7 @@ def logs(
     stack = load_stack(file)
     ctx = open_context(stack)
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     if not live.gateway_alive or live.apps is None:
         raise SkyformError(
             f"the gateway of stack {stack.name!r} is not running (run skyform apply)"
@@ -526,7 +526,9 @@ def logs(
 
     record = doc.resources.get(GATEWAY) or {}
     handle = GatewayHandle(**record["handle"])  # refresh found it alive, so it is recorded
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"]) as client:
+    with GatewayClient.for_handle(
+        handle, ctx.keys["admin_token"], ca_file=ctx.gateway_ca_file()
+    ) as client:
         follower = LogFollower()
         for line in follower.new_lines(client.logs(app_name, tail, every)):
             sys.stdout.write(line + "\n")
