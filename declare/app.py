@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -70,13 +70,27 @@ class EndpointSpec:
     path: str
     method: str = "POST"
     websocket: bool = False
+    batch_size: int | None = None  # set: the handler takes list[In] and returns list[Out]
+    batch_wait_ms: float = 0.0
 
 
-def endpoint(path: str = "/", *, method: str = "POST", websocket: bool = False) -> Callable[[F], F]:
+def endpoint(
+    path: str = "/",
+    *,
+    method: str = "POST",
+    websocket: bool = False,
+    batch_size: int | None = None,
+    batch_wait_ms: float | None = None,
+) -> Callable[[F], F]:
     """Expose an App method over HTTP at `path` (relative to the app's URL).
 
     With `websocket=True` the method is `async def f(self, ws: WebSocket)` and
     serves WebSocket connections at `path` instead.
+
+    With `batch_size=N` the method takes `list[In]` and returns `list[Out]`
+    (same order); callers still send one `In` and get one `Out`: the runner
+    gathers concurrent calls into batches of up to N, waiting at most
+    `batch_wait_ms` for a batch to fill (see `skyform.runtime.batching`).
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise AppDefinitionError(f'endpoint path must be a string starting with "/", got {path!r}')
@@ -84,16 +98,44 @@ def endpoint(path: str = "/", *, method: str = "POST", websocket: bool = False) 
     if method not in {"POST", "GET"}:
         raise AppDefinitionError(f"endpoint method must be POST or GET, got {method!r}")
     if websocket:
+        if batch_size is not None:
+            raise AppDefinitionError("a websocket endpoint cannot be batched")
         method = "WEBSOCKET"
+    wait_ms = _check_batching(batch_size, batch_wait_ms, method)
 
     def mark(func: F) -> F:
         if not callable(func):
             raise AppDefinitionError("@endpoint decorates a method")
-        spec = EndpointSpec(func.__name__, _normalise_path(path), method, bool(websocket))
+        spec = EndpointSpec(
+            func.__name__,
+            _normalise_path(path),
+            method,
+            websocket=bool(websocket),
+            batch_size=batch_size,
+            batch_wait_ms=wait_ms,
+        )
         setattr(func, ENDPOINT_ATTR, spec)
         return func
 
     return mark
+
+
+def _check_batching(batch_size: int | None, batch_wait_ms: float | None, method: str) -> float:
+    """Validate `@endpoint`'s batching arguments; the wait in ms (0 when not batched)."""
+    if batch_size is None:
+        if batch_wait_ms is not None:
+            raise AppDefinitionError("batch_wait_ms needs batch_size (the most items in a batch)")
+        return 0.0
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AppDefinitionError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if method != "POST":
+        raise AppDefinitionError("a batched endpoint takes a body: its method must be POST")
+    wait = 10.0 if batch_wait_ms is None else batch_wait_ms
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 60_000:
+        raise AppDefinitionError(
+            f"batch_wait_ms must be a number of milliseconds from 0 to 60000, got {batch_wait_ms!r}"
+        )
+    return float(wait)
 
 
 def _normalise_path(path: str) -> str:
@@ -124,6 +166,11 @@ class Endpoint:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def batched(self) -> bool:
+        """The handler takes a list of inputs; `input_model`/`output_type` are one item's."""
+        return self.spec.batch_size is not None
 
 
 class App:
@@ -174,11 +221,25 @@ def app_options(cls: type[App], overrides: dict[str, Any] | None = None) -> AppO
     values = {name: getattr(cls, name) for name in OPTION_NAMES}
     values.update(overrides or {})
     try:
-        return AppOptions(**values)
+        options = AppOptions(**values)
     except ValidationError as exc:
         raise AppDefinitionError(f"{cls.__qualname__}: {_describe_validation(exc)}") from None
     except AppDefinitionError as exc:
         raise AppDefinitionError(f"{cls.__qualname__}: {exc}") from None
+    _check_batch_capacity(cls, options)
+    return options
+
+
+def _check_batch_capacity(cls: type, options: AppOptions) -> None:
+    """A batch forms from concurrent requests: a runner must take `batch_size` of them at once."""
+    for name in dir(cls):
+        spec: EndpointSpec | None = getattr(getattr(cls, name, None), ENDPOINT_ATTR, None)
+        if spec is not None and spec.batch_size and spec.batch_size > options.max_multiplexing:
+            raise AppDefinitionError(
+                f"{cls.__qualname__}.{name}: batch_size ({spec.batch_size}) is greater than "
+                f"max_multiplexing ({options.max_multiplexing}); a batch forms from concurrent "
+                f"requests, so set max_multiplexing to at least {spec.batch_size}"
+            )
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -239,6 +300,9 @@ def _resolve_endpoint(cls: type, spec: EndpointSpec, func: Callable[..., Any]) -
     # annotations` the names would have to be looked up again on the runner,
     # where a by-value pickle keeps only the globals the code itself uses.
     _set_annotations(func, hints)
+    output_type = hints.get("return", Any)
+    if spec.batch_size is not None:
+        hints, output_type = _batched_types(f"{location}{where}", params, hints, output_type)
     resolved = tuple(p.replace(annotation=hints.get(p.name, p.annotation)) for p in params)
     is_gen = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
     kind = "websocket" if spec.websocket else "stream" if is_gen else "call"
@@ -261,7 +325,7 @@ def _resolve_endpoint(cls: type, spec: EndpointSpec, func: Callable[..., Any]) -
         func=func,
         input_model=input_model,
         input_name=input_name,
-        output_type=hints.get("return", Any),
+        output_type=output_type,
         is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
         kind=kind,
         parameters=resolved,
@@ -276,6 +340,34 @@ def source_location(func: Callable[..., Any]) -> str:
     if code is None:
         return ""
     return f"{code.co_filename}:{code.co_firstlineno}: "
+
+
+def _batched_types(
+    where: str, params: list[inspect.Parameter], hints: dict[str, Any], output: Any
+) -> tuple[dict[str, Any], Any]:
+    """One item's input and output types of a `list[In] -> list[Out]` batched handler."""
+    if len(params) != 1:
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint takes one argument, a list of pydantic models"
+        )
+    name = params[0].name
+    annotation = hints.get(name)
+    item = (
+        get_args(annotation)[0] if get_origin(annotation) is list and get_args(annotation) else None
+    )
+    if not (isinstance(item, type) and issubclass(item, BaseModel)):
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint's argument {name!r} must be annotated list[Model] "
+            f"with a pydantic model, got {annotation!r}"
+        )
+    if output is Any or output is inspect.Signature.empty:
+        return {**hints, name: item}, Any
+    if get_origin(output) is not list:
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint returns a list (one result per input), got {output!r}"
+        )
+    args = get_args(output)
+    return {**hints, name: item}, (args[0] if args else Any)
 
 
 def _set_annotations(func: Callable[..., Any], hints: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ Three adjustments to stock uvicorn:
   armed until a first response, so without this one caller can make the
   gateway hold a 60 MB header, or hundreds of connections that never finish one.
 
-With TLS, the certificate files are checked every few seconds and reloaded
+With TLS, the certificate files are checked every second and reloaded
 into the live context when they change: `apply` renews a certificate before
 it expires, and new connections get the new one without a restart.
 """
@@ -37,8 +37,8 @@ from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
 
-# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
-_CERT_CHECK_TICKS = 50
+# uvicorn ticks every 0.1 s; the certificate files are looked at (two stats) every second.
+_CERT_CHECK_TICKS = 10
 
 
 class _CoalescingTransport:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.exceptions import HTTPException
 
 from skyform.app import App, Endpoint
+from skyform.runtime.batching import batchers_for
 from skyform.runtime.runner_context import current_request
 from skyform.runtime.runner_errors import (
     ERROR_TYPE_HEADER,
@@ -65,6 +66,7 @@ class EndpointInvoker:
         self.executor = ThreadPoolExecutor(
             max_workers=max(1, max_threads), thread_name_prefix="skyform-endpoint"
         )
+        self._batchers = batchers_for(instance, endpoints, self.executor)
 
     async def __call__(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
         method = self._methods[ep.name]
@@ -79,6 +81,9 @@ class EndpointInvoker:
         if self._watchdog is None:
             self._watchdog = loop.create_task(self._watch())
         try:
+            if ep.batched:  # gathered with concurrent calls into one batch
+                (item,) = kwargs.values()
+                return await self._batchers[ep.name].submit(item)
             if ep.kind == "stream":
                 # Up to the first event, a stream is a call like any other: its
                 # errors get their status (and a 503 its fate), request_timeout
