@@ -25,7 +25,7 @@ import pytest
 from ci_helpers import REPO, free_port, fresh_checkout, kill_all_under, processes_under
 
 from skyform.providers.envconfig import uv_install_config
-from skyform.providers.wheel import _uv_binary
+from skyform.providers.environments import _uv_binary
 
 sys.path.insert(0, str(REPO / "tests" / "skypilot"))
 from skypilot_helpers import SKY_ENV, catalog_rows, make_sky_home
