@@ -43,6 +43,22 @@ def make_sky_home(home: Path) -> Path:
     return home
 
 
+def stack_tls(work: Path, stack: str = "demo") -> dict[str, Any]:
+    """The gateway's and runners' TLS material, issued for real by the stack CA under `work`.
+
+    `tls` and `runner_tls` as a GatewaySpec takes them (RunnerSpec takes `runner_tls` as `tls`).
+    """
+    from skyform.providers.base import TLSMaterial
+    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
+
+    gateway = ensure_leaf(work, stack, "gateway", [])
+    runner = ensure_leaf(work, stack, "runner", [])
+    return {
+        "tls": TLSMaterial(gateway.cert, gateway.key, gateway.ca, gateway_server_name(stack)),
+        "runner_tls": TLSMaterial(runner.cert, runner.key, runner.ca, runner_server_name(stack)),
+    }
+
+
 def seed_enabled_clouds() -> None:
     """Record Lambda as enabled, as `sky check` would with working credentials."""
     from sky import global_user_state
