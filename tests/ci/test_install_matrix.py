@@ -26,6 +26,7 @@ from ci_helpers import REPO, free_port, fresh_checkout, kill_all_under, processe
 
 from skyform.providers.envconfig import uv_install_config
 from skyform.providers.environments import _uv_binary
+from skyform.providers.wheel import build_wheel
 
 sys.path.insert(0, str(REPO / "tests" / "skypilot"))
 from skypilot_helpers import SKY_ENV, catalog_rows, make_sky_home
@@ -72,7 +73,8 @@ def imports(python: Path, module: str) -> bool:
 
 def test_plain_install_applies_calls_and_destroys(tmp_path: Path):
     python = fresh_venv(tmp_path / "venv")
-    install(python, str(REPO))  # as `pip install .`: a built wheel, not the checkout
+    # As `pip install .` does: build a wheel of the sources, install it (no extras).
+    install(python, str(build_wheel(REPO, tmp_path / "dist")))
     assert imports(python, "skyform.runtime.gateway_server")
     assert imports(python, "httptools"), "the gateway's fast HTTP parser is a core dependency"
     for extra in ("sky", "torch", "pytest"):
