@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--rounds 3] [--connections 16]
 
-One gateway (local provider) with one app, whose single runner serves both
-sides: "direct" calls go to the runner's own URL (with the runner token),
-"gateway" calls go to the gateway's synchronous route `POST /{app}/{path}`,
+One gateway (local provider) with one app and, beside it, one runner of the
+same bundle started by hand: "direct" calls go to that runner (with its
+token; each runner the gateway starts has a token of its own that nobody else
+learns), "gateway" calls go to the gateway's synchronous route `POST /{app}/{path}`,
 which queues, dispatches and answers each request. The load generator is
 wrk (`bench/loadgen.py`), and rounds alternate between the two sides so
 drift on a shared machine hits both alike; the median round counts.
@@ -132,6 +133,41 @@ def _gateway(workdir: Path) -> Iterator[tuple[str, int]]:
         log.close()
 
 
+@contextlib.contextmanager
+def _direct_runner(workdir: Path, bundle_path: Path) -> Iterator[tuple[str, int]]:
+    """A runner of the same bundle in the same app environment, started by hand
+    (the baseline's side)."""
+    from skyform.providers.environments import ensure_environment
+    from skyform.providers.local import free_port
+
+    python = str(ensure_environment([], f"{sys.version_info[0]}.{sys.version_info[1]}").python)
+
+    port = free_port()
+    env = dict(os.environ, SKYFORM_BUNDLE_KEY=BUNDLE_KEY, SKYFORM_RUNNER_TOKEN=RUNNER_TOKEN)
+    log = open(workdir / "runner.log", "wb")  # noqa: SIM115
+    cmd = [python, "-m", "skyform.runtime.runner", "--bundle", str(bundle_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the runner did not start; see runner.log") from None
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
 def _admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -168,7 +204,11 @@ def main() -> None:
         workdir = Path(tmp)
         (workdir / "bench_app.py").write_text(textwrap.dedent(APP_SOURCE))
         bundle = build_bundle(str(workdir / "bench_app.py") + "::Bench", workdir, BUNDLE_KEY)
-        with _gateway(workdir) as (url, gateway_pid):
+        bundle_path = bundle.write(workdir / "bench.bundle")
+        with (
+            _gateway(workdir) as (url, gateway_pid),
+            _direct_runner(workdir, bundle_path) as (runner_url, direct_pid),
+        ):
             _admin(
                 url,
                 "PUT",
@@ -189,16 +229,17 @@ def main() -> None:
                 ),
                 timeout=60,
             ).read()
-            runner_url = _admin(url, "GET", "/-/runners")["runners"][0]["url"]
+            # CPU is counted for the gateway and the runner serving that side.
+            direct_pids = {"gateway": gateway_pid, "runner": direct_pid}
             pids = {"gateway": gateway_pid, "runner": _runner_pid(gateway_pid)}
             direct = (runner_url, "/double", {"authorization": f"Bearer {RUNNER_TOKEN}"})
             through = (url, "/bench/double", {})
             runs: dict[str, list[dict]] = {k: [] for k in ("direct", "gateway", "d1", "g1", "q")}
             for _ in range(args.rounds):
                 c, sec = args.connections, args.seconds
-                runs["direct"].append(_measure(*direct, c, sec, pids))
+                runs["direct"].append(_measure(*direct, c, sec, direct_pids))
                 runs["gateway"].append(_measure(*through, c, sec, pids))
-                runs["d1"].append(_measure(*direct, 1, sec, pids))
+                runs["d1"].append(_measure(*direct, 1, sec, direct_pids))
                 runs["g1"].append(_measure(*through, 1, sec, pids))
                 runs["q"].append(_measure(url, "/queue/bench/double", {}, c, sec, pids))
 

@@ -224,11 +224,11 @@ def app_urls(base: str, name: str) -> dict[str, str]:
 
 
 def stack_outputs(
-    base: str, apps: Iterable[str], ca_file: str | bool | None = False
+    base: str, apps: Iterable[str], tls: bool = False, ca_file: str | None = None
 ) -> dict[str, Any]:
     """DESIGN §4's output shape; with TLS also `ca_file` (None: the system's CAs vouch)."""
     out: dict[str, Any] = {"gateway_url": base}
-    if ca_file is not False:
+    if tls:
         out["ca_file"] = ca_file
     out["apps"] = {n: app_urls(base, n) for n in sorted(apps)}
     return out
@@ -249,10 +249,17 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     limits = gw.limits.overrides()
     if limits:  # absent when unset, so that stacks without limits see no change
         want["limits"] = limits
+    if gw.webhook_hosts is not None:  # only when set: stacks without it see no change
+        want["webhook_hosts"] = list(gw.webhook_hosts)
     return want
 
 
-def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:
+def refresh(
+    state_resources: dict[str, dict[str, Any]],
+    provider: Any,
+    admin_token: str,
+    ca_file: str | None = None,
+) -> Live:
     """Ask the provider whether the recorded gateway runs, and the gateway which apps it has."""
     from skyform.gatewayclient import GatewayClient, GatewayError
     from skyform.providers.base import GatewayHandle
@@ -273,7 +280,7 @@ def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_tok
             else "the gateway is not running: stopped outside skyform, or crashed"
         )
         return Live(False, gh.url, None, [{"address": GATEWAY, "reason": reason}])
-    with GatewayClient.for_handle(gh, admin_token) as client:
+    with GatewayClient.for_handle(gh, admin_token, ca_file=ca_file) as client:
         try:
             apps = client.list_apps()
         except GatewayError as exc:

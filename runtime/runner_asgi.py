@@ -35,6 +35,7 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -47,6 +48,7 @@ log = logging.getLogger("skyform.runner")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _MAX_REQUEST_ID = 200
+_LOGS_HEADER = LOGS_HEADER.encode()
 
 
 class Phase(enum.Enum):
@@ -152,6 +154,8 @@ class RunnerASGI:
         self.metrics = metrics
         self._paths = frozenset(endpoint_paths) | {"/openapi.json"}
         self._auth = f"Bearer {token}".encode() if token else None
+        # Requests being served, by id: the gateway reads their log lines so far.
+        self._active: dict[str, RequestContext] = {}
         # Generated ids: a random per-process prefix and a counter (32 hex digits, unique
         # across runners without a syscall per request).
         prefix, counter = secrets.token_hex(8), itertools.count(1)
@@ -161,6 +165,8 @@ class RunnerASGI:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
             return
         path = scope["path"]
         if path == "/health":
@@ -192,6 +198,11 @@ class RunnerASGI:
                 send, 200, self.metrics.registry.render().encode(), _PROMETHEUS, extra
             )
             return
+        if path.startswith(LIVE_LOGS_PREFIX) and scope["method"] == "GET":
+            ctx = self._active.get(path[len(LIVE_LOGS_PREFIX) :].removesuffix("/logs"))
+            status = 200 if ctx is not None else 404
+            await send_response(send, status, dump({"logs": (ctx.logs if ctx else None) or []}))
+            return
         if self.state.phase is not Phase.READY:
             detail = f"runner is {self.state.phase.value}, not taking requests"
             body = error_body(detail, "runner_not_ready", request_id)
@@ -210,6 +221,7 @@ class RunnerASGI:
     ) -> None:
         ctx = RequestContext(request_id)
         token = enter_request(ctx)
+        self._active[request_id] = ctx
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -217,6 +229,8 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if ctx.logs:
+                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
             await send(message)
 
         started = time.perf_counter()
@@ -240,12 +254,42 @@ class RunnerASGI:
         finally:
             self.metrics.in_flight.value -= 1
             leave_request(token)
+            self._active.pop(request_id, None)
             label = path if path in self._paths else "other"
             self.metrics.observe(label, status, time.perf_counter() - started)
         if ctx.exit_code is not None:
             self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (request {request_id})")
         elif status == 503:
             self.state.fail(EXIT_UNHEALTHY, f"{path} answered 503 (request {request_id})")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket connection: the same token and readiness rules, close codes for refusals.
+
+        Refused before the handshake completes, the client sees HTTP 403 (wrong
+        token) or a close with 1013 (not ready: try again later).
+        """
+        request_id = authorization = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_BYTES:
+                request_id = _valid_request_id(value)
+            elif name == b"authorization":
+                authorization = value
+        if self._auth is not None and not _same(authorization, self._auth):
+            await send({"type": "websocket.close", "code": 1008, "reason": "runner token"})
+            return
+        if self.state.phase is not Phase.READY:
+            await send({"type": "websocket.close", "code": 1013, "reason": "runner not ready"})
+            return
+        ctx = RequestContext(request_id or self._new_request_id())
+        token = enter_request(ctx)
+        self.metrics.in_flight.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.metrics.in_flight.value -= 1
+            leave_request(token)
+        if ctx.exit_code is not None:
+            self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (websocket {ctx.request_id})")
 
 
 _PROMETHEUS = Registry.content_type.encode()

@@ -95,6 +95,8 @@ def test_runtime_requirements_come_from_skyforms_own_metadata() -> None:
     names = [r.split(">")[0].split("=")[0] for r in runtime]
     assert names == [
         *["pydantic", "cloudpickle", "fastapi", "uvicorn", "httpx", "pyyaml"],
+        "python-multipart",  # form and file endpoints
+        "websockets",  # websocket endpoints
         *["uvloop", "httptools"],  # the fast event loop and parser, where they build
     ]
     assert all(";" in r for r in runtime[-2:]), "platform markers keep them optional"

@@ -7,16 +7,16 @@ process is still alive, kills any it finds and fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import time
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, tagged_pids
+from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, assert_none_left
 
 from skyform.bundle import Bundle, build_bundle
 
@@ -46,29 +46,26 @@ def tag() -> str:
     return uuid.uuid4().hex
 
 
+@contextlib.contextmanager
+def _counts_folder() -> Iterator[Path]:
+    """Where test apps record their calls: writable by runners, which may run as another
+    user (pytest's own temp folders are private to the user running the tests)."""
+    with tempfile.TemporaryDirectory(prefix="skyform-gw-counts-") as path:
+        os.chmod(path, 0o1777)
+        yield Path(path)
+
+
 @pytest.fixture
-def count_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "counts"
-    path.mkdir()
-    return path
+def count_dir() -> Iterator[Path]:
+    with _counts_folder() as path:
+        yield path
 
 
 @pytest.fixture
 def no_leftovers(tag: str) -> Iterator[None]:
     """Fails the test if any process it started (gateway or runner) outlives it."""
     yield
-    _assert_none_left(tag, "the test")
-
-
-def _assert_none_left(tag: str, what: str) -> None:
-    """Wait a little for tagged processes to end; kill and report any that remain."""
-    deadline = time.monotonic() + 15
-    while tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = tagged_pids(tag)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after {what}: {left}"
+    assert_none_left(tag, "the test")
 
 
 @pytest.fixture
@@ -88,12 +85,11 @@ def shared_gateway(
     """One gateway for a whole module (tests that only need an app up)."""
     tag = uuid.uuid4().hex
     root = tmp_path_factory.mktemp("gw")
-    counts = root / "counts"
-    counts.mkdir()
-    gw = GatewayProc(root / "state", tag, counts)
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-        gw.http.close()
-        _assert_none_left(tag, "the module")
+    with _counts_folder() as counts:
+        gw = GatewayProc(root / "state", tag, counts)
+        try:
+            yield gw.start()
+        finally:
+            gw.stop()
+            gw.http.close()
+            assert_none_left(tag, "the module")
