@@ -310,9 +310,10 @@ class Gateway:
             buf = bytearray(declared or 0)
             size = 0
             while True:
+                # A stalled body is cut off by the server (body_timeout): a disconnect.
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    break
+                    raise HTTPError(400, "the caller went away before sending its whole body")
                 chunk = message.get("body", b"")
                 end = size + len(chunk)
                 if end > limit:
