@@ -9,8 +9,10 @@ state is written once per batch, not once per app.
 
 Order: a gateway being replaced or removed goes first (its runners die with
 it), then the gateway is (re)started, then removed apps are unregistered, then
-new and changed apps are registered, then apply waits for each app's
-`min_runners` to be ready, and finally the outputs are written.
+new and changed apps are registered, then apply waits until every app is
+live (its `min_runners` ready on the new revision, no old runner taking
+requests), records the apps that could not become live as tainted, and finally
+the outputs are written.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from skyform.errors import SkyformError
 from skyform.plan import (
     APP_PREFIX,
     GATEWAY,
+    GATEWAY_ATTRS,
     Plan,
     ResourceChange,
     app_address,
@@ -74,6 +77,99 @@ def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
     if not limits:
         return {}
     return {"SKYFORM_GATEWAY_LIMITS": json.dumps(limits, sort_keys=True)}
+
+
+def runner_tls_wanted(stack: Stack) -> bool:
+    """Whether runners serve TLS: always off-host, on `local` only with `runner_tls: true`."""
+    from skyform.providers import provider_name
+
+    config = stack.model.provider
+    if provider_name(config) != "local":
+        return True
+    options = config.get("local") if isinstance(config, dict) else None
+    return bool((options or {}).get("runner_tls"))
+
+
+def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The TLS part of the gateway's spec: its certificate, and the runners' material.
+
+    Certificates are issued (or renewed) by the stack CA in `.skyform/tls/`;
+    the gateway's names the hosts it is reached at: loopback, the configured
+    host, the public URL's host and, when known, the address it ran at before
+    (a SkyPilot head IP). A user-provided certificate is used as it is.
+    """
+    from urllib.parse import urlsplit
+
+    from skyform.providers.base import TLSMaterial
+    from skyform.tls import ensure_leaf, gateway_server_name
+
+    stack = ctx.stack
+    gw = stack.model.gateway
+    out: dict[str, Any] = {"tls": None, "runner_tls": None}
+    hosts = [gw.host]
+    for url in (gw.public_url or "", *known_urls):
+        host = urlsplit(url).hostname if url else None
+        if host:
+            hosts.append(host)
+    mode = stack.tls_mode
+    if mode == "auto":
+        leaf = ensure_leaf(ctx.workdir, stack.name, "gateway", hosts)
+        out["tls"] = TLSMaterial(leaf.cert, leaf.key, leaf.ca, gateway_server_name(stack.name))
+    elif mode == "files":
+        files = stack.tls_files()
+        assert files is not None
+        out["tls"] = TLSMaterial(
+            Path(files.cert), Path(files.key), Path(files.ca) if files.ca else None
+        )
+    if runner_tls_wanted(stack):
+        leaf = ensure_leaf(ctx.workdir, stack.name, "runner", [])
+        from skyform.tls import runner_server_name
+
+        out["runner_tls"] = TLSMaterial(
+            leaf.cert, leaf.key, leaf.ca, runner_server_name(stack.name)
+        )
+    return out
+
+
+def address_update(
+    stack: Stack, handle: Any, certificate_before: bytes | None, certificate_now: bytes
+) -> dict[str, str] | None:
+    """What a remote gateway must be told once its address is known, or None.
+
+    A gateway placed by a cloud provider starts before anyone knows its IP: its
+    first certificate cannot name it, and without `public_url` it cannot know
+    the base of the URLs it returns. Once `apply` has the address, the
+    certificate is reissued to name it and both are pushed (`PUT /-/tls`); a
+    renewed certificate is pushed the same way. A local gateway reads its files
+    itself and knows its address: nothing to tell.
+    """
+    if handle is None or handle.provider == "local" or not handle.url:
+        return None
+    update: dict[str, str] = {}
+    if certificate_before != certificate_now:
+        update["cert"] = "new"
+    if stack.model.gateway.public_url is None:
+        update["public_url"] = handle.url
+    return update or None
+
+
+def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) -> None:
+    """Reissue the gateway certificate for its (now known) address and hand it over."""
+    from skyform.gatewayclient import GatewayClient
+
+    if ctx.stack.tls_mode != "auto" or handle is None or not handle.url:
+        return
+    gw_tls = gateway_tls(ctx, (handle.url,))["tls"]
+    now = gw_tls.cert.read_bytes()
+    update = address_update(ctx.stack, handle, before, now)
+    if update is None:
+        return
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=60.0) as client:
+        client.put_tls(
+            now.decode(),
+            gw_tls.key.read_text(),
+            update.get("public_url") or None,
+        )
 
 
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
@@ -190,6 +286,7 @@ class Applier:
         self.wait_ready = wait_ready
         self.progress = progress
         self.done: dict[str, int] = {"add": 0, "change": 0, "destroy": 0}
+        self._interrupts: _Interrupts | None = None
 
     # -- state bookkeeping ---------------------------------------------------------
 
@@ -213,6 +310,7 @@ class Applier:
         # A missing secret fails the apply before anything is stopped, started or written.
         secrets = secret_values(self.plan)
         with _Interrupts(self.report) as interrupts:
+            self._interrupts = interrupts
             gw = self.plan.change(GATEWAY)
             if gw is not None and "delete" in gw.actions:
                 self._stop_gateway(gw)
@@ -220,6 +318,8 @@ class Applier:
             if gw is not None and "create" in gw.actions:
                 self._start_gateway()
                 interrupts.check()
+            elif self.plan.mode != "destroy" and GATEWAY in self.doc.resources:
+                self._renew_certificates()
             apps = [c for c in self.plan.changes if c.type == "app"]
             deletes = [c for c in apps if c.actions == ["delete"]]
             registers = [c for c in apps if c.actions != ["delete"]]
@@ -232,11 +332,15 @@ class Applier:
                 self.done["destroy"] += len(deletes)
             broken = self._build_environments(registers)
             interrupts.check()
+            before = self._runner_ids() if registers else set()
             for batch in _batches(registers):
                 self._register_apps(batch, secrets)
                 interrupts.check()
             if self.plan.mode != "destroy" and self.wait_ready:
-                self._wait_ready(skip=frozenset(broken))
+                names = [c.name for c in registers]
+                broken.update(self._wait_live(names, before, skip=frozenset(broken)))
+            if self.plan.mode != "destroy":
+                self._taint(broken)
             self._write({}, outputs=self._outputs())
         if broken:
             raise SkyformError(
@@ -300,7 +404,7 @@ class Applier:
         handle = self._handle()
         if handle is None:
             raise SkyformError("the gateway is not running; run apply without a saved plan")
-        return GatewayClient(handle.url, self.ctx.keys["admin_token"], timeout=120.0)
+        return GatewayClient.for_handle(handle, self.ctx.keys["admin_token"], timeout=120.0)
 
     def _stop_gateway(self, change: ResourceChange) -> None:
         self.report("gateway: stopping...")
@@ -318,16 +422,24 @@ class Applier:
 
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
-        attrs = {k: spec[k] for k in ("provider", "host", "port", "limits") if k in spec}
+        attrs = {k: spec.get(k) for k in GATEWAY_ATTRS if k != "limits" or k in spec}
+        known = tuple(
+            str(r["url"]) for r in (self.doc.resources.get(GATEWAY) or {},) if r.get("url")
+        )
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
+        tls = gateway_tls(self.ctx, known)
+        before = tls["tls"].cert.read_bytes() if self.ctx.stack.tls_mode == "auto" else None
         handle = self.ctx.provider.start_gateway(
             GatewaySpec(
                 stack=self.ctx.stack.name,
                 port=int(spec["port"]),
                 state_dir=self.ctx.gateway_state_dir,
                 env={**self.ctx.gateway_env(), **_limits_env(spec)},
+                public_url=str(spec.get("public_url") or ""),
+                trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
+                **tls,
             )
         )
         handle_dict = {
@@ -337,8 +449,20 @@ class Applier:
             "info": dict(handle.info),
         }
         self._write({GATEWAY: {**attrs, "url": handle.url, "handle": handle_dict}})
+        push_gateway_identity(self.ctx, handle, before)
         self.done["add"] += 1
         self.report(f"gateway: ready at {handle.url} [{time.monotonic() - started:.1f}s]")
+
+    def _renew_certificates(self) -> None:
+        """Reissue certificates close to expiry; a local gateway reloads them by itself."""
+        from skyform.tls import tls_dir
+
+        record = self.doc.resources.get(GATEWAY) or {}
+        if self.ctx.stack.tls_mode == "auto" or runner_tls_wanted(self.ctx.stack):
+            cert = tls_dir(self.ctx.workdir, self.ctx.stack.name) / "gateway.pem"
+            before = cert.read_bytes() if cert.exists() else None
+            gateway_tls(self.ctx, (str(record["url"]),) if record.get("url") else ())
+            push_gateway_identity(self.ctx, self._handle(), before)
 
     def _delete_apps(self, batch: list[ResourceChange]) -> None:
         self._write({c.address: self._pending(c.address, "delete") for c in batch})
@@ -390,65 +514,147 @@ class Applier:
                     self.done["change"] += 1
         self._write(results)
 
-    def _wait_ready(self, skip: frozenset[str] = frozenset()) -> None:
-        """Wait until every app has `min_runners` ready runners of its current revision."""
-        wanted = {
-            name[len(APP_PREFIX) :]: rec
-            for name, rec in self.doc.resources.items()
-            if name.startswith(APP_PREFIX)
-            and int(rec.get("min_runners") or 0) > 0
-            and name[len(APP_PREFIX) :] not in skip
-        }
-        if not wanted:
-            return
-        deadline = (
-            time.monotonic()
-            + max(float(r.get("startup_timeout") or 600) for r in wanted.values())
-            + READY_MARGIN
-        )
+    def _runner_ids(self) -> set[str]:
+        """Ids of every runner the gateway knows now (failed and stopped ones included)."""
+        if self._handle() is None:
+            return set()
         with self._client() as client:
+            return {
+                str(r.get("id"))
+                for app in client.list_apps().values()
+                for r in app.get("runners", [])
+            }
+
+    def _wait_live(
+        self, registered: list[str], seen: set[str], skip: frozenset[str] = frozenset()
+    ) -> dict[str, str]:
+        """Wait until every app serves only its current revision; returns the apps that cannot.
+
+        "Apply means live" (DESIGN §7): an app is live when it has `min_runners`
+        ready runners of its current generation and no runner of an older one
+        takes requests any more (the gateway drains old runners once a new one
+        is ready). Apps with no runner to replace and `min_runners: 0` are live
+        at once. `seen`: the runners that existed before this apply registered
+        anything, so a failure is blamed on a runner that just failed, never an
+        older one.
+        """
+        watched = {
+            name: rec
+            for name, rec in self._app_records().items()
+            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+        }
+        if not watched:
+            return {}
+        with self._client() as client:
+            live = client.list_apps()
+            deadline = (
+                time.monotonic()
+                + max(float(r.get("startup_timeout") or 600) for r in watched.values())
+                + READY_MARGIN
+            )
+            failed: dict[str, str] = {}
             while True:
-                live = client.list_apps()
-                pending = {}
-                for name, rec in wanted.items():
-                    app = live.get(name) or {}
-                    current = [
-                        r
-                        for r in app.get("runners", [])
-                        if r.get("revision") == rec.get("revision")
-                    ]
-                    ready = [r for r in current if r.get("state") == "ready"]
-                    if self.progress is not None:
-                        states = Counter(
-                            str(r.get("state")) for r in current if r.get("state") != "ready"
-                        )
-                        self.progress(name, len(ready), int(rec["min_runners"]), dict(states))
-                    if len(ready) < int(rec["min_runners"]):
-                        pending[name] = app
-                        failed = [r for r in current if r.get("state") == "failed"]
-                        if len(failed) >= FAILED_RUNNERS_LIMIT and not ready:
-                            error = failed[-1].get("error") or app.get("last_error") or "no error"
-                            raise SkyformError(
-                                f"app {name}: its runners fail to start: {error} "
-                                f"(see `skyform logs {name}`)"
-                            )
-                if not pending:
-                    return
+                for name, rec in list(watched.items()):
+                    verdict = self._liveness(name, rec, live.get(name), seen)
+                    if verdict is None:
+                        del watched[name]
+                    elif verdict:
+                        failed[name] = verdict
+                        del watched[name]
+                if not watched:
+                    return failed
                 if time.monotonic() > deadline:
-                    name, app = min(pending.items())
-                    error = app.get("last_error") or _runner_error(app) or "no error reported"
-                    raise SkyformError(
-                        f"app {name}: min_runners not ready in time ({error}); "
-                        f"see `skyform logs {name}`"
-                    )
+                    for name in watched:
+                        app = live.get(name) or {}
+                        error = app.get("last_error") or "no error reported"
+                        failed[name] = (
+                            f"its new revision was not live in time ({error}); "
+                            f"see `skyform logs {name}`"
+                        )
+                    return failed
                 time.sleep(0.25)
+                if self._interrupts is not None:
+                    self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
+                live = client.list_apps()
+
+    def _liveness(
+        self, name: str, rec: dict[str, Any], app: dict[str, Any] | None, seen: set[str]
+    ) -> str | None:
+        """None: `name` is live. "": not yet. Otherwise why it cannot become live."""
+        if app is None:
+            return "it is not registered at the gateway any more"
+        generation = app.get("generation")
+        runners = app.get("runners", [])
+        current = [r for r in runners if r.get("generation", generation) == generation]
+        old = [
+            r
+            for r in runners
+            if r.get("generation", generation) != generation
+            and r.get("state") in ("building", "starting", "ready")
+        ]
+        ready = [r for r in current if r.get("state") == "ready"]
+        wanted = int(rec.get("min_runners") or 0)
+        if self.progress is not None and (wanted or old):
+            states = Counter(str(r.get("state")) for r in current if r.get("state") != "ready")
+            states = Counter({s: n for s, n in states.items() if s not in ("failed", "stopped")})
+            if old:
+                states["of the old revision still serving"] = len(old)
+            self.progress(name, len(ready), max(wanted, 1 if old else 0), dict(states))
+        if len(ready) >= wanted and not old:
+            return None
+        if app.get("last_error_type") == "environment_build_failed":
+            return f"its environment cannot be built: {app.get('last_error')}"
+        fresh_failures = sorted(
+            (r for r in current if r.get("state") == "failed" and str(r.get("id")) not in seen),
+            key=lambda r: float(r.get("started") or 0),
+        )
+        if len(fresh_failures) >= FAILED_RUNNERS_LIMIT and not ready:
+            newest = fresh_failures[-1]
+            error = newest.get("error") or f"runner {newest.get('id')} failed to start"
+            serving = "; the old revision keeps serving" if old else ""
+            return f"its runners fail to start: {error}{serving} (see `skyform logs {name}`)"
+        return ""
+
+    def _app_records(self) -> dict[str, dict[str, Any]]:
+        return {
+            a[len(APP_PREFIX) :]: rec
+            for a, rec in self.doc.resources.items()
+            if a.startswith(APP_PREFIX)
+        }
+
+    def _taint(self, failed: dict[str, str]) -> None:
+        """Record each app that did not become live as tainted: the next plan replaces it."""
+        updates: dict[str, dict[str, Any] | None] = {}
+        for name, reason in failed.items():
+            record = self.doc.resources.get(app_address(name))
+            if record is not None:
+                updates[app_address(name)] = {**record, "tainted": {"reason": reason}}
+        if updates:
+            self._write(updates)
 
     def _outputs(self) -> dict[str, Any]:
         if self.plan.mode == "destroy" or GATEWAY not in self.doc.resources:
             return {}
-        base = self.doc.resources[GATEWAY].get("url") or self.plan.outputs.get("gateway_url", "")
+        record = self.doc.resources[GATEWAY]
+        base = (
+            record.get("public_url")
+            or record.get("url")
+            or self.plan.outputs.get("gateway_url", "")
+        )
         names = [a[len(APP_PREFIX) :] for a in self.doc.resources if a.startswith(APP_PREFIX)]
-        return stack_outputs(base, names)
+        if record.get("tls", "off") == "off":
+            return stack_outputs(base, names)
+        return stack_outputs(base, names, ca_file=self._ca_file())
+
+    def _ca_file(self) -> str | None:
+        """The CA a client trusts the gateway through: the stack CA, or the user's `ca`."""
+        stack = self.ctx.stack
+        if stack.tls_mode == "auto":
+            from skyform.tls import tls_dir
+
+            return str((tls_dir(self.ctx.workdir, stack.name) / "ca.pem").resolve())
+        files = stack.tls_files()
+        return str(Path(files.ca).resolve()) if files and files.ca else None
 
 
 def should_stop(provider: Any, handle: Any) -> bool:

@@ -129,12 +129,31 @@ def _exec_user_module(name: str, path: Path, roots: list[Path]) -> ModuleType:
         raise AppDefinitionError(f"{_where(exc, roots, path)}: {exc}") from None
     except SkyformError:
         raise
+    except ModuleNotFoundError as exc:
+        raise AppLoadError(_missing_module_message(exc, roots, path)) from None
     except (Exception, SystemExit) as exc:
         raise AppLoadError(
             f"{_where(exc, roots, path)}: {type(exc).__name__}: {exc} "
             f"(while importing {_display(path)})"
         ) from None
     return module
+
+
+def _missing_module_message(exc: ModuleNotFoundError, roots: list[Path], path: Path) -> str:
+    """Why an import the runner would satisfy fails here, and the two ways out.
+
+    An app's `requirements` are installed on its runners, not where `plan`
+    runs; yet plan imports the app's module to find the class, so a package
+    imported at module top level must be importable locally too.
+    """
+    name = exc.name or str(exc)
+    top = name.split(".")[0]
+    return (
+        f"{_where(exc, roots, path)}: ModuleNotFoundError: No module named {name!r}: the app module's top level "
+        f"runs locally at plan time, where {top!r} is not installed. Import {top} inside "
+        f"setup() or the endpoint that uses it (the app's requirements are installed on its "
+        f"runners), or install it locally (pip install {top})"
+    )
 
 
 def _where(exc: BaseException, roots: list[Path], path: Path) -> str:

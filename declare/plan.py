@@ -46,8 +46,10 @@ SENSITIVE = ("secrets_digest",)
 # Attributes kept in state for bookkeeping but never compared.
 NOT_COMPARED = ("fingerprint",)
 # Apply's own bookkeeping in a state record: not an attribute of the resource.
-BOOKKEEPING = ("handle", "pending")
-GATEWAY_ATTRS = ("provider", "host", "port", "limits")  # limits: only when the stack sets any
+BOOKKEEPING = ("handle", "pending", "tainted")
+GATEWAY_ATTRS = ("provider", "host", "port", "tls", "public_url", "trusted_proxies", "limits")
+# What a gateway recorded before an attribute existed had: no TLS, no proxies.
+_GATEWAY_DEFAULTS: dict[str, Any] = {"tls": "off", "public_url": None, "trusted_proxies": []}
 SCALING_OPTIONS = (
     "min_runners",
     "max_runners",
@@ -77,6 +79,16 @@ class ResourceChange:
     changed: list[str] = field(default_factory=list)  # top-level attributes that differ
     forces: list[str] = field(default_factory=list)  # of those, the ones forcing replacement
     reason: str | None = None  # why, when not a plain config change (drift, --replace)
+    tainted: str | None = None  # why the last apply left it broken: it is replaced
+
+    @property
+    def action_reason(self) -> str | None:
+        """Terraform's `action_reason` for the JSON plan."""
+        if self.tainted is not None:
+            return "replace_because_tainted"
+        if self.reason == "--replace":
+            return "replace_by_request"
+        return None
 
     @property
     def is_noop(self) -> bool:
@@ -93,6 +105,8 @@ class ResourceChange:
             "changed": list(self.changed),
             "forces": list(self.forces),
             "reason": self.reason,
+            "action_reason": self.action_reason,
+            "tainted": self.tainted,
         }
 
     @classmethod
@@ -107,6 +121,7 @@ class ResourceChange:
             changed=list(raw.get("changed", [])),
             forces=list(raw.get("forces", [])),
             reason=raw.get("reason"),
+            tainted=raw.get("tainted"),
         )
 
 
@@ -184,11 +199,19 @@ class Live:
     drift: list[dict[str, str]] = field(default_factory=list)
 
 
-def gateway_url(host: str, port: int) -> str:
+def gateway_url(host: str, port: int, scheme: str = "http") -> str:
     shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
     if ":" in shown:
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
+
+
+def public_base(gateway: dict[str, Any]) -> str:
+    """Where callers reach a gateway of these attributes: `public_url`, else scheme+host+port."""
+    if gateway.get("public_url"):
+        return str(gateway["public_url"])
+    scheme = "http" if gateway.get("tls", "off") == "off" else "https"
+    return gateway_url(str(gateway["host"]), int(gateway["port"]), scheme)
 
 
 def app_urls(base: str, name: str) -> dict[str, str]:
@@ -200,9 +223,15 @@ def app_urls(base: str, name: str) -> dict[str, str]:
     }
 
 
-def stack_outputs(base: str, apps: Iterable[str]) -> dict[str, Any]:
-    """DESIGN §4's output shape."""
-    return {"gateway_url": base, "apps": {n: app_urls(base, n) for n in sorted(apps)}}
+def stack_outputs(
+    base: str, apps: Iterable[str], ca_file: str | bool | None = False
+) -> dict[str, Any]:
+    """DESIGN §4's output shape; with TLS also `ca_file` (None: the system's CAs vouch)."""
+    out: dict[str, Any] = {"gateway_url": base}
+    if ca_file is not False:
+        out["ca_file"] = ca_file
+    out["apps"] = {n: app_urls(base, n) for n in sorted(apps)}
+    return out
 
 
 def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
@@ -213,6 +242,9 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
         "provider": provider_name(stack.model.provider),
         "host": gw.host,
         "port": port if port is not None else gw.port,
+        "tls": stack.tls_mode,
+        "public_url": gw.public_url,
+        "trusted_proxies": list(gw.trusted_proxies),
     }
     limits = gw.limits.overrides()
     if limits:  # absent when unset, so that stacks without limits see no change
@@ -241,7 +273,7 @@ def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_tok
             else "the gateway is not running: stopped outside skyform, or crashed"
         )
         return Live(False, gh.url, None, [{"address": GATEWAY, "reason": reason}])
-    with GatewayClient(gh.url, admin_token) as client:
+    with GatewayClient.for_handle(gh, admin_token) as client:
         try:
             apps = client.list_apps()
         except GatewayError as exc:
@@ -260,7 +292,7 @@ def prior_app(record: dict[str, Any] | None, live: dict[str, Any] | None) -> dic
     """An app's attributes as they are: the state's record corrected by the gateway's."""
     if live is None:
         return None
-    base = {k: v for k, v in (record or {}).items() if k != "pending"}
+    base = {k: v for k, v in (record or {}).items() if k not in BOOKKEEPING}
     options = live.get("options") or {}
     base["revision"] = live.get("revision")
     base["fingerprint"] = live.get("fingerprint")
@@ -368,7 +400,7 @@ def build_plan(
     if targets and GATEWAY not in targets and not gateway_fresh:
         gw_change.actions = ["no-op"]  # untargeted replacements wait for a full apply
     changes = [gw_change, *(app_changes[n] for n in sorted(app_changes))]
-    base = gateway_url(gw_want["host"], gw_want["port"])
+    base = public_base(gw_want)
     return Plan(
         stack=stack.name,
         mode=request.mode,
@@ -544,7 +576,12 @@ def _secrets_digest(
 def _gateway_attrs(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return None
-    return {k: record.get(k) for k in GATEWAY_ATTRS if k != "limits" or record.get(k)}
+    # limits: only when the stack sets any, so that stacks without limits see no change
+    return {
+        k: record.get(k, _GATEWAY_DEFAULTS.get(k))
+        for k in GATEWAY_ATTRS
+        if k != "limits" or record.get(k)
+    }
 
 
 def _gateway_change(
@@ -590,7 +627,8 @@ def _app_change(
         return ResourceChange(address, "app", name, ["create"], None, after, reason=reason)
     changed = _changed(prior, after)
     forces = [c for c in changed if c in FORCES_NEW_REVISION]
-    if force or forces:
+    tainted = tainted_reason(record)
+    if force or forces or tainted is not None:
         return ResourceChange(
             address,
             "app",
@@ -601,10 +639,20 @@ def _app_change(
             changed=changed,
             forces=forces,
             reason="--replace" if force and not forces else None,
+            tainted=tainted,
         )
     if changed:
         return ResourceChange(address, "app", name, ["update"], prior, after, changed=changed)
     return ResourceChange(address, "app", name, ["no-op"], prior, after)
+
+
+def tainted_reason(record: dict[str, Any] | None) -> str | None:
+    """Why the last apply left this app unable to serve its revision, if it did."""
+    tainted = (record or {}).get("tainted")
+    if not tainted:
+        return None
+    reason = tainted.get("reason") if isinstance(tainted, dict) else tainted
+    return str(reason or "the last apply could not make it live")
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -646,7 +694,7 @@ def _state_app_names(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str
 def _app_drift(
     resources: dict[str, dict[str, Any]], live: Live, desired: set[str]
 ) -> list[dict[str, str]]:
-    out = []
+    out: list[dict[str, str]] = []
     if live.apps is None:
         return out
     for name, record in sorted(_state_app_names(resources).items()):
@@ -796,13 +844,15 @@ def load_plan(path: Path | str, key: str) -> Plan:
         raise SkyformError(f"{path}: not a skyform plan file")
     if raw.get("version") != 1:
         raise SkyformError(f"{path}: plan file version {raw.get('version')!r} is not supported")
-    body = {k: raw.get(k) for k in ("plan", "private", "bundles")}
+    body: dict[str, Any] = {k: raw.get(k) for k in ("plan", "private", "bundles")}
     if not hmac.compare_digest(str(raw.get("signature", "")), sign(body, key)):
         raise SkyformError(
             f"{path}: the plan file's signature does not match (it was edited, or made for "
             "another stack or with another SKYFORM_BUNDLE_KEY); run plan again"
         )
     public, private = body["plan"], body["private"]
+    if not isinstance(public, dict) or not isinstance(private, dict):
+        raise SkyformError(f"{path}: not a skyform plan file (its plan is missing)")
     if public.get("format_version") != FORMAT_VERSION:
         raise SkyformError(f"{path}: plan format {public.get('format_version')!r} is not supported")
     from skyform import __version__

@@ -43,6 +43,8 @@ def headline(change: ResourceChange) -> str:
         ("delete", "create"): f"# {addr} must be replaced",
         ("delete",): f"# {addr} will be destroyed",
     }.get(acts, f"# {addr}")
+    if change.tainted is not None:
+        text = text.replace(f"# {addr} will", f"# {addr} is tainted, so it will", 1)
     if change.reason:
         text += f" ({change.reason})"
     return text
@@ -99,7 +101,10 @@ def _outputs_change(plan: Plan) -> bool:
 def _resource_block(change: ResourceChange) -> list[str]:
     sym = symbol(change)
     kind = f'resource "{change.type}"' + (f' "{change.name}"' if change.type == "app" else "")
-    out = [f"  {headline(change)}", f"{sym:>3} {kind} {{"]
+    out = [f"  {headline(change)}"]
+    if change.tainted is not None:
+        out.append(f"  # tainted: {change.tainted}")
+    out.append(f"{sym:>3} {kind} {{")
     acts = tuple(change.actions)
     before, after = change.before or {}, change.after or {}
     if acts in (("create",), ("delete",)):
@@ -215,6 +220,8 @@ def _md_detail(change: ResourceChange) -> str:
         text = label + (": " + ", ".join(parts) if parts else "")
         if forced and label == "new revision":
             text += " (forces new revision)"
+    if change.tainted is not None:
+        text += f" — tainted: {change.tainted}"
     if change.reason:
         text += f" — {change.reason}"
     return text.replace("|", "\\|")

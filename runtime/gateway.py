@@ -1,6 +1,8 @@
 """The gateway: a stack's front door (`python -m skyform.runtime.gateway`).
 
     python -m skyform.runtime.gateway --port N --state-dir DIR [--host H] [--stack NAME]
+        [--tls-cert PEM --tls-key PEM] [--runner-cert PEM --runner-key PEM --runner-ca PEM]
+        [--public-url URL] [--trusted-proxy IP/CIDR]...
 
 Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
 private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners),
@@ -15,6 +17,7 @@ Routes (DESIGN §7):
     PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
     GET  /{app}/playground                     a page to try each endpoint
     /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+    PUT  /-/tls                                a renewed certificate, and the public URL
 
 A plain ASGI callable rather than a framework: the proxy path is the hot path
 and every microsecond there shows in added latency.
@@ -40,6 +43,7 @@ from urllib.parse import parse_qs
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.names import app_name_problem
+from skyform.providers.base import TLSMaterial
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
@@ -49,6 +53,7 @@ from skyform.runtime.gateway_scheduler import (
     RequestNotCancellable,
     Scheduler,
 )
+from skyform.runtime.gateway_urls import PublicURL, default_public_url
 from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
@@ -64,6 +69,7 @@ NO_RETRY_HEADER = b"x-skyform-no-retry"
 IDEMPOTENCY_HEADER = b"x-skyform-idempotency-key"
 MAX_IDEMPOTENCY_KEY = 256
 RETRY_AFTER_S = 1  # what a caller refused for lack of room is told to wait
+PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
 
 
 class HTTPError(Exception):
@@ -97,10 +103,20 @@ class Gateway:
         bundle_key: str,
         runner_token: str,
         limits: GatewayLimits | None = None,
+        public_url: str = "",
+        trusted_proxies: tuple[str, ...] = (),
+        runner_tls: TLSMaterial | None = None,
+        tls_files: tuple[Path, Path] | None = None,
+        public_url_configured: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.limits = limits or GatewayLimits()
         self.body_budget = BodyBudget(self.limits.max_inflight_body_bytes)
+        # Returned URLs start with this, never with a caller's Host header.
+        self.public_url = PublicURL(public_url, trusted_proxies) if public_url else None
+        self.trusted_proxies = trusted_proxies
+        self.tls_files = tls_files  # what the server serves (and reloads when it changes)
+        self.public_url_configured = public_url_configured
         self.stack = stack
         self.admin_token = admin_token.encode()
         self.api_key = api_key
@@ -117,6 +133,7 @@ class Gateway:
             runner_env={k: v for k, v in runner_env.items() if v},
             runner_token=runner_token,
             limits=self.limits,
+            runner_tls=runner_tls,
         )
         self.accepting = True
 
@@ -387,13 +404,19 @@ class Gateway:
         return out
 
     def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
-        base = f"{_base_url(scope)}/queue/{app}/requests/{request_id}"
+        base = f"{self._base_url(scope)}/queue/{app}/requests/{request_id}"
         return {
             "request_id": request_id,
             "status_url": f"{base}/status",
             "response_url": base,
             "cancel_url": f"{base}/cancel",
         }
+
+    def _base_url(self, scope: Scope) -> str:
+        if self.public_url is not None:
+            return self.public_url.for_request(scope)
+        server = scope.get("server") or ("127.0.0.1", 80)  # an embedded Gateway in a test
+        return default_public_url(scope.get("scheme", "http"), server[0], server[1])
 
     async def _playground(self, send: Send, app: AppState) -> None:
         from skyform.runtime.playground import render_playground
@@ -426,6 +449,9 @@ class Gateway:
         elif rest == "runners" and method == "GET":
             runners = [r.describe() for r in self.scheduler.all_runners()]
             await send_response(send, 200, dump({"runners": runners}))
+        elif rest == "tls" and method == "PUT":
+            body = self._replace_certificate(await self._read_body(scope, receive))
+            await send_response(send, 200, dump(body))
         elif rest == "apps" and method == "GET":
             apps = [a.describe() for a in self.scheduler.apps.values()]
             await send_response(send, 200, dump({"apps": apps}))
@@ -437,7 +463,8 @@ class Gateway:
                 tail = int(query.get("tail", ["200"])[0])
             except ValueError:
                 raise HTTPError(400, "tail must be an integer") from None
-            text = self._logs(self._app(parts[1]), max(tail, 0))
+            every = query.get("all", ["0"])[0].lower() in ("1", "true", "yes")
+            text = self._logs(self._app(parts[1]), max(tail, 0), every)
             await send_response(send, 200, text.encode(), _TEXT)
         else:
             raise HTTPError(404, f"no admin route {method} /-/{rest}")
@@ -464,6 +491,54 @@ class Gateway:
             await send_response(send, 200, dump({"name": name, "removed": True}))
         else:
             raise HTTPError(405, f"{method} is not allowed on /-/apps/{name}")
+
+    def _replace_certificate(self, raw: bytes) -> dict[str, Any]:
+        """`PUT /-/tls`: a renewed certificate, and the public URL once the address is known.
+
+        A gateway started on a machine whose address nobody knew beforehand (a
+        SkyPilot cluster) gets a certificate naming that address, and its public
+        URL, from `apply`. The pair is checked before anything is written; the
+        server loads the new files within seconds.
+        """
+        from skyform.tls import TLSError, server_context
+
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "request body must be JSON") from None
+        known = ["cert_pem", "key_pem", "public_url"]
+        if not isinstance(payload, dict) or set(payload) - set(known):
+            extra = sorted(set(payload) - set(known)) if isinstance(payload, dict) else []
+            hint = did_you_mean(extra[0], known) if extra else ""
+            raise HTTPError(400, f"body must be an object of {', '.join(known)}{hint}")
+        cert, key = payload.get("cert_pem"), payload.get("key_pem")
+        if self.tls_files is None:
+            raise HTTPError(409, "this gateway serves plain http; it has no certificate to replace")
+        if not (isinstance(cert, str) and cert and isinstance(key, str) and key):
+            raise HTTPError(400, "cert_pem and key_pem (PEM text) are required")
+        url = payload.get("public_url")
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("http://", "https://"))
+        ):
+            raise HTTPError(400, f"public_url must be an http(s) URL, got {url!r}")
+        cert_path, key_path = self.tls_files
+        trial_cert, trial_key = self.state_dir / ".tls-trial.pem", self.state_dir / ".tls-trial.key"
+        try:
+            write_atomic(trial_cert, cert)
+            write_atomic(trial_key, key, mode=0o600)
+            server_context(trial_cert, trial_key)
+        except TLSError as exc:
+            raise HTTPError(400, f"certificate refused: {exc}", "bad_certificate") from None
+        finally:
+            for trial in (trial_cert, trial_key):
+                trial.unlink(missing_ok=True)
+        write_atomic(key_path, key, mode=0o600, fsync=True)
+        write_atomic(cert_path, cert, fsync=True)
+        if url and not self.public_url_configured:
+            self.public_url = PublicURL(url, self.trusted_proxies)
+            write_atomic(self.state_dir / PUBLIC_URL_FILE, url + "\n")  # kept across restarts
+        log.info("certificate replaced%s", f"; public URL {url}" if url else "")
+        return {"replaced": True, "public_url": self.public_url.base if self.public_url else None}
 
     def _register(self, name: str, raw: bytes) -> AppState:
         from skyform.bundle import read_bundle_meta
@@ -505,21 +580,37 @@ class Gateway:
             raise HTTPError(400, "env must be an object of string to string")
         return self.scheduler.register(name, data, meta, auth, env)
 
-    def _logs(self, app: AppState, tail: int) -> str:
-        chunks = []
+    def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
+        """The app's runner log lines, merged by time, the last `tail` of them in all.
+
+        Only the runners of the current revision (live or ended) unless `every`:
+        after a few rollouts the old ones would bury what matters. Each line
+        says when, which runner, and (inside a request) which request.
+        """
+        from skyform.logformat import utc_stamp
+
+        lines: list[tuple[str, int, str]] = []
         for runner in [*app.retired, *app.runners.values()]:
+            if not every and runner.generation != app.generation:
+                continue
             log_path = runner.handle.info.get("log") if runner.handle else None
-            header = f"==> runner {runner.id} ({runner.state}, revision {runner.revision[:12]}) <=="
-            lines: list[str] = []
+            raw: list[str] = []
             if log_path:
                 try:
-                    lines = Path(str(log_path)).read_text(errors="replace").splitlines()
+                    raw = Path(str(log_path)).read_text(errors="replace").splitlines()
                 except OSError:
-                    lines = []
+                    raw = []
+            when = utc_stamp(runner.started)
+            for text in raw:
+                if not text.strip():
+                    continue
+                when, line = _runner_log_line(runner.id, text, when)
+                lines.append((when, len(lines), line))
             if runner.error:
-                lines.append(f"[gateway] {runner.error}")
-            chunks.append("\n".join([header, *(lines[-tail:] if tail else [])]))
-        return "\n".join(chunks) + ("\n" if chunks else "")
+                lines.append((when, len(lines), f"{when} {runner.id} ERROR gateway {runner.error}"))
+        lines.sort()
+        shown = [line for _w, _i, line in lines[-tail:]] if tail else []
+        return "".join(line + "\n" for line in shown)
 
     # --- helpers ------------------------------------------------------------
 
@@ -573,6 +664,26 @@ class Gateway:
 
 
 # --- ASGI helpers -------------------------------------------------------------
+
+
+def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, str]:
+    """A runner's log line as `skyform logs` shows it: time, runner, level, source, request id.
+
+    A line without the runner's stamp (a C library writing to the file itself,
+    say) takes the time of the line before it.
+    """
+    from skyform.logformat import LINE_RE, NO_REQUEST
+
+    match = LINE_RE.match(text)
+    if match is None:
+        return last_time, f"{last_time} {runner_id} {text}"
+    rid = match["request_id"]
+    request = f" [{rid}]" if rid and rid != NO_REQUEST else ""
+    when = match["time"]
+    return (
+        when,
+        f"{when} {runner_id} {match['level']} {match['logger']}{request} {match['message']}",
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -635,14 +746,6 @@ def _with_query(path: str, scope: Scope) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-def _base_url(scope: Scope) -> str:
-    host = _header(scope, b"host")
-    if not host:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}"
-
-
 # --- process ------------------------------------------------------------------
 
 
@@ -654,13 +757,68 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
+    parser.add_argument("--runner-cert", type=Path, help="PEM certificate handed to runners")
+    parser.add_argument("--runner-key", type=Path, help="its PEM key")
+    parser.add_argument(
+        "--runner-ca", type=Path, help="CA that runner certificates are verified with"
+    )
+    parser.add_argument("--public-url", default="", help="base of returned URLs")
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="IP/CIDR whose X-Forwarded-Proto/-Host are honoured (repeatable)",
+    )
     return parser
+
+
+def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
+    """The runner TLS material of the command line: all three files, or none."""
+    from skyform.tls import runner_server_name
+
+    given = [args.runner_cert, args.runner_key, args.runner_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SkyformError("--runner-cert, --runner-key and --runner-ca go together")
+    for path in given:
+        if not path.is_file():
+            raise SkyformError(f"no such file: {path}")
+    return TLSMaterial(
+        args.runner_cert.resolve(),
+        args.runner_key.resolve(),
+        args.runner_ca.resolve(),
+        runner_server_name(args.stack),
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad TLS or URL arguments: one line, before anything is started."""
+    import ipaddress
+
+    from skyform.tls import server_context
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SkyformError("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        server_context(args.tls_cert, args.tls_key)  # raises TLSError naming the file
+    for item in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SkyformError(f"--trusted-proxy {item!r} is not an IP or CIDR") from None
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise SkyformError(f"--public-url must be an http(s) URL, got {args.public_url!r}")
 
 
 def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
     """The gateway for `args` (see `_parser`), its provider and keys from `environ`."""
     from skyform.providers import create_provider
 
+    _check_args(args)
+    runner_tls = _tls_args(args)
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config: Any = "local"
@@ -686,7 +844,21 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
         runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
         limits=limits,
+        public_url=args.public_url
+        or _learned_public_url(state_dir)
+        or default_public_url("https" if args.tls_cert else "http", args.host, args.port),
+        trusted_proxies=tuple(args.trusted_proxy),
+        runner_tls=runner_tls,
+        tls_files=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None,
+        public_url_configured=bool(args.public_url),
     )
+
+
+def _learned_public_url(state_dir: Path) -> str:
+    try:
+        return (state_dir / PUBLIC_URL_FILE).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _stored_admin_token(state_dir: Path) -> str:
@@ -717,9 +889,11 @@ def main(argv: list[str] | None = None) -> int:
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = make_server(gateway, args.host, args.port, gateway.limits)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = make_server(gateway, args.host, args.port, gateway.limits, tls=tls)
     started = time.monotonic()
-    log.info("gateway for stack %s on http://%s:%d", args.stack, args.host, args.port)
+    scheme = "https" if tls else "http"
+    log.info("gateway for stack %s on %s://%s:%d", args.stack, scheme, args.host, args.port)
     server.run()
     if not server.started:
         print(f"error: the gateway could not start on {args.host}:{args.port}", file=sys.stderr)

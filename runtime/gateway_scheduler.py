@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import secrets
+import ssl
 import threading
 import time
 from collections import deque
@@ -45,8 +46,9 @@ from typing import Any
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
+from skyform.logformat import LINE_RE
+from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
+from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
@@ -126,6 +128,7 @@ class Runner:
             "app": self.app,
             "state": self.state,
             "revision": self.revision,
+            "generation": self.generation,
             "url": self.url,
             "pid": self.pid,
             "started": self.started,
@@ -204,6 +207,7 @@ class AppState:
             "name": self.name,
             "revision": self.revision,
             "fingerprint": self.fingerprint,
+            "generation": self.generation,
             "auth": self.auth,
             "options": self.options,
             "endpoints": self.meta.get("endpoints", []),
@@ -235,6 +239,7 @@ class Scheduler:
         runner_env: dict[str, str],
         runner_token: str,
         limits: GatewayLimits | None = None,
+        runner_tls: TLSMaterial | None = None,
     ) -> None:
         self.store = store
         self.gateway_limits = limits or GatewayLimits()
@@ -244,6 +249,8 @@ class Scheduler:
         self.state_dir = Path(state_dir)
         self.runner_env = runner_env
         self.runner_token = runner_token
+        self.runner_tls = runner_tls
+        self._runner_ssl = _runner_ssl_context(runner_tls)
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
@@ -360,7 +367,9 @@ class Scheduler:
         else:
             app.meta, app.auth, app.env, app.bundle_path = meta, auth, env, path
             app.limits = AppLimits.of(meta)
-            if app.generation != generation:
+            if app.generation != generation or app.failures:
+                # A new generation starts afresh; so does registering a failing one
+                # again (apply repairing a tainted app): it is tried at once.
                 app.generation = generation
                 app.failures, app.next_start_at = 0, 0.0
                 app.last_error = app.last_error_type = None
@@ -716,7 +725,16 @@ class Scheduler:
             python_version=str(app.meta.get("python", "")),
             env=env,
             runner_id=runner_id,
+            tls=self.runner_tls,
         )
+
+    def _tls_for(self, url: str) -> dict[str, Any]:
+        """How to reach a runner at `url`: verified TLS for `https`, plain TCP otherwise."""
+        if not url.startswith("https://"):
+            return {}
+        if self._runner_ssl is None or self.runner_tls is None:
+            raise SkyformError("it serves https, but this gateway has no CA to verify it with")
+        return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner.id)
@@ -742,10 +760,16 @@ class Scheduler:
             return
         runner.state = "starting"
         host, port = _host_port(handle.url)
+        try:
+            tls = self._tls_for(handle.url)
+        except SkyformError as exc:
+            self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+            return
         runner.client = RunnerClient(
             host,
             port,
             {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
+            **tls,
         )
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
@@ -760,6 +784,9 @@ class Scheduler:
                 status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
                 if status == 200:
                     break
+            except RunnerTLSError as exc:  # waiting longer will not make it trusted
+                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+                return
             except (RunnerConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
@@ -785,7 +812,10 @@ class Scheduler:
             app.failures = 0
             for old in list(app.runners.values()):
                 if old.generation != app.generation and old.state in ACTIVE:
-                    self._spawn(self._drain_and_stop(app, old))
+                    # Draining from this moment, not from when the task first runs:
+                    # once a new runner is ready no request may reach an old one.
+                    old.state = "draining"
+                    self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
 
     def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
@@ -827,9 +857,13 @@ class Scheduler:
             app.retired.append(runner)
         self._orphans.discard(runner)
 
-    async def _drain_and_stop(self, app: AppState, runner: Runner) -> None:
-        """No new requests; wait for in-flight ones; then stop the runner."""
-        if runner.state not in ACTIVE:
+    async def _drain_and_stop(self, app: AppState, runner: Runner, marked: bool = False) -> None:
+        """No new requests; wait for in-flight ones; then stop the runner.
+
+        `marked`: the caller already set it draining (so no request was handed to
+        it between that decision and this task's first step).
+        """
+        if runner.state not in ACTIVE and not (marked and runner.state == "draining"):
             return
         runner.state = "draining"
         bound = time.monotonic() + app.limits.request_timeout + 5.0
@@ -936,6 +970,15 @@ def _start_error_type(exc: BaseException) -> str:
     return "startup_failed"
 
 
+def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
+    """The context verifying runners against the stack CA (None without runner TLS)."""
+    if material is None or material.ca is None:
+        return None
+    from skyform.tls import client_context
+
+    return client_context(material.ca)
+
+
 def _request_id() -> str:
     return secrets.token_hex(16)
 
@@ -977,4 +1020,7 @@ def _last_log_line(path: Path) -> str:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1][:500] if lines else ""
+    if not lines:
+        return ""
+    stamped = LINE_RE.match(lines[-1])  # the message, without the runner's time and level
+    return (stamped["message"] if stamped else lines[-1])[:500]

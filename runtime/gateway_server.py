@@ -13,6 +13,10 @@ Three adjustments to stock uvicorn:
   uvicorn sees it, and uvicorn's keep-alive timeout is not armed until a first
   response, so without this one caller can make the gateway hold a 60 MB
   header, or hundreds of connections that never finish a request.
+
+With TLS, the certificate files are checked every few seconds and reloaded
+into the live context when they change: `apply` renews a certificate before
+it expires, and new connections get the new one without a restart.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
+
+# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
+_CERT_CHECK_TICKS = 50
 
 
 class _CoalescingTransport:
@@ -64,12 +72,24 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing each response with one system call."""
+def coalescing_httptools_protocol() -> type[asyncio.Protocol] | None:
+    """uvicorn's httptools protocol writing each response with one system call.
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+    None when httptools is not importable (a platform without its wheels): the
+    gateway then serves on uvicorn's pure-Python h11 protocol instead of
+    failing to start. httptools is a core dependency, so installs get the fast path.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    return CoalescingHttpToolsProtocol
 
 
 # After refusing a request head, incoming bytes are read and dropped this long
@@ -81,8 +101,13 @@ SWEEP_S = 0.5  # how often connections are checked against the time bounds
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
-    """uvicorn's protocol with bounds on what one connection can make the gateway hold.
+_SWEEPS: dict[int, asyncio.TimerHandle] = {}  # per server (its connections set)
+
+
+def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] | None:
+    """The coalescing httptools protocol, bounding what one connection can make
+    the gateway hold within `limits`; None without httptools (the h11 fallback
+    then bounds heads in size only).
 
     - A request head larger than `max_header_bytes`: 431.
     - A request head not complete `header_timeout` seconds after its first
@@ -93,93 +118,127 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     `SWEEP_S`, not by a timer per request: the per-request cost stays a few
     attribute writes on the hot path.
     """
+    base = coalescing_httptools_protocol()
+    if base is None:
+        return None
 
-    max_header_bytes = GatewayLimits.max_header_bytes
-    header_timeout = GatewayLimits.header_timeout
-    body_timeout = GatewayLimits.body_timeout
-    _sweeps: dict[int, asyncio.TimerHandle] = {}  # per server (its connections set)
+    class GuardedHttpToolsProtocol(base):  # type: ignore[valid-type,misc]
+        max_header_bytes = limits.max_header_bytes
+        header_timeout = limits.header_timeout
+        body_timeout = limits.body_timeout
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._awaiting_head = True
-        self._refused = False
-        self._head_started: float | None = self.loop.time()
-        self._body_seen = 0.0
-        self._in_body = False
-        if id(self.connections) not in self._sweeps:
-            self._schedule_sweep(self.loop, self.connections)
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self._head_bytes = 0
+            self._head_tail = b""
+            self._awaiting_head = True
+            self._refused = False
+            self._head_started: float | None = self.loop.time()
+            self._body_seen = 0.0
+            self._in_body = False
+            if id(self.connections) not in _SWEEPS:
+                _schedule_sweep(self.loop, self.connections)
 
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # dropped while the refusal reaches the caller
-        if self._awaiting_head:
-            if self._head_started is None:
-                self._head_started = self.loop.time()
-            window = self._head_tail + data
-            end = window.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
-            if self._head_bytes > self.max_header_bytes:
-                self._refuse(431, f"request head is larger than {self.max_header_bytes} bytes")
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # dropped while the refusal reaches the caller
+            if self._awaiting_head:
+                if self._head_started is None:
+                    self._head_started = self.loop.time()
+                window = self._head_tail + data
+                end = window.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
+                if self._head_bytes > self.max_header_bytes:
+                    self._refuse(431, f"request head is larger than {self.max_header_bytes} bytes")
+                    return
+                self._head_tail = window[-3:]
+            elif self._in_body:
+                self._body_seen = self.loop.time()
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head, self._head_started = False, None
+            self._in_body, self._body_seen = True, self.loop.time()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_body = False
+            self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
+
+        def check_time(self, now: float) -> None:
+            if self._refused or self.transport is None or self.transport.is_closing():
                 return
-            self._head_tail = window[-3:]
-        elif self._in_body:
-            self._body_seen = self.loop.time()
-        super().data_received(data)
+            started = self._head_started
+            if self._awaiting_head and started is not None and now - started > self.header_timeout:
+                self._refuse(408, f"request head not complete within {self.header_timeout:g}s")
+            elif self._in_body and now - self._body_seen > self.body_timeout:
+                cycle = self.cycle
+                if cycle is not None and cycle.response_started:
+                    self.transport.close()  # answered already; the caller just stopped sending
+                    return
+                if cycle is not None:
+                    cycle.disconnected = True  # the app's own answer goes nowhere
+                    cycle.message_event.set()
+                self._refuse(408, f"request body stalled for {self.body_timeout:g}s")
 
-    def on_headers_complete(self) -> None:
-        self._awaiting_head, self._head_started = False, None
-        self._in_body, self._body_seen = True, self.loop.time()
-        super().on_headers_complete()
+        def _refuse(self, status: int, detail: str) -> None:
+            self._refused = True
+            self._unset_keepalive_if_required()
+            body = json.dumps({"detail": detail, "error_type": "bad_request"}).encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, _REASONS[status], len(body), body)
+            )
+            log.warning("refused a request from %s: %s", self.client, detail)
+            self.loop.call_later(LINGER_S, self.transport.close)
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_body = False
-        self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
-
-    def _check_time(self, now: float) -> None:
-        if self._refused or self.transport is None or self.transport.is_closing():
-            return
-        started = self._head_started
-        if self._awaiting_head and started is not None and now - started > self.header_timeout:
-            self._refuse(408, f"request head not complete within {self.header_timeout:g}s")
-        elif self._in_body and now - self._body_seen > self.body_timeout:
-            cycle = self.cycle
-            if cycle is not None and cycle.response_started:
-                self.transport.close()  # answered already; the caller just stopped sending
-                return
-            if cycle is not None:
-                cycle.disconnected = True  # the app's own answer goes nowhere
-                cycle.message_event.set()
-            self._refuse(408, f"request body stalled for {self.body_timeout:g}s")
-
-    @classmethod
-    def _schedule_sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+    def _schedule_sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         def sweep() -> None:
             now = loop.time()
             for conn in list(connections):
                 if isinstance(conn, GuardedHttpToolsProtocol):
-                    conn._check_time(now)
-            cls._sweeps[id(connections)] = loop.call_later(SWEEP_S, sweep)
+                    conn.check_time(now)
+            _SWEEPS[id(connections)] = loop.call_later(SWEEP_S, sweep)
 
-        cls._sweeps[id(connections)] = loop.call_later(SWEEP_S, sweep)
+        _SWEEPS[id(connections)] = loop.call_later(SWEEP_S, sweep)
 
-    def _refuse(self, status: int, detail: str) -> None:
-        self._refused = True
-        self._unset_keepalive_if_required()
-        body = json.dumps({"detail": detail, "error_type": "bad_request"}).encode()
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, _REASONS[status], len(body), body)
-        )
-        log.warning("refused a request from %s: %s", self.client, detail)
-        self.loop.call_later(LINGER_S, self.transport.close)
+    return GuardedHttpToolsProtocol
 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT and then letting the process exit 0."""
+
+    tls_files: tuple[Path, Path] | None = None
+    _tls_stamp: tuple[float, float] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.tls_files is not None and counter % _CERT_CHECK_TICKS == 0:
+            self._reload_certificate()
+        return await super().on_tick(counter)
+
+    def _reload_certificate(self) -> None:
+        """Load renewed certificate files into the live TLS context (new connections use them)."""
+        from skyform.tls import TLSError, load_cert_chain
+
+        assert self.tls_files is not None
+        cert, key = self.tls_files
+        try:
+            stamp = (os.stat(cert).st_mtime, os.stat(key).st_mtime)
+        except OSError:
+            return
+        if self._tls_stamp is None:
+            self._tls_stamp = stamp
+        if stamp == self._tls_stamp or self.config.ssl is None:
+            return
+        try:
+            load_cert_chain(self.config.ssl, cert, key)
+        except TLSError as exc:  # a half-renewed pair: the old certificate stays in use
+            log.warning("certificate not reloaded: %s", exc)
+            return
+        self._tls_stamp = stamp
+        log.info("reloaded the TLS certificate from %s", cert)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -201,25 +260,24 @@ class GatewayServer(uvicorn.Server):
 
 
 def make_server(
-    app: Any, host: str, port: int, limits: GatewayLimits | None = None
+    app: Any,
+    host: str,
+    port: int,
+    limits: GatewayLimits | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> GatewayServer:
-    """The server for the gateway's ASGI `app` on `host:port`, within `limits`."""
+    """The server for the gateway's ASGI `app` on `host:port`, within `limits`;
+    https with `tls` (cert, key)."""
     limits = limits or GatewayLimits()
     options: dict[str, Any] = {}
-    try:
-        import httptools  # noqa: F401
-
-        options["http"] = type(
-            "GatewayHttpProtocol",
-            (GuardedHttpToolsProtocol,),
-            {
-                "max_header_bytes": limits.max_header_bytes,
-                "header_timeout": limits.header_timeout,
-                "body_timeout": limits.body_timeout,
-            },
-        )
-    except ImportError:
-        log.warning("httptools is not installed: request heads are bounded in size only")
+    if tls is not None:
+        options["ssl_certfile"] = str(tls[0])
+        options["ssl_keyfile"] = str(tls[1])
+    protocol = guarded_httptools_protocol(limits)
+    if protocol is not None:
+        options["http"] = protocol
+    else:
+        log.warning("httptools is not installed: serving on uvicorn's slower h11 protocol")
     try:
         import uvloop  # noqa: F401
 
@@ -240,4 +298,8 @@ def make_server(
         h11_max_incomplete_event_size=limits.max_header_bytes,
         **options,
     )
-    return GatewayServer(config)
+    server = GatewayServer(config)
+    if tls is not None:
+        server.tls_files = (Path(tls[0]), Path(tls[1]))
+        server._reload_certificate()  # records the files' current state
+    return server

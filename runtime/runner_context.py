@@ -7,10 +7,15 @@ without the user passing anything around.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TextIO
+
+from skyform.logformat import NO_REQUEST, log_line, utc_stamp
 
 REQUEST_ID_HEADER = "x-skyform-request-id"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -57,10 +62,83 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class LineFormatter(logging.Formatter):
+    """LOG_FORMAT with UTC ISO times, and every line of a record stamped.
+
+    A traceback or a multi-line message gets the time, level and request id on
+    each of its lines, so `skyform logs` can merge, filter and tail by line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_stamp(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        first, *rest = text.split("\n")
+        prefix = first[: len(first) - len(record.getMessage().split("\n")[0])]
+        return "\n".join([first, *(prefix + line for line in rest)])
+
+
+def stamp_line(stream_name: str, level: str, line: str) -> str:
+    """One line of output that did not come through logging, in LOG_FORMAT's shape."""
+    ctx = _current.get()
+    return log_line(stream_name, level, line, ctx.request_id if ctx is not None else NO_REQUEST)
+
+
+class StampedStream(io.TextIOBase):
+    """What the App's code prints: each whole line stamped like a log record.
+
+    `print()` in `setup()` or an endpoint then carries the time and request id
+    too. Text is held until its line ends; `drain()` writes a trailing partial
+    line (the runner calls it before it exits).
+    """
+
+    def __init__(self, target: TextIO, name: str, level: str) -> None:
+        self._target = target
+        self._name = name
+        self._level = level
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            data = self._partial + text
+            *whole, self._partial = data.split("\n")
+            for line in whole:
+                self._target.write(stamp_line(self._name, self._level, line.rstrip("\r")) + "\n")
+            if whole:
+                self._target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def drain(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._target.write(stamp_line(self._name, self._level, self._partial) + "\n")
+                self._partial = ""
+            self._target.flush()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Log to stderr, one line per record, each with the request id it belongs to."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LineFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -71,9 +149,24 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def stamp_output() -> None:
+    """From now on, lines printed to stdout and stderr are stamped like log records.
+
+    The log handler keeps the raw stream it was given, so records are not
+    stamped twice.
+    """
+    if not isinstance(sys.stdout, StampedStream):
+        sys.stdout = StampedStream(sys.stdout, "stdout", "INFO")
+    if not isinstance(sys.stderr, StampedStream):
+        sys.stderr = StampedStream(sys.stderr, "stderr", "WARNING")
+
+
 def flush_logs() -> None:
     """Flush every handler: the runner may leave through `os._exit`, which skips that."""
     for handler in logging.getLogger().handlers:
         handler.flush()
-    sys.stderr.flush()
-    sys.stdout.flush()
+    for stream in (sys.stderr, sys.stdout):
+        if isinstance(stream, StampedStream):
+            stream.drain()
+        else:
+            stream.flush()

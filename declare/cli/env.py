@@ -8,14 +8,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from skyform.cli.output import console, human_size, print_json
+from skyform.cli.output import console, help_when_bare, human_size, print_json
 
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="env",
         help="Inspect and prune the cached per-app environments.",
-        no_args_is_help=True,
+        invoke_without_command=True,
+        callback=help_when_bare,
     )
     group.command("list")(env_list)
     group.command("prune")(env_prune)

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -48,3 +49,10 @@ def print_json(data: Any) -> None:
     """Machine output: compact-enough JSON on stdout, never coloured."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def help_when_bare(ctx: typer.Context) -> None:
+    """A command group called without a subcommand prints its help and exits 0."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)

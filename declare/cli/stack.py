@@ -9,6 +9,8 @@ bad file fails before anything is locked or started. `plan`, `apply` and
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -304,25 +306,85 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
             console.print(f"  {key:<14} = {urls[key]}", markup=False)  # an IPv6 host: [fe80::1]
 
 
+SENSITIVE_OUTPUTS = ("api_key",)
+
+
 def output(
+    name: str | None = typer.Argument(
+        None, metavar="NAME", help="One output: gateway_url, apps or api_key (sensitive)."
+    ),
     file: Path = FILE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable outputs."),
+    raw: bool = typer.Option(
+        False,
+        "--raw",
+        help="Print NAME's bare value, for scripts: $(skyform output --raw api_key).",
+    ),
 ) -> None:
-    """The stack's URLs: gateway, and per app its sync, queue and playground URLs."""
+    """The stack's URLs (gateway, and per app its sync, queue and playground URLs), or one NAME.
+
+    Like Terraform's outputs: `api_key` is sensitive, so it is shown only when
+    named (`skyform output api_key`), never in the full listing.
+    """
     from skyform.stackfile import load_stack
     from skyform.state import open_backend
 
-    # Only the state is read: no keys are made and no provider is set up.
+    if raw and as_json:
+        raise SkyformError("--raw and --json are exclusive: pick one")
+    if raw and name is None:
+        raise SkyformError("--raw needs an output NAME (for example: skyform output --raw api_key)")
+    # Only the state (and, for api_key, the stored keys) is read: nothing is made or started.
     stack = load_stack(file)
     with open_backend(stack.model.state, stack.name, stack.base_dir) as backend:
         outputs = backend.read().outputs
-    if as_json:
-        print_json(outputs)
+    if name is None:
+        if as_json:
+            print_json(outputs)
+        elif not outputs:
+            print_warning("no outputs: the stack has not been applied (run skyform apply)")
+        else:
+            _print_outputs(outputs)
+            for secret in SENSITIVE_OUTPUTS:
+                console.print(f"\n{secret} = <sensitive>", markup=False)
         return
+    value = _output_value(stack, outputs, name)
+    if raw:
+        if not isinstance(value, str | int | float | bool):
+            raise SkyformError(
+                f"output {name} is not a plain string or number; --raw cannot print it (use --json)"
+            )
+        sys.stdout.write(str(value))
+        sys.stdout.flush()
+    elif as_json or not isinstance(value, str):
+        print_json(value)
+    else:
+        sys.stdout.write(json.dumps(value) + "\n")
+        sys.stdout.flush()
+
+
+def _output_value(stack: Any, outputs: dict[str, Any], name: str) -> Any:
+    """The value of output `name`; an unknown name, or a stack never applied, is an error."""
+    from skyform.keys import keys_path, stack_secret
+    from skyform.suggest import did_you_mean
+
     if not outputs:
-        print_warning("no outputs: the stack has not been applied (run skyform apply)")
-        return
-    _print_outputs(outputs)
+        raise SkyformError("no outputs: the stack has not been applied (run skyform apply)")
+    known = sorted({*outputs, *SENSITIVE_OUTPUTS})
+    if name not in known:
+        raise SkyformError(
+            f"no output named {name!r}{did_you_mean(name, known)}; outputs: " + ", ".join(known)
+        )
+    if name in SENSITIVE_OUTPUTS:
+        if (
+            not keys_path(stack.base_dir, stack.name).exists()
+            and "SKYFORM_API_KEY" not in os.environ
+        ):
+            raise SkyformError(
+                f"the stack's keys file {keys_path(stack.base_dir, stack.name)} is missing and "
+                "SKYFORM_API_KEY is not set: the key this stack was applied with is unknown here"
+            )
+        return stack_secret(name, stack.base_dir, stack.name)
+    return outputs[name]
 
 
 def status(
@@ -334,7 +396,7 @@ def status(
     from rich.table import Table
 
     from skyform.apply import open_context
-    from skyform.plan import APP_PREFIX, GATEWAY, app_urls, refresh
+    from skyform.plan import APP_PREFIX, GATEWAY, app_urls, refresh, tainted_reason
     from skyform.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
@@ -358,6 +420,7 @@ def status(
                 "auth": app.get("auth") or record.get("auth"),
                 "registered": name in (live.apps or {}),
                 "pending": record.get("pending"),
+                "tainted": tainted_reason(record),
                 "runners": [
                     {k: r.get(k) for k in ("id", "state", "revision", "url", "error")}
                     for r in runners
@@ -404,6 +467,11 @@ def status(
         )
     console.print(table)
     for a in apps:
+        if a["tainted"]:
+            console.print(
+                f"[red]app.{a['name']}: tainted[/] (the next apply replaces it): "
+                f"{escape(a['tainted'])}"
+            )
         if a["last_error"]:
             console.print(f"[red]app.{a['name']}: last error:[/] {escape(str(a['last_error']))}")
 
@@ -411,16 +479,24 @@ def status(
 def logs(
     app_name: str = typer.Argument(..., metavar="APP", help="The app whose runner logs to show."),
     file: Path = FILE_OPTION,
-    tail: int = typer.Option(200, "--tail", "-n", help="How many lines."),
+    tail: int = typer.Option(200, "--tail", "-n", help="How many lines, in all."),
     follow: bool = typer.Option(False, "--follow", help="Keep printing new lines."),
+    every: bool = typer.Option(
+        False, "--all", help="Also the runners of older revisions (default: the current one)."
+    ),
 ) -> None:
-    """The recent log lines of an app's runners, from the gateway."""
+    """The recent log lines of an app's runners, from the gateway, merged by time.
+
+    Each line: time (UTC), runner, level, source and, inside a request, its id.
+    """
     from skyform.apply import open_context
     from skyform.gatewayclient import GatewayClient
     from skyform.plan import GATEWAY, refresh
     from skyform.stackfile import load_stack
     from skyform.suggest import did_you_mean
 
+    if tail < 0:
+        raise SkyformError(f"--tail {tail}: must be 0 or more")
     stack = load_stack(file)
     ctx = open_context(stack)
     doc = ctx.backend.read()
@@ -434,36 +510,38 @@ def logs(
         raise SkyformError(
             f'no app "{app_name}" is running in stack {stack.name!r}{did_you_mean(app_name, known)}'
         )
-    url = (doc.resources.get(GATEWAY) or {}).get("url") or live.gateway_url
-    with GatewayClient(url, ctx.keys["admin_token"]) as client:
+    from skyform.providers.base import GatewayHandle
+
+    record = doc.resources.get(GATEWAY) or {}
+    handle = GatewayHandle(**record["handle"])  # refresh found it alive, so it is recorded
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"]) as client:
         follower = LogFollower()
-        for line in follower.new_lines(client.logs(app_name, tail)):
+        for line in follower.new_lines(client.logs(app_name, tail, every)):
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
         while follow:
             time.sleep(1.0)
-            for line in follower.new_lines(client.logs(app_name, max(tail, 500))):
+            for line in follower.new_lines(client.logs(app_name, max(tail, 500), every)):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
 
 class LogFollower:
-    """Turns repeated `tail` snapshots into only the lines not printed yet."""
+    """Turns repeated `tail` snapshots into only the lines not printed yet.
+
+    Snapshots are merged by time across runners, so a new line may land
+    before the last one printed; every line carries its time (to the
+    millisecond) and runner, so "not in the previous snapshot" means new.
+    """
 
     def __init__(self) -> None:
-        self._last: list[str] = []
+        self._last: set[str] = set()
 
     def new_lines(self, text: str) -> list[str]:
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        previous = self._last
-        self._last = lines
-        if not previous:
-            return lines
-        # The longest suffix of what we printed that starts the new snapshot.
-        for size in range(min(len(previous), len(lines)), 0, -1):
-            if previous[-size:] == lines[:size]:
-                return lines[size:]
-        return lines
+        fresh = [ln for ln in lines if ln not in self._last]
+        self._last = set(lines)
+        return fresh
 
 
 def schema() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from skyform.cli.output import console, err_console, print_json
+from skyform.cli.output import console, err_console, help_when_bare, print_json
 from skyform.errors import SkyformError
 from skyform.stackfile import DEFAULT_FILE
 
@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="state",
         help="Inspect a stack's state, or remove a lock left by a stuck run.",
-        no_args_is_help=True,
+        invoke_without_command=True,
+        callback=help_when_bare,
     )
     group.command("list")(state_list)
     group.command("show")(state_show)

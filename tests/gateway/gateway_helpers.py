@@ -14,6 +14,7 @@ import httpx
 
 from skyform.bundle import Bundle
 from skyform.providers.local import free_port
+from skyform.tls import client_context
 
 APPS = Path(__file__).parent / "apps"
 BUNDLE_KEY = "gateway-test-bundle-key-0123456789abcdef"
@@ -68,15 +69,21 @@ class GatewayProc:
         count_dir: Path,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        ca_file: Path | None = None,
     ) -> None:
+        """`args`: more gateway arguments; with `--tls-cert`, `http` verifies against `ca_file`."""
         self.state_dir = state_dir
         self.env = env or {}
         self.tag = tag
         self.count_dir = count_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        scheme = "https" if "--tls-cert" in args else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=60.0, trust_env=False)
+        verify = client_context(ca_file) if ca_file else True
+        self.http = httpx.Client(base_url=self.url, timeout=60.0, trust_env=False, verify=verify)
         self.admin_headers = {"Authorization": f"Bearer {ADMIN}"}
 
     def start(self) -> GatewayProc:
@@ -103,6 +110,7 @@ class GatewayProc:
                 str(self.state_dir),
                 "--stack",
                 "test",
+                *self.args,
             ],
             env=env,
             stdout=log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from gateway_helpers import ADMIN, API_KEY, APPS, GatewayProc, pid_alive, wait_for
@@ -172,7 +173,7 @@ def test_logs_runners_and_metrics(gw: GatewayProc) -> None:
     assert gw.http.post("/echo/", json={"text": "log me"}).status_code == 200
     logs = gw.admin("GET", "/-/apps/echo/logs", params={"tail": 50})
     assert logs.status_code == 200 and logs.headers["content-type"].startswith("text/plain")
-    assert "==> runner echo-" in logs.text
+    assert re.search(r"^\S+Z echo-[0-9a-f]{8} INFO ", logs.text, re.M)
     runners = gw.admin("GET", "/-/runners").json()["runners"]
     ready = [r for r in runners if r["app"] == "echo" and r["state"] == "ready"]
     assert ready and ready[0]["url"].startswith("http://127.0.0.1:") and ready[0]["pid"] > 0
