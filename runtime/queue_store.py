@@ -19,9 +19,13 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from skyform.errors import SkyformError
+from skyform.runtime.sealing import Sealer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -30,6 +34,7 @@ CREATE TABLE IF NOT EXISTS apps (
     fingerprint TEXT NOT NULL,
     auth TEXT NOT NULL,
     env TEXT NOT NULL,
+    secrets TEXT NOT NULL DEFAULT '',
     bundle_path TEXT NOT NULL,
     updated REAL NOT NULL
 );
@@ -58,6 +63,26 @@ CREATE TABLE IF NOT EXISTS bodies (
     seq INTEGER PRIMARY KEY,
     body BLOB NOT NULL
 );
+-- fal-compatible options and logs of a queued request (only for requests that have any)
+CREATE TABLE IF NOT EXISTS request_fal (
+    id TEXT PRIMARY KEY,
+    webhook_url TEXT,
+    hint TEXT,
+    start_deadline REAL,
+    logs TEXT
+);
+-- webhook POSTs still to make; written with the result they report
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_outbox(next_at) WHERE state = 'pending';
 """
 
 # Columns added after the first release: added to an older database on open.
@@ -85,6 +110,7 @@ class StoredApp:
     auth: str
     env: dict[str, str]
     bundle_path: Path
+    secrets: dict[str, str] = field(default_factory=dict)  # sealed at rest
 
 
 @dataclass
@@ -111,6 +137,15 @@ class StoredRequest:
     deaths: int = 0
     idem_key: str | None = None
     size: int = 0  # the body's length, also while the body itself stays on disk
+    # fal-compatible extras, kept in `request_fal`
+    webhook_url: str | None = None
+    hint: str | None = None
+    start_deadline: float | None = None  # epoch seconds by which it must have started
+    logs: list[dict[str, str]] | None = None
+
+    @property
+    def has_fal_extras(self) -> bool:
+        return bool(self.webhook_url or self.hint or self.start_deadline or self.logs)
 
 
 _REQUEST_COLUMNS = (
@@ -123,10 +158,15 @@ _REQUEST_COLUMNS = (
 class QueueStore:
     """SQLite-backed apps and requests. Open one per gateway process."""
 
-    def __init__(self, path: Path, *, fsync: bool | None = None) -> None:
+    def __init__(
+        self, path: Path, *, fsync: bool | None = None, sealer: Sealer | None = None
+    ) -> None:
         self.path = Path(path)
+        self.sealer = sealer
+        self.load_errors: dict[str, str] = {}  # apps `load_apps` could not open
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Apps' env (secrets included) lives here: readable by the owner only.
+        # Results and apps' env live here: readable by the owner only (secrets
+        # are sealed besides, see `skyform.runtime.sealing`).
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(self.path, 0o600)
@@ -141,6 +181,9 @@ class QueueStore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(apps)")}
+        if "secrets" not in columns:  # a store written before secrets were sealed
+            self._db.execute("ALTER TABLE apps ADD COLUMN secrets TEXT NOT NULL DEFAULT ''")
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             self._db.execute("VACUUM")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
@@ -156,14 +199,15 @@ class QueueStore:
 
     def save_app(self, app: StoredApp) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO apps (name, revision, fingerprint, auth, env, bundle_path, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO apps (name, revision, fingerprint, auth, env, secrets, "
+            "bundle_path, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 app.name,
                 app.revision,
                 app.fingerprint,
                 app.auth,
                 json.dumps(app.env, sort_keys=True),
+                self._seal(app),
                 str(app.bundle_path),
                 time.time(),
             ),
@@ -173,10 +217,36 @@ class QueueStore:
         self._db.execute("DELETE FROM apps WHERE name = ?", (name,))
 
     def load_apps(self) -> list[StoredApp]:
+        """Every registered app, its secrets opened (an app whose secrets do not open is skipped
+        with `SkyformError` recorded in `load_errors`)."""
         rows = self._db.execute(
-            "SELECT name, revision, fingerprint, auth, env, bundle_path FROM apps ORDER BY name"
+            "SELECT name, revision, fingerprint, auth, env, bundle_path, secrets FROM apps "
+            "ORDER BY name"
         ).fetchall()
-        return [StoredApp(r[0], r[1], r[2], r[3], json.loads(r[4]), Path(r[5])) for r in rows]
+        apps = []
+        self.load_errors = {}
+        for r in rows:
+            try:
+                secrets = self._open(r[0], r[6])
+            except SkyformError as exc:
+                self.load_errors[r[0]] = str(exc)
+                continue
+            apps.append(StoredApp(r[0], r[1], r[2], r[3], json.loads(r[4]), Path(r[5]), secrets))
+        return apps
+
+    def _seal(self, app: StoredApp) -> str:
+        if not app.secrets:
+            return ""
+        if self.sealer is None:
+            raise SkyformError(f"app {app.name}: no key to seal its secrets with")
+        return self.sealer.seal(app.secrets, f"app {app.name}")
+
+    def _open(self, name: str, text: str) -> dict[str, str]:
+        if not text:
+            return {}
+        if self.sealer is None:
+            raise SkyformError(f"app {name}: no key to open its sealed secrets with")
+        return self.sealer.open(text, f"app {name}")
 
     # --- requests ---------------------------------------------------------
 
@@ -207,20 +277,24 @@ class QueueStore:
             req.created,
             req.idem_key,
         )
-        if not streamed:
+        extras = req.has_fal_extras
+        if not streamed and not extras:
             self._db.execute(insert, values)
             return
-        view = memoryview(req.body)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rowid = self._db.execute(insert, values).lastrowid
             assert rowid is not None
-            self._db.execute(
-                "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
-            )
-            with self._db.blobopen("bodies", "body", rowid) as blob:
-                for start in range(0, size, BLOB_SLICE):
-                    blob.write(view[start : start + BLOB_SLICE])
+            if extras:
+                self._save_fal(req)
+            if streamed:
+                view = memoryview(req.body)
+                self._db.execute(
+                    "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
+                )
+                with self._db.blobopen("bodies", "body", rowid) as blob:
+                    for start in range(0, size, BLOB_SLICE):
+                        blob.write(view[start : start + BLOB_SLICE])
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -252,7 +326,22 @@ class QueueStore:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def complete_request(self, req: StoredRequest) -> None:
+    def complete_request(self, req: StoredRequest, webhook_body: bytes | None = None) -> None:
+        """Store the result; with `webhook_body`, queue its webhook POST in the same commit."""
+        if req.has_fal_extras or webhook_body is not None:
+            with self._transaction():
+                self._complete_request(req)
+                self._save_fal(req)
+                if webhook_body is not None and req.webhook_url:
+                    self._db.execute(
+                        "INSERT INTO webhook_outbox (request_id, url, body, next_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (req.id, req.webhook_url, webhook_body, time.time()),
+                    )
+        else:
+            self._complete_request(req)
+
+    def _complete_request(self, req: StoredRequest) -> None:
         self._db.execute(
             "UPDATE requests SET status = 'COMPLETED', attempts = ?, started = ?, completed = ?, "
             "result_status = ?, result_body = ?, result_type = ?, error = ?, error_type = ?, "
@@ -278,7 +367,7 @@ class QueueStore:
         row = self._db.execute(
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)
         ).fetchone()
-        return _request(row) if row else None
+        return self._with_fal(_request(row)) if row else None
 
     def open_requests(self) -> list[StoredRequest]:
         """Requests accepted but not completed, oldest first: what a restart must run.
@@ -295,7 +384,7 @@ class QueueStore:
         for row in rows:
             req = _request(row)
             req.size = row[-1] or 0
-            out.append(req)
+            out.append(self._with_fal(req))
         return out
 
     def get_body(self, request_id: str) -> bytes:
@@ -315,6 +404,10 @@ class QueueStore:
         self._db.execute(
             "DELETE FROM bodies WHERE seq NOT IN "
             "(SELECT seq FROM requests WHERE status != 'COMPLETED')"
+        )
+        self._db.execute("DELETE FROM request_fal WHERE id NOT IN (SELECT id FROM requests)")
+        self._db.execute(
+            "DELETE FROM webhook_outbox WHERE state != 'pending' AND next_at < ?", (older_than,)
         )
         return cur.rowcount
 
@@ -339,6 +432,77 @@ class QueueStore:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(f"{self.path}{suffix}")
         return total
+
+    # --- fal extras and the webhook outbox ----------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _save_fal(self, req: StoredRequest) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO request_fal (id, webhook_url, hint, start_deadline, logs) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                req.id,
+                req.webhook_url,
+                req.hint,
+                req.start_deadline,
+                json.dumps(req.logs) if req.logs else None,
+            ),
+        )
+
+    def _with_fal(self, req: StoredRequest) -> StoredRequest:
+        row = self._db.execute(
+            "SELECT webhook_url, hint, start_deadline, logs FROM request_fal WHERE id = ?",
+            (req.id,),
+        ).fetchone()
+        if row is not None:
+            req.webhook_url, req.hint, req.start_deadline = row[0], row[1], row[2]
+            req.logs = json.loads(row[3]) if row[3] else None
+        return req
+
+    def due_webhooks(self, now: float, limit: int = 50) -> list[tuple[int, str, str, bytes, int]]:
+        """Pending webhook POSTs due by `now`: (seq, request_id, url, body, attempts)."""
+        rows = self._db.execute(
+            "SELECT seq, request_id, url, body, attempts FROM webhook_outbox "
+            "WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def next_webhook_in(self, now: float) -> float | None:
+        """Seconds until the next pending webhook is due (None: none pending)."""
+        row = self._db.execute(
+            "SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else max(0.0, row[0] - now)
+
+    def webhook_delivered(self, seq: int) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET state = 'delivered', attempts = attempts + 1, "
+            "next_at = ?, body = x'' WHERE seq = ?",
+            (time.time(), seq),
+        )
+
+    def webhook_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
+            (attempts, next_at, error, seq),
+        )
+
+    def webhook_failed(self, seq: int, attempts: int, error: str) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET state = 'failed', attempts = ?, next_at = ?, "
+            "last_error = ? WHERE seq = ?",
+            (attempts, time.time(), error, seq),
+        )
 
 
 def _request(row: tuple[Any, ...]) -> StoredRequest:
