@@ -1,8 +1,8 @@
-"""Apps for the gateway's abuse tests: hostile docstrings, a request that kills
-its gateway, and an app whose runner never becomes ready (so requests stay queued)."""
+"""Apps for the gateway's abuse tests: hostile docstrings, a request in flight
+when its gateway dies, and an app whose runner never becomes ready (so
+requests stay queued)."""
 
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -35,17 +35,17 @@ class KillerIn(BaseModel):
 
 
 class Killer(App):
-    """Each call SIGKILLs the gateway that dispatched it: the runner's parent process."""
+    """Each call is in flight when its gateway dies: it records itself, then
+    waits for the test to SIGKILL the gateway (runners run isolated from the
+    gateway and cannot signal it themselves)."""
 
     max_runners = 1
     startup_timeout = 30
 
     @endpoint("/")
     def kill(self, req: KillerIn) -> dict:
-        counts = Path(os.environ["GW_COUNT_DIR"])
-        with open(counts / req.key, "a") as fh:
+        with open(Path(os.environ["GW_COUNT_DIR"]) / req.key, "a") as fh:
             fh.write(f"{os.getpid()}\n")
-        os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(30)  # the runner dies with its gateway first
         return {"survived": True}
 
