@@ -1,6 +1,5 @@
 """Apps for the gateway's abuse tests: hostile docstrings, a request in flight
-when its gateway dies, and an app whose runner never becomes ready (so
-requests stay queued)."""
+when its gateway is killed, and an app whose runner never becomes ready (so requests stay queued)."""
 
 import os
 import time
@@ -35,16 +34,17 @@ class KillerIn(BaseModel):
 
 
 class Killer(App):
-    """Each call is in flight when its gateway dies: it records itself, then
-    waits for the test to SIGKILL the gateway (runners run isolated from the
-    gateway and cannot signal it themselves)."""
+    """Each call records itself and then hangs: the test SIGKILLs the gateway that
+    dispatched it while it runs (a runner, dropped to another user when the
+    gateway runs as root, may not signal its gateway itself)."""
 
     max_runners = 1
     startup_timeout = 30
 
     @endpoint("/")
     def kill(self, req: KillerIn) -> dict:
-        with open(Path(os.environ["GW_COUNT_DIR"]) / req.key, "a") as fh:
+        counts = Path(os.environ["GW_COUNT_DIR"])
+        with open(counts / req.key, "a") as fh:
             fh.write(f"{os.getpid()}\n")
         time.sleep(30)  # the runner dies with its gateway first
         return {"survived": True}
