@@ -513,9 +513,13 @@ def logs(
     url = (doc.resources.get(GATEWAY) or {}).get("url") or live.gateway_url
     with GatewayClient(url, ctx.keys["admin_token"]) as client:
         follower = LogFollower()
-        for line in follower.new_lines(client.logs(app_name, tail, every)):
+        first = follower.new_lines(client.logs(app_name, tail, every))
+        for line in first:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        if not first and tail:
+            which = "" if every else " of its current revision (--all shows older ones)"
+            print_warning(f"app {app_name}: no log lines from runners{which}")
         while follow:
             time.sleep(1.0)
             for line in follower.new_lines(client.logs(app_name, max(tail, 500), every)):

@@ -41,7 +41,7 @@ class Live(App):
 
     def setup(self) -> None:
         time.sleep(float(os.environ.get("SETUP_DELAY", "0")))
-        if MARKER and not os.path.exists(MARKER):
+        if MARKER and os.environ.get("NEEDS_WEIGHTS") and not os.path.exists(MARKER):
             raise RuntimeError(f"weights missing: {{MARKER}}")
 
     @endpoint("/")
@@ -54,7 +54,8 @@ class Live(App):
 APPS = {
     # Slower to start than warm: apply must wait for it too, though min_runners is 0.
     "cold": {"app": "live.py::Live", "min_runners": 0, "env": {"SETUP_DELAY": "2"}},
-    "warm": {"app": "live.py::Live", "min_runners": 1},
+    "warm": {"app": "live.py::Live", "min_runners": 1, "env": {"NEEDS_WEIGHTS": "1"}},
+    "idle": {"app": "live.py::Live", "min_runners": 0},  # never called: never has a runner
 }
 LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (cold|warm)-[0-9a-f]{8} [A-Z]+ \S+ "
@@ -166,6 +167,9 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
         assert any(f"[{request_id}]" in ln for ln in current)
     every = sky(root, "logs", "warm", "--all", "--tail", "1000").stdout.splitlines()
     assert any("serving v1" in ln for ln in every) and len(every) > len(current)
+    idle = sky(root, "logs", "idle")
+    assert idle.returncode == 0 and idle.stdout == ""
+    assert "no log lines from runners of its current revision" in idle.stderr
     bad = sky(root, "logs", "warm", "--tail", "-1")
     assert bad.returncode == 1 and "--tail -1" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -182,6 +186,7 @@ def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(root: Path) ->
     assert len(error) == 1 and "weights missing" in error[0], proc.stderr
     # The error names a runner that just failed: one of this apply's, of the new revision.
     named = set(re.findall(r"runner ((?:cold|warm)-[0-9a-f]{8})", error[0]))
+    assert "app cold" not in error[0]  # its setup() needs no weights: it went live
     apps = live_apps(root)
     fresh_failed = {
         r["id"]
