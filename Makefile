@@ -1,10 +1,15 @@
-# The two commands of the README's quick start:
-#   make demo   set up, then deploy examples/hello, call it for real and tear it down
-#   make test   set up, then run the whole test suite
+# The commands of the README's quick start:
+#   make demo   a plain install (`pip install .`, no extras, .venv-demo/), then deploy
+#               examples/hello, call it for real and tear it down
+#   make test   set up everything a fresh clone needs; lint first, then the whole suite
+#   make lint   ruff check, ruff format --check, mypy (cheap: `make test` runs it first)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.skyform-installed
+DEMO_VENV := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.skyform-installed
+SOURCES := pyproject.toml README.md $(shell find declare state providers runtime -type f ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: demo test lint bench clean system-deps
 
@@ -14,21 +19,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,skypilot,torch]'
 	touch $(STAMP)
 
+# A plain install, as a user's `pip install .` makes it: a copy of the sources,
+# so it is rebuilt whenever they change.
+$(DEMO_STAMP): $(SOURCES)
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet .
+	touch $(DEMO_STAMP)
+
 system-deps:
 	bash scripts/system-deps.sh
 
-demo: $(STAMP)
-	$(BIN)/python examples/hello/demo.py
-
-test: $(STAMP) system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python examples/hello/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Cheap checks first, so CI fails fast; the suite includes the install matrix
+# (tests/ci: fresh venvs, plain and [skypilot]) and the CI example's workflow.
+test: $(STAMP) lint system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .skyform build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) .skyform build *.egg-info

@@ -181,7 +181,7 @@ def app_endpoints(cls: type[App], *, require: bool = True) -> list[Endpoint]:
     for name in dir(cls):
         func = getattr(cls, name, None)
         spec: EndpointSpec | None = getattr(func, ENDPOINT_ATTR, None)
-        if spec is None:
+        if spec is None or func is None:
             continue
         key = (spec.method, spec.path)
         if key in seen:

@@ -18,6 +18,7 @@ the outputs are written.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -31,6 +32,7 @@ from skyform.errors import SkyformError
 from skyform.plan import (
     APP_PREFIX,
     GATEWAY,
+    GATEWAY_ATTRS,
     Plan,
     ResourceChange,
     app_address,
@@ -67,6 +69,107 @@ class StackContext:
             "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
             "SKYFORM_API_KEY": self.keys["api_key"],
         }
+
+
+def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The stack file's gateway limits, as the gateway process reads them."""
+    limits = spec.get("limits")
+    if not limits:
+        return {}
+    return {"SKYFORM_GATEWAY_LIMITS": json.dumps(limits, sort_keys=True)}
+
+
+def runner_tls_wanted(stack: Stack) -> bool:
+    """Whether runners serve TLS: always off-host, on `local` only with `runner_tls: true`."""
+    from skyform.providers import provider_name
+
+    config = stack.model.provider
+    if provider_name(config) != "local":
+        return True
+    options = config.get("local") if isinstance(config, dict) else None
+    return bool((options or {}).get("runner_tls"))
+
+
+def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The TLS part of the gateway's spec: its certificate, and the runners' material.
+
+    Certificates are issued (or renewed) by the stack CA in `.skyform/tls/`;
+    the gateway's names the hosts it is reached at: loopback, the configured
+    host, the public URL's host and, when known, the address it ran at before
+    (a SkyPilot head IP). A user-provided certificate is used as it is.
+    """
+    from urllib.parse import urlsplit
+
+    from skyform.providers.base import TLSMaterial
+    from skyform.tls import ensure_leaf, gateway_server_name
+
+    stack = ctx.stack
+    gw = stack.model.gateway
+    out: dict[str, Any] = {"tls": None, "runner_tls": None}
+    hosts = [gw.host]
+    for url in (gw.public_url or "", *known_urls):
+        host = urlsplit(url).hostname if url else None
+        if host:
+            hosts.append(host)
+    mode = stack.tls_mode
+    if mode == "auto":
+        leaf = ensure_leaf(ctx.workdir, stack.name, "gateway", hosts)
+        out["tls"] = TLSMaterial(leaf.cert, leaf.key, leaf.ca, gateway_server_name(stack.name))
+    elif mode == "files":
+        files = stack.tls_files()
+        assert files is not None
+        out["tls"] = TLSMaterial(
+            Path(files.cert), Path(files.key), Path(files.ca) if files.ca else None
+        )
+    if runner_tls_wanted(stack):
+        leaf = ensure_leaf(ctx.workdir, stack.name, "runner", [])
+        from skyform.tls import runner_server_name
+
+        out["runner_tls"] = TLSMaterial(
+            leaf.cert, leaf.key, leaf.ca, runner_server_name(stack.name)
+        )
+    return out
+
+
+def address_update(
+    stack: Stack, handle: Any, certificate_before: bytes | None, certificate_now: bytes
+) -> dict[str, str] | None:
+    """What a remote gateway must be told once its address is known, or None.
+
+    A gateway placed by a cloud provider starts before anyone knows its IP: its
+    first certificate cannot name it, and without `public_url` it cannot know
+    the base of the URLs it returns. Once `apply` has the address, the
+    certificate is reissued to name it and both are pushed (`PUT /-/tls`); a
+    renewed certificate is pushed the same way. A local gateway reads its files
+    itself and knows its address: nothing to tell.
+    """
+    if handle is None or handle.provider == "local" or not handle.url:
+        return None
+    update: dict[str, str] = {}
+    if certificate_before != certificate_now:
+        update["cert"] = "new"
+    if stack.model.gateway.public_url is None:
+        update["public_url"] = handle.url
+    return update or None
+
+
+def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) -> None:
+    """Reissue the gateway certificate for its (now known) address and hand it over."""
+    from skyform.gatewayclient import GatewayClient
+
+    if ctx.stack.tls_mode != "auto" or handle is None or not handle.url:
+        return
+    gw_tls = gateway_tls(ctx, (handle.url,))["tls"]
+    now = gw_tls.cert.read_bytes()
+    update = address_update(ctx.stack, handle, before, now)
+    if update is None:
+        return
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=60.0) as client:
+        client.put_tls(
+            now.decode(),
+            gw_tls.key.read_text(),
+            update.get("public_url") or None,
+        )
 
 
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
@@ -215,6 +318,8 @@ class Applier:
             if gw is not None and "create" in gw.actions:
                 self._start_gateway()
                 interrupts.check()
+            elif self.plan.mode != "destroy" and GATEWAY in self.doc.resources:
+                self._renew_certificates()
             apps = [c for c in self.plan.changes if c.type == "app"]
             deletes = [c for c in apps if c.actions == ["delete"]]
             registers = [c for c in apps if c.actions != ["delete"]]
@@ -299,7 +404,7 @@ class Applier:
         handle = self._handle()
         if handle is None:
             raise SkyformError("the gateway is not running; run apply without a saved plan")
-        return GatewayClient(handle.url, self.ctx.keys["admin_token"], timeout=120.0)
+        return GatewayClient.for_handle(handle, self.ctx.keys["admin_token"], timeout=120.0)
 
     def _stop_gateway(self, change: ResourceChange) -> None:
         self.report("gateway: stopping...")
@@ -317,16 +422,24 @@ class Applier:
 
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
-        attrs = {k: spec[k] for k in ("provider", "host", "port")}
+        attrs = {k: spec.get(k) for k in GATEWAY_ATTRS if k != "limits" or k in spec}
+        known = tuple(
+            str(r["url"]) for r in (self.doc.resources.get(GATEWAY) or {},) if r.get("url")
+        )
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
+        tls = gateway_tls(self.ctx, known)
+        before = tls["tls"].cert.read_bytes() if self.ctx.stack.tls_mode == "auto" else None
         handle = self.ctx.provider.start_gateway(
             GatewaySpec(
                 stack=self.ctx.stack.name,
                 port=int(spec["port"]),
                 state_dir=self.ctx.gateway_state_dir,
-                env=self.ctx.gateway_env(),
+                env={**self.ctx.gateway_env(), **_limits_env(spec)},
+                public_url=str(spec.get("public_url") or ""),
+                trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
+                **tls,
             )
         )
         handle_dict = {
@@ -336,8 +449,20 @@ class Applier:
             "info": dict(handle.info),
         }
         self._write({GATEWAY: {**attrs, "url": handle.url, "handle": handle_dict}})
+        push_gateway_identity(self.ctx, handle, before)
         self.done["add"] += 1
         self.report(f"gateway: ready at {handle.url} [{time.monotonic() - started:.1f}s]")
+
+    def _renew_certificates(self) -> None:
+        """Reissue certificates close to expiry; a local gateway reloads them by itself."""
+        from skyform.tls import tls_dir
+
+        record = self.doc.resources.get(GATEWAY) or {}
+        if self.ctx.stack.tls_mode == "auto" or runner_tls_wanted(self.ctx.stack):
+            cert = tls_dir(self.ctx.workdir, self.ctx.stack.name) / "gateway.pem"
+            before = cert.read_bytes() if cert.exists() else None
+            gateway_tls(self.ctx, (str(record["url"]),) if record.get("url") else ())
+            push_gateway_identity(self.ctx, self._handle(), before)
 
     def _delete_apps(self, batch: list[ResourceChange]) -> None:
         self._write({c.address: self._pending(c.address, "delete") for c in batch})
@@ -510,9 +635,26 @@ class Applier:
     def _outputs(self) -> dict[str, Any]:
         if self.plan.mode == "destroy" or GATEWAY not in self.doc.resources:
             return {}
-        base = self.doc.resources[GATEWAY].get("url") or self.plan.outputs.get("gateway_url", "")
+        record = self.doc.resources[GATEWAY]
+        base = (
+            record.get("public_url")
+            or record.get("url")
+            or self.plan.outputs.get("gateway_url", "")
+        )
         names = [a[len(APP_PREFIX) :] for a in self.doc.resources if a.startswith(APP_PREFIX)]
-        return stack_outputs(base, names)
+        if record.get("tls", "off") == "off":
+            return stack_outputs(base, names)
+        return stack_outputs(base, names, ca_file=self._ca_file())
+
+    def _ca_file(self) -> str | None:
+        """The CA a client trusts the gateway through: the stack CA, or the user's `ca`."""
+        stack = self.ctx.stack
+        if stack.tls_mode == "auto":
+            from skyform.tls import tls_dir
+
+            return str((tls_dir(self.ctx.workdir, stack.name) / "ca.pem").resolve())
+        files = stack.tls_files()
+        return str(Path(files.ca).resolve()) if files and files.ca else None
 
 
 def should_stop(provider: Any, handle: Any) -> bool:

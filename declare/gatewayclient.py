@@ -3,16 +3,24 @@
 `plan` refreshes through it (which apps and revisions are live), `apply`
 registers and removes app revisions, `status` and `logs` read from it. Every
 failure becomes one `GatewayError` line naming the gateway and what was asked.
+
+Over https the gateway's certificate is always verified: against the stack
+CA (`ca_file`) and, where the gateway was reached at an address its
+certificate could not name in advance, against its fixed `server_name`.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
 from skyform.errors import SkyformError
+
+if TYPE_CHECKING:
+    from skyform.providers.base import GatewayHandle
 
 
 class GatewayError(SkyformError):
@@ -26,13 +34,43 @@ class GatewayError(SkyformError):
 class GatewayClient:
     """Admin calls to one stack's gateway."""
 
-    def __init__(self, url: str, admin_token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        admin_token: str,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
+        verify: Any = True
+        if self.url.startswith("https://"):
+            from skyform.tls import client_context
+
+            verify = client_context(ca_file)
+        # httpx checks the certificate against this name instead of the URL's host.
+        self._extensions = {"sni_hostname": server_name} if server_name else {}
         self._client = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {admin_token}"},
             timeout=timeout,
             trust_env=False,
+            verify=verify,
+        )
+
+    @classmethod
+    def for_handle(
+        cls, handle: GatewayHandle, admin_token: str, timeout: float = 30.0
+    ) -> GatewayClient:
+        """A client for the gateway a provider started, trusting what its handle records."""
+        ca_file = handle.info.get("ca_file")
+        server_name = handle.info.get("tls_server_name")
+        return cls(
+            handle.url,
+            admin_token,
+            timeout,
+            ca_file=str(ca_file) if ca_file else None,
+            server_name=str(server_name) if server_name else None,
         )
 
     def close(self) -> None:
@@ -47,7 +85,8 @@ class GatewayClient:
     def healthy(self) -> bool:
         """True when the gateway answers its health check."""
         try:
-            return self._client.get("/-/health", timeout=3.0).status_code == 200
+            response = self._client.get("/-/health", timeout=3.0, extensions=self._extensions)
+            return response.status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -63,25 +102,37 @@ class GatewayClient:
             "auth": auth,
             "env": env,
         }
-        return self._call("PUT", f"/-/apps/{name}", f"register app {name}", json=payload).json()
+        return self._call(
+            "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload
+        ).json()
 
     def delete_app(self, name: str) -> None:
         """Remove an app; an app the gateway does not know is already gone."""
-        self._call("DELETE", f"/-/apps/{name}", f"remove app {name}", ok_missing=True)
+        self._call("DELETE", f"/-/apps/{_segment(name)}", f"remove app {name!r}", ok_missing=True)
+
+    def put_tls(self, cert_pem: str, key_pem: str, public_url: str | None = None) -> dict[str, Any]:
+        """Hand the gateway a renewed certificate (and its public URL, once known)."""
+        payload: dict[str, Any] = {"cert_pem": cert_pem, "key_pem": key_pem}
+        if public_url:
+            payload["public_url"] = public_url
+        return self._call("PUT", "/-/tls", "replace its certificate", json=payload).json()
 
     def logs(self, name: str, tail: int = 200, every: bool = False) -> str:
         """The last `tail` log lines of the app's current runners (`every`: old revisions too)."""
         params: dict[str, Any] = {"tail": tail}
         if every:
             params["all"] = 1
-        return self._call("GET", f"/-/apps/{name}/logs", f"logs of {name}", params=params).text
+        return self._call(
+            "GET", f"/-/apps/{_segment(name)}/logs", f"logs of {name!r}", params=params
+        ).text
 
     def _call(
         self, method: str, path: str, what: str, ok_missing: bool = False, **kwargs: Any
     ) -> httpx.Response:
         try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+            response = self._client.request(method, path, extensions=self._extensions, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL is not an HTTPError: without it here, a bad URL is a traceback.
             raise GatewayError(
                 f"gateway {self.url} did not answer ({what}): {type(exc).__name__}: {exc}"
             ) from None
@@ -94,6 +145,11 @@ class GatewayClient:
                 response.status_code,
             )
         return response
+
+
+def _segment(name: str) -> str:
+    """`name` as one URL path segment: any name the gateway lists can be addressed."""
+    return quote(name, safe="")
 
 
 def _detail(response: httpx.Response) -> str:

@@ -44,6 +44,9 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
     Environment values win over stored ones and are never written to disk.
     """
     path = keys_path(workdir, stack)
+    resolved = {n: os.environ[e] for n, e in ENV_NAMES.items() if os.environ.get(e)}
+    if len(resolved) == len(ENV_NAMES):
+        return resolved  # all from the environment (CI): nothing to generate or store
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "a") as lock:
@@ -56,11 +59,7 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
                 write_atomic(path, text, mode=0o600, fsync=True)
     except OSError as exc:
         raise SkyformError(f"cannot write keys file {path}: {exc.strerror or exc}") from None
-    resolved = dict(stored)
-    for name, env_name in ENV_NAMES.items():
-        if os.environ.get(env_name):
-            resolved[name] = os.environ[env_name]
-    return resolved
+    return {**stored, **resolved}
 
 
 def _read(path: Path) -> dict[str, str]:

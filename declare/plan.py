@@ -47,7 +47,9 @@ SENSITIVE = ("secrets_digest",)
 NOT_COMPARED = ("fingerprint",)
 # Apply's own bookkeeping in a state record: not an attribute of the resource.
 BOOKKEEPING = ("handle", "pending", "tainted")
-GATEWAY_ATTRS = ("provider", "host", "port")
+GATEWAY_ATTRS = ("provider", "host", "port", "tls", "public_url", "trusted_proxies", "limits")
+# What a gateway recorded before an attribute existed had: no TLS, no proxies.
+_GATEWAY_DEFAULTS: dict[str, Any] = {"tls": "off", "public_url": None, "trusted_proxies": []}
 SCALING_OPTIONS = (
     "min_runners",
     "max_runners",
@@ -197,11 +199,19 @@ class Live:
     drift: list[dict[str, str]] = field(default_factory=list)
 
 
-def gateway_url(host: str, port: int) -> str:
+def gateway_url(host: str, port: int, scheme: str = "http") -> str:
     shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
     if ":" in shown:
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
+
+
+def public_base(gateway: dict[str, Any]) -> str:
+    """Where callers reach a gateway of these attributes: `public_url`, else scheme+host+port."""
+    if gateway.get("public_url"):
+        return str(gateway["public_url"])
+    scheme = "http" if gateway.get("tls", "off") == "off" else "https"
+    return gateway_url(str(gateway["host"]), int(gateway["port"]), scheme)
 
 
 def app_urls(base: str, name: str) -> dict[str, str]:
@@ -213,20 +223,33 @@ def app_urls(base: str, name: str) -> dict[str, str]:
     }
 
 
-def stack_outputs(base: str, apps: Iterable[str]) -> dict[str, Any]:
-    """DESIGN §4's output shape."""
-    return {"gateway_url": base, "apps": {n: app_urls(base, n) for n in sorted(apps)}}
+def stack_outputs(
+    base: str, apps: Iterable[str], ca_file: str | bool | None = False
+) -> dict[str, Any]:
+    """DESIGN §4's output shape; with TLS also `ca_file` (None: the system's CAs vouch)."""
+    out: dict[str, Any] = {"gateway_url": base}
+    if ca_file is not False:
+        out["ca_file"] = ca_file
+    out["apps"] = {n: app_urls(base, n) for n in sorted(apps)}
+    return out
 
 
 def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     from skyform.providers import provider_name
 
     gw = stack.model.gateway
-    return {
+    want: dict[str, Any] = {
         "provider": provider_name(stack.model.provider),
         "host": gw.host,
         "port": port if port is not None else gw.port,
+        "tls": stack.tls_mode,
+        "public_url": gw.public_url,
+        "trusted_proxies": list(gw.trusted_proxies),
     }
+    limits = gw.limits.overrides()
+    if limits:  # absent when unset, so that stacks without limits see no change
+        want["limits"] = limits
+    return want
 
 
 def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:
@@ -250,7 +273,7 @@ def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_tok
             else "the gateway is not running: stopped outside skyform, or crashed"
         )
         return Live(False, gh.url, None, [{"address": GATEWAY, "reason": reason}])
-    with GatewayClient(gh.url, admin_token) as client:
+    with GatewayClient.for_handle(gh, admin_token) as client:
         try:
             apps = client.list_apps()
         except GatewayError as exc:
@@ -377,7 +400,7 @@ def build_plan(
     if targets and GATEWAY not in targets and not gateway_fresh:
         gw_change.actions = ["no-op"]  # untargeted replacements wait for a full apply
     changes = [gw_change, *(app_changes[n] for n in sorted(app_changes))]
-    base = gateway_url(gw_want["host"], gw_want["port"])
+    base = public_base(gw_want)
     return Plan(
         stack=stack.name,
         mode=request.mode,
@@ -553,7 +576,12 @@ def _secrets_digest(
 def _gateway_attrs(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return None
-    return {k: record.get(k) for k in GATEWAY_ATTRS}
+    # limits: only when the stack sets any, so that stacks without limits see no change
+    return {
+        k: record.get(k, _GATEWAY_DEFAULTS.get(k))
+        for k in GATEWAY_ATTRS
+        if k != "limits" or record.get(k)
+    }
 
 
 def _gateway_change(
@@ -823,6 +851,8 @@ def load_plan(path: Path | str, key: str) -> Plan:
             "another stack or with another SKYFORM_BUNDLE_KEY); run plan again"
         )
     public, private = body["plan"], body["private"]
+    if not isinstance(public, dict) or not isinstance(private, dict):
+        raise SkyformError(f"{path}: not a skyform plan file (its plan is missing)")
     if public.get("format_version") != FORMAT_VERSION:
         raise SkyformError(f"{path}: plan format {public.get('format_version')!r} is not supported")
     from skyform import __version__

@@ -11,19 +11,32 @@ missing variable is reported at the line that uses it (`$${` writes a literal
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from skyform.app import OPTION_NAMES
 from skyform.errors import SkyformError
 from skyform.machines import machine_type_names
+from skyform.names import app_name_problem
 from skyform.suggest import did_you_mean
 
 DEFAULT_FILE = "skyform.yaml"
@@ -39,13 +52,186 @@ class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
 
 
-class GatewayConfig(BaseModel):
-    """Where the stack's gateway listens."""
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+_SIZE_LIMITS = {
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_inflight_body_bytes",
+    "max_queued_bytes_per_app",
+}
+
+
+class GatewayLimitsConfig(BaseModel):
+    """What the gateway may be made to hold; each unset key keeps its default.
+
+    The keys are those of the gateway's `GatewayLimits` (skyform.runtime.limits),
+    which holds the defaults; `apply` passes the keys set here to the gateway.
+    Sizes take a number of bytes or a unit ("64MiB", "1GB").
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address the gateway binds to.")
+    max_header_bytes: ByteSize | None = Field(
+        None, gt=0, description="Request line + headers of one request (431 past it)."
+    )
+    header_timeout: float | None = Field(
+        None, gt=0, description="Seconds to send a whole request head (slow ones are closed)."
+    )
+    max_body_bytes: ByteSize | None = Field(
+        None, gt=0, description="One request's body (413 past it)."
+    )
+    max_inflight_body_bytes: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes in memory across concurrent requests (503 + Retry-After past it).",
+    )
+    max_queued_bytes_per_app: ByteSize | None = Field(
+        None,
+        gt=0,
+        description="Body bytes of one app's unfinished queue requests (429 + Retry-After).",
+    )
+    result_ttl: float | None = Field(
+        None, gt=0, description="Seconds a result (and its idempotency key) is kept."
+    )
+    poison_after_deaths: int | None = Field(
+        None, ge=1, description="Gateway deaths a request may be in flight at before it fails."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if info.field_name in _SIZE_LIMITS and value is not None:
+            try:
+                return int(_BYTE_SIZE.validate_python(value))
+            except ValidationError:
+                raise ValueError(
+                    f"must be a size: a number of bytes, or a number with a unit "
+                    f"(64KiB, 60MB, 1GiB); got {value!r}"
+                ) from None
+        return value
+
+    def overrides(self) -> dict[str, int | float]:
+        """The limits set here, as plain numbers (what the gateway reads)."""
+        return {
+            k: (int(v) if isinstance(v, int) else float(v))
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
+
+
+TLS_MODES = ("auto", "off")
+TLS_FILE_KEYS = ("cert", "key", "ca")
+
+
+class TLSFiles(BaseModel):
+    """A user-provided gateway certificate: PEM files, relative to the stack file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert: str = Field(..., description="PEM certificate (chain) the gateway serves.")
+    key: str = Field(..., description="Its unencrypted PEM private key.")
+    ca: str | None = Field(None, description="The CA that issued it, for clients (optional).")
+
+
+class GatewayConfig(BaseModel):
+    """Where the stack's gateway listens, how it is reached, over TLS or not, within which limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="TCP port of the gateway.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the gateway binds to."
+    )
+    limits: GatewayLimitsConfig = Field(
+        default=GatewayLimitsConfig.model_validate({}),
+        description="Resource bounds of the gateway.",
+    )
+    tls: Literal["auto", "off"] | TLSFiles | None = Field(
+        default=None,
+        description="auto (a per-stack CA; the default on skypilot) | off (the default on "
+        "local) | {cert: PATH, key: PATH, ca: PATH}",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL callers reach the gateway at; returned URLs start with it "
+        "(default: scheme, host and port of the gateway).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="IPs/CIDRs of TLS terminators whose X-Forwarded-Proto/-Host are honoured.",
+    )
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _check_tls(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is False:  # YAML reads a bare `off` as false
+            return "off"
+        if value is True:
+            raise ValueError('tls must be "auto", "off" or {cert: PATH, key: PATH}, not true')
+        if isinstance(value, str) and value not in TLS_MODES:
+            raise ValueError(
+                f'unknown tls mode "{value}"{did_you_mean(value, TLS_MODES)}; '
+                'use "auto", "off" or {cert: PATH, key: PATH}'
+            )
+        if isinstance(value, dict):
+            return _check_tls_files(value, (info.context or {}).get("base_dir"))
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"public_url must be an http(s) URL with a host, got {value!r}")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"public_url must not carry a query or fragment, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+
+def _check_tls_files(value: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """`{cert, key[, ca]}`: known keys, files that exist, and a key that fits the certificate."""
+    from skyform.tls import TLSError, load_cert_chain
+
+    for name in value:
+        if name not in TLS_FILE_KEYS:
+            raise ValueError(
+                f'unknown key "{name}"{did_you_mean(str(name), TLS_FILE_KEYS)}; '
+                f"valid keys: {', '.join(TLS_FILE_KEYS)}"
+            )
+    for name in ("cert", "key"):
+        if not isinstance(value.get(name), str) or not value[name]:
+            raise ValueError(f"tls.{name} (a PEM file path) is required with tls: {{cert, key}}")
+    if base_dir is None:
+        return value
+    paths = {k: Path(base_dir) / str(v) for k, v in value.items() if v is not None}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise ValueError(f"tls.{name}: no such file {value[name]} (relative to the stack file)")
+    import ssl
+
+    try:
+        load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), paths["cert"], paths["key"])
+    except TLSError as exc:
+        raise ValueError(str(exc)) from None
+    if "ca" in paths:
+        try:
+            ssl.create_default_context(cafile=str(paths["ca"]))
+        except (OSError, ssl.SSLError):
+            raise ValueError(f"tls.ca: {value['ca']} is not a PEM certificate") from None
+    return value
 
 
 class AppEntry(BaseModel):
@@ -132,7 +318,7 @@ class AppEntry(BaseModel):
 
 def _check_env_names(names: Iterable[str]) -> None:
     for name in names:
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"{name!r} is not an environment variable name")
 
 
@@ -184,13 +370,9 @@ class StackModel(BaseModel):
     @classmethod
     def _check_app_names(cls, value: dict[str, AppEntry]) -> dict[str, AppEntry]:
         for name in value:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    f'app name "{name}" must be lowercase letters, digits and "-" '
-                    "(it becomes a URL path)"
-                )
-            if name in {"queue", "-"}:
-                raise ValueError(f'app name "{name}" is reserved by the gateway')
+            problem = app_name_problem(name)
+            if problem:
+                raise ValueError(problem)
         return value
 
 
@@ -214,6 +396,27 @@ class Stack:
     @property
     def apps(self) -> dict[str, AppEntry]:
         return self.model.apps
+
+    @property
+    def tls_mode(self) -> str:
+        """The TLS mode, "auto", "off" or "files": the stack file's, else the provider's default."""
+        from skyform.providers import provider_name
+
+        tls = self.model.gateway.tls
+        if tls is None:
+            return "off" if provider_name(self.model.provider) == "local" else "auto"
+        return tls if isinstance(tls, str) else "files"
+
+    def tls_files(self) -> TLSFiles | None:
+        """The user-provided certificate files, resolved against the stack file's folder."""
+        tls = self.model.gateway.tls
+        if not isinstance(tls, TLSFiles):
+            return None
+        return TLSFiles(
+            cert=str(self.base_dir / tls.cert),
+            key=str(self.base_dir / tls.key),
+            ca=str(self.base_dir / tls.ca) if tls.ca else None,
+        )
 
     def where(self, *key: str | int) -> str:
         """`file:line` of the deepest known part of `key`, for error messages."""
@@ -256,12 +459,25 @@ def parse_stack(
             f"{shown}:{node.start_mark.line + 1}: the stack file must be a mapping"
         )
     try:
-        model = StackModel.model_validate(data)
+        model = StackModel.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
         raise StackFileError(_describe(exc, shown, lines)) from None
     except SkyformError as exc:  # raised inside a validator
         raise StackFileError(f"{shown}: {exc}") from None
+    _check_plaintext_off_host(model, shown, lines)
     return Stack(model=model, path=path, lines=lines)
+
+
+def _check_plaintext_off_host(model: StackModel, shown: str, lines: dict[Path_, int]) -> None:
+    """`tls: off` is refused where the gateway and runners are reached over a network."""
+    from skyform.providers import provider_name
+
+    if provider_name(model.provider) != "local" and model.gateway.tls == "off":
+        raise StackFileError(
+            f"{shown}:{_line_of(lines, ('gateway', 'tls'))}: gateway.tls: off is refused on the "
+            f"{provider_name(model.provider)} provider: API keys and tokens would cross the "
+            "network in clear; use auto (the default there) or {cert: PATH, key: PATH}"
+        )
 
 
 def stack_json_schema() -> dict[str, Any]:
@@ -315,7 +531,7 @@ def _expand(value: str, where: Path_, line: int, shown: str, env: Any) -> str:
         if match.group(0) == "$${":
             return "${"
         name = match.group(1)
-        if not ENV_NAME_PATTERN.match(name):
+        if not ENV_NAME_PATTERN.fullmatch(name):
             raise StackFileError(
                 f"{shown}:{line}: {_dotted(where)}: ${{{name}}} is not a variable name"
             )
@@ -375,6 +591,10 @@ def _known_keys(parent: Path_) -> list[str]:
         return list(StackModel.model_fields)
     if parent == ("gateway",):
         return list(GatewayConfig.model_fields)
+    if parent == ("gateway", "limits"):
+        return list(GatewayLimitsConfig.model_fields)
+    if parent == ("gateway", "tls"):
+        return list(TLS_FILE_KEYS)
     if len(parent) == 2 and parent[0] == "apps":
         return list(AppEntry.model_fields)
     return []

@@ -13,6 +13,20 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class TLSMaterial:
+    """PEM files for one TLS hop: what the server serves, and what its client trusts.
+
+    `server_name` is the name the client checks in the certificate, when it is
+    not the address it dials (runners: see `skyform.tls.runner_server_name`).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     """Everything needed to start one runner of one app revision."""
 
@@ -25,6 +39,9 @@ class RunnerSpec:
     python_version: str  # "3.11": the bundle's minor version
     env: dict[str, str] = field(default_factory=dict)  # app env + secrets + skyform keys
     runner_id: str = ""
+    # The runner certificate of the stack; a provider whose runners are reached over a
+    # network serves with it (an `https` handle url), a loopback one may leave it unused.
+    tls: TLSMaterial | None = None
 
 
 @dataclass
@@ -45,6 +62,10 @@ class GatewaySpec:
     port: int
     state_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    tls: TLSMaterial | None = None  # the gateway serves https with it
+    runner_tls: TLSMaterial | None = None  # handed to runners; `ca` verifies them
+    public_url: str = ""  # where callers reach it: the base of every URL it returns
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-Proto/-Host it honours
 
 
 @dataclass

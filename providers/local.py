@@ -11,12 +11,18 @@ fork happens on one spawner thread that lives as long as the process.
 
 The gateway itself runs detached (its own session), logs to
 `<state_dir>/gateway.log` and records its pid in `<state_dir>/gateway.pid`.
+
+Runners listen on loopback, so by default the gateway talks to them in
+plaintext (TLS there would cost CPU and protect nothing). The option
+`runner_tls: true` (`provider: {local: {runner_tls: true}}`) makes them serve
+the stack's runner certificate, as off-host runners always do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import queue
 import secrets
@@ -40,6 +46,7 @@ from skyform.providers.base import (
     Price,
     RunnerHandle,
     RunnerSpec,
+    TLSMaterial,
 )
 
 if TYPE_CHECKING:
@@ -147,12 +154,20 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, stack: str, runtime_dir: Path, **options: Any) -> None:
+    def __init__(
+        self, stack: str, runtime_dir: Path, runner_tls: bool = False, **options: Any
+    ) -> None:
         if options:
             raise SkyformError(
-                f"the local provider takes no options, got: {', '.join(sorted(options))}"
+                "the local provider takes no options but runner_tls; got: "
+                + ", ".join(sorted(options))
+            )
+        if not isinstance(runner_tls, bool):
+            raise SkyformError(
+                f"provider.local.runner_tls must be true or false, got {runner_tls!r}"
             )
         self.stack = stack
+        self.runner_tls = runner_tls
         self.runtime_dir = Path(runtime_dir)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._handles: dict[str, RunnerHandle] = {}
@@ -185,6 +200,11 @@ class LocalProvider:
             "--grace",
             str(RUNNER_DRAIN_S),
         ]
+        tls = spec.tls if self.runner_tls else None
+        if self.runner_tls and tls is None:
+            raise SkyformError("runner_tls is on, but the gateway has no runner certificate")
+        if tls is not None:
+            cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
 
         def spawn() -> subprocess.Popen[bytes]:
             with open(log_path, "ab") as log:
@@ -206,7 +226,7 @@ class LocalProvider:
             runner_id=runner_id,
             app=spec.app,
             revision=spec.revision,
-            url=f"http://{host}:{port}",
+            url=f"{'https' if tls else 'http'}://{host}:{port}",
             provider=self.name,
             info={"pid": proc.pid, "log": str(log_path), "host": host, "port": port},
         )
@@ -256,6 +276,7 @@ class LocalProvider:
         """Start the gateway detached; return once `GET /-/health` answers."""
         state_dir = Path(spec.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        _write_provider_config(state_dir, self.runner_tls)
         log_path = state_dir / "gateway.log"
         log_start = log_path.stat().st_size if log_path.exists() else 0
         env = dict(os.environ)
@@ -271,6 +292,7 @@ class LocalProvider:
             str(state_dir),
             "--stack",
             spec.stack,
+            *gateway_tls_args(spec),
         ]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -282,13 +304,16 @@ class LocalProvider:
                 start_new_session=True,
             )
         (state_dir / "gateway.pid").write_text(f"{proc.pid}\n")
-        url = f"http://127.0.0.1:{spec.port}"
-        handle = GatewayHandle(
-            stack=spec.stack,
-            url=url,
-            provider=self.name,
-            info={"pid": proc.pid, "log": str(log_path), "state_dir": str(state_dir)},
-        )
+        url = f"{'https' if spec.tls else 'http'}://127.0.0.1:{spec.port}"
+        info: dict[str, object] = {
+            "pid": proc.pid,
+            "log": str(log_path),
+            "state_dir": str(state_dir),
+        }
+        if spec.tls is not None:
+            # What the CLI trusts: the stack CA, else the user's certificate pinned as is.
+            info["ca_file"] = str(spec.tls.ca or spec.tls.cert)
+        handle = GatewayHandle(stack=spec.stack, url=url, provider=self.name, info=info)
         deadline = time.monotonic() + GATEWAY_START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -296,7 +321,7 @@ class LocalProvider:
                     f"gateway exited with status {proc.returncode} while starting: "
                     f"{_failure_line(log_path, log_start)} (log: {log_path})"
                 )
-            if _health_answers(url):
+            if _health_answers(url, _ca_file(handle)):
                 return handle
             time.sleep(0.1)
         self.stop_gateway(handle, grace=2.0)
@@ -305,7 +330,9 @@ class LocalProvider:
         )
 
     def gateway_alive(self, handle: GatewayHandle) -> bool:
-        return _pid_alive(_int(handle.info.get("pid"))) and _health_answers(handle.url)
+        return _pid_alive(_int(handle.info.get("pid"))) and _health_answers(
+            handle.url, _ca_file(handle)
+        )
 
     def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None:
         """SIGTERM the gateway (it stops its runners and persists its queue), SIGKILL later."""
@@ -358,10 +385,54 @@ def _terminate(pid: int, grace: float, alive: Callable[[], bool]) -> None:
             return
 
 
-def _health_answers(url: str) -> bool:
-    """The gateway answers `/-/health` (200, or 401 without the admin token: it is up)."""
+def _write_provider_config(state_dir: Path, runner_tls: bool) -> None:
+    """Tell the gateway its provider's options (`<state-dir>/provider.json`; absent: plain local)."""
+    path = state_dir / "provider.json"
+    if runner_tls:
+        path.write_text(json.dumps({"local": {"runner_tls": True}}) + "\n")
+        return
     try:
-        with urllib.request.urlopen(f"{url}/-/health", timeout=1.0) as resp:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(current, dict) and set(current) == {"local"}:
+        path.unlink(missing_ok=True)  # one a runner_tls start left: back to the default
+
+
+def gateway_tls_args(spec: GatewaySpec) -> list[str]:
+    """The gateway's command-line arguments for TLS, public URL and trusted proxies."""
+    args: list[str] = []
+    if spec.tls is not None:
+        args += ["--tls-cert", str(spec.tls.cert), "--tls-key", str(spec.tls.key)]
+    runner: TLSMaterial | None = spec.runner_tls
+    if runner is not None and runner.ca is not None:
+        args += ["--runner-cert", str(runner.cert), "--runner-key", str(runner.key)]
+        args += ["--runner-ca", str(runner.ca)]
+    if spec.public_url:
+        args += ["--public-url", spec.public_url]
+    for proxy in spec.trusted_proxies:
+        args += ["--trusted-proxy", proxy]
+    return args
+
+
+def _ca_file(handle: GatewayHandle) -> str | None:
+    value = handle.info.get("ca_file")
+    return str(value) if value else None
+
+
+def _health_answers(url: str, ca_file: str | None = None) -> bool:
+    """The gateway answers `/-/health` (200, or 401 without the admin token: it is up).
+
+    Over https the certificate is verified (`ca_file`, else the system's CAs):
+    a gateway that cannot prove who it is does not count as ours.
+    """
+    context = None
+    if url.startswith("https://"):
+        from skyform.tls import client_context
+
+        context = client_context(ca_file)
+    try:
+        with urllib.request.urlopen(f"{url}/-/health", timeout=1.0, context=context) as resp:
             return resp.status == 200
     except urllib.error.HTTPError as exc:
         return exc.code in (200, 401)

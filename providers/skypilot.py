@@ -229,8 +229,9 @@ class SDKClient:
     def endpoint(self, cluster_name: str, port: int) -> str:
         import sky
 
-        found = sky.get(sky.endpoints(cluster_name, port))
-        url = str(found.get(port) or found.get(str(port)) or "")
+        # Keyed by port number; some SkyPilot versions key it by the port as a string.
+        endpoints: dict[Any, str] = sky.get(sky.endpoints(cluster_name, port))
+        url = str(endpoints.get(port) or endpoints.get(str(port)) or "")
         if not url:
             raise SkyformError(f"SkyPilot has no endpoint for port {port} of {cluster_name}")
         return url if "://" in url else f"http://{url}"
@@ -419,6 +420,12 @@ class SkyPilotProvider:
         return tasks.remote_environment_key(requirements, python_version, package)
 
     def runner_task(self, spec: RunnerSpec, cluster: str) -> Any:
+        if spec.tls is None:
+            # Runners are reached over the network: their traffic is never plaintext.
+            raise SkyformError(
+                "a SkyPilot runner needs the stack's runner certificate (the gateway "
+                "was started without --runner-cert/--runner-key/--runner-ca)"
+            )
         config = tasks.runner_task_config(
             name=cluster,
             bundle_path=spec.bundle_path,
@@ -426,6 +433,7 @@ class SkyPilotProvider:
             requirements=list(spec.requirements),
             python_version=spec.python_version,
             package=tasks.skyform_package(self._work_dir("wheels")),
+            tls=(spec.tls.cert, spec.tls.key),
         )
         labels = tasks.cluster_labels(spec.stack, spec.app, spec.revision)
         return self._task(
@@ -446,6 +454,8 @@ class SkyPilotProvider:
             python_version=tasks.local_python(),
             package=tasks.skyform_package(self._work_dir("wheels"), extras=("skypilot",)),
             requirements=[f"skypilot=={version('skypilot')}"],
+            tls_files=_gateway_tls_files(spec),
+            extra_args=_gateway_url_args(spec),
         )
         secrets = {**spec.env, API_SERVER_ENV: endpoint}
         token = os.environ.get(SERVICE_ACCOUNT_TOKEN_ENV)
@@ -493,7 +503,7 @@ class SkyPilotProvider:
         except SkyformError as exc:
             raise ProvisioningError(spec.app, "other", str(exc)) from None
         job_id = self._launch(spec.app, task, cluster)
-        url = "" if self.dryrun else self.client.endpoint(cluster, tasks.RUNNER_PORT)
+        url = "" if self.dryrun else _https(self.client.endpoint(cluster, tasks.RUNNER_PORT))
         return RunnerHandle(
             runner_id=runner_id,
             app=spec.app,
@@ -528,7 +538,7 @@ class SkyPilotProvider:
             parsed = tasks.parse_cluster_name(record.name)
             if not record.name.startswith(prefix) or parsed is None or parsed.kind != "runner":
                 continue
-            url = f"http://{record.head_ip}:{tasks.RUNNER_PORT}" if record.head_ip else ""
+            url = f"https://{record.head_ip}:{tasks.RUNNER_PORT}" if record.head_ip else ""
             found.append(
                 RunnerHandle(
                     runner_id=parsed.runner_id,
@@ -569,12 +579,14 @@ class SkyPilotProvider:
             self.sweep(keep={cluster}, stack=spec.stack)
         job_id = self._launch("gateway", task, cluster)
         url = "" if self.dryrun else self.client.endpoint(cluster, spec.port)
-        return GatewayHandle(
-            stack=spec.stack,
-            url=url,
-            provider=NAME,
-            info={"cluster": cluster, "job_id": job_id, "dryrun": self.dryrun},
-        )
+        info: dict[str, object] = {"cluster": cluster, "job_id": job_id, "dryrun": self.dryrun}
+        if spec.tls is not None:
+            url = _https(url)
+            info["ca_file"] = str(spec.tls.ca or spec.tls.cert)
+            if spec.tls.server_name:
+                # Its certificate could not name the head IP, unknown until launch.
+                info["tls_server_name"] = spec.tls.server_name
+        return GatewayHandle(stack=spec.stack, url=url, provider=NAME, info=info)
 
     def gateway_alive(self, handle: GatewayHandle) -> bool:
         return self._running(handle.info)
@@ -602,6 +614,34 @@ class SkyPilotProvider:
         for name in doomed:
             self._down(name)
         return doomed
+
+
+def _https(url: str) -> str:
+    """SkyPilot's endpoint URL with the scheme the server speaks (it reports http)."""
+    return "https://" + url.split("://", 1)[-1] if url else url
+
+
+def _gateway_tls_files(spec: GatewaySpec) -> dict[str, Path]:
+    """What the gateway cluster gets under `<state-dir>/tls/` (never the CA's key)."""
+    if spec.tls is None or spec.runner_tls is None or spec.runner_tls.ca is None:
+        raise SkyformError(
+            "a gateway on SkyPilot serves TLS and verifies its runners: it needs its "
+            "certificate and the stack's runner certificate and CA"
+        )
+    return {
+        "gateway.pem": spec.tls.cert,
+        "gateway.key": spec.tls.key,
+        "runner.pem": spec.runner_tls.cert,
+        "runner.key": spec.runner_tls.key,
+        "ca.pem": spec.runner_tls.ca,
+    }
+
+
+def _gateway_url_args(spec: GatewaySpec) -> list[str]:
+    args = ["--public-url", spec.public_url] if spec.public_url else []
+    for proxy in spec.trusted_proxies:
+        args += ["--trusted-proxy", proxy]
+    return args
 
 
 def _write_task_file(path: Path, task: Any) -> None:

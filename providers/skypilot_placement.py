@@ -73,6 +73,8 @@ def _placements(clouds: Sequence[str], regions: Sequence[str]) -> list[str | Non
     used: set[str] = set()
     for cloud in canonical:
         cloud_obj = registry.CLOUD_REGISTRY.from_str(cloud)
+        if cloud_obj is None:  # _check_clouds accepted it, so SkyPilot knows it
+            raise SkyformError(f"provider.skypilot.clouds: SkyPilot does not know {cloud!r}")
         mine = []
         for region in regions:
             try:

@@ -5,6 +5,11 @@ reads, so it can be rendered, inspected and written to disk (for audit) without
 SkyPilot, and keys and tokens never enter it — they travel separately as the
 task's secrets (environment values SkyPilot redacts in logs and YAML dumps).
 
+Traffic between machines is TLS: a runner serves the stack's runner
+certificate (its key travels as a file mount, made private before the runner
+starts), and the gateway gets its own certificate and the runner material the
+same way. The stack CA's key never leaves the deploying machine.
+
 Cluster names carry stack, app and revision, so an orphan sweep can find every
 cluster a stack owns by name alone (`sky status | grep sf-<stack>--`).
 """
@@ -15,10 +20,7 @@ import hashlib
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -156,51 +158,12 @@ def skyform_package(wheel_dir: Path, extras: tuple[str, ...] = ()) -> SkyformPac
         root = source_root()
         if root is None:
             return SkyformPackage(__version__, f"skyform{extra}=={__version__}")
+        from skyform.providers.wheel import build_wheel
+
         wheel = build_wheel(root, wheel_dir)
     digest = wheel_digest(wheel)
     remote = f"{REMOTE_HOME_SH}/wheels/{wheel.name}"
     return SkyformPackage(__version__, f"skyform{extra} @ file://{remote}", wheel, digest)
-
-
-_BUILT: dict[Path, Path] = {}
-
-
-def build_wheel(root: Path, out_dir: Path) -> Path:
-    """Build skyform's wheel from a checkout (once per process), offline.
-
-    Builds from a clean copy of the package folders so stale `build/` leftovers in
-    the checkout never end up in the wheel, and the checkout is not written to.
-    """
-    if root in _BUILT and _BUILT[root].exists():
-        return _BUILT[root]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="skyform-wheel-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md", "declare", "state", "providers", "runtime"):
-            path = root / name
-            if path.is_dir():
-                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-            elif path.is_file():
-                shutil.copy2(path, src / name)
-        build = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
-                str(out_dir.resolve()),
-            ],
-            cwd=src,
-            capture_output=True,
-            text=True,
-        )
-    if build.returncode != 0:
-        tail = (build.stderr or build.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SkyformError(f"cannot build the skyform wheel to ship: {tail[0]}")
-    wheel = out_dir / build.stdout.strip().splitlines()[-1]
-    _BUILT[root] = wheel
-    return wheel
 
 
 def wheel_digest(wheel: Path) -> str:
@@ -267,22 +230,32 @@ def runner_task_config(
     python_version: str,
     package: SkyformPackage,
     port: int = RUNNER_PORT,
+    tls: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """The task of one runner cluster (resources are added by the provider).
 
     Keys and tokens are not part of it: the provider adds them as secrets.
+    `tls` (certificate, key) makes the runner serve https.
     """
     remote_bundle = f"{REMOTE_HOME}/bundles/{_part(revision)}.skyb"
     setup, python = _setup(requirements, python_version, package, "runner")
+    mounts: dict[str, Path] = {remote_bundle: bundle_path}
+    private = ""
+    tls_args = ""
+    if tls is not None:
+        cert, key = f"{REMOTE_HOME}/tls/runner.pem", f"{REMOTE_HOME}/tls/runner.key"
+        mounts.update({cert: tls[0], key: tls[1]})
+        private = f"chmod 600 {key} && "
+        tls_args = f" --tls-cert {cert} --tls-key {key}"
     run = (
-        f"exec {python} -m skyform.runtime.runner --bundle {remote_bundle} "
-        f"--port {int(port)} --host 0.0.0.0"
+        f"{private}exec {python} -m skyform.runtime.runner --bundle {remote_bundle} "
+        f"--port {int(port)} --host 0.0.0.0{tls_args}"
     )
     return {
         "name": name,
         "setup": setup,
         "run": run,
-        "file_mounts": _file_mounts(package, {remote_bundle: bundle_path}),
+        "file_mounts": _file_mounts(package, mounts),
     }
 
 
@@ -296,9 +269,15 @@ def gateway_task_config(
     python_version: str,
     package: SkyformPackage,
     requirements: list[str],
+    tls_files: dict[str, Path] | None = None,
+    extra_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """The task of the gateway cluster: it runs the gateway, which scales runners
-    through SkyPilot (its provider config arrives as `<state-dir>/provider.json`)."""
+    through SkyPilot (its provider config arrives as `<state-dir>/provider.json`).
+
+    `tls_files` (file name -> local path) travel to `<state-dir>/tls/`, keys made
+    private before the gateway starts; `extra_args` are more gateway arguments.
+    """
     setup, python = _setup(requirements, python_version, package, "gateway")
     # The gateway ships the wheel it was given on to the runners it starts.
     wheel = (
@@ -306,17 +285,40 @@ def gateway_task_config(
         if package.wheel
         else ""
     )
+    mounts: dict[str, Path] = {f"{remote_state_dir}/provider.json": provider_json}
+    keys = []
+    for file_name, local in (tls_files or {}).items():
+        mounts[f"{remote_state_dir}/tls/{file_name}"] = local
+        if file_name.endswith(".key"):
+            keys.append(f"{remote_state_dir}/tls/{file_name}")
+    private = f"chmod 600 {' '.join(keys)} && " if keys else ""
+    # The TLS paths stay unquoted so that the shell expands their "~".
+    tls_args = _gateway_tls_arguments(remote_state_dir, set(tls_files or {}))
+    more = "".join(f" {a}" for a in tls_args)
+    more += "".join(f" {shlex.quote(a)}" for a in extra_args or [])
     run = (
-        f"mkdir -p {remote_state_dir} && {wheel}exec {python} -m skyform.runtime.gateway "
+        f"mkdir -p {remote_state_dir} && {private}{wheel}exec {python} -m skyform.runtime.gateway "
         f"--port {int(port)} --state-dir {remote_state_dir} --host 0.0.0.0 "
-        f"--stack {shlex.quote(stack)}"
+        f"--stack {shlex.quote(stack)}{more}"
     )
     return {
         "name": name,
         "setup": setup,
         "run": run,
-        "file_mounts": _file_mounts(package, {f"{remote_state_dir}/provider.json": provider_json}),
+        "file_mounts": _file_mounts(package, mounts),
     }
+
+
+def _gateway_tls_arguments(remote_state_dir: str, files: set[str]) -> list[str]:
+    """The gateway's TLS arguments, naming the files `gateway_task_config` mounts."""
+    tls = f"{remote_state_dir}/tls"
+    args: list[str] = []
+    if "gateway.pem" in files:
+        args += ["--tls-cert", f"{tls}/gateway.pem", "--tls-key", f"{tls}/gateway.key"]
+    if "runner.pem" in files:
+        args += ["--runner-cert", f"{tls}/runner.pem", "--runner-key", f"{tls}/runner.key"]
+        args += ["--runner-ca", f"{tls}/ca.pem"]
+    return args
 
 
 def local_python() -> str:

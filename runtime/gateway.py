@@ -1,9 +1,12 @@
 """The gateway: a stack's front door (`python -m skyform.runtime.gateway`).
 
     python -m skyform.runtime.gateway --port N --state-dir DIR [--host H] [--stack NAME]
+        [--tls-cert PEM --tls-key PEM] [--runner-cert PEM --runner-key PEM --runner-ca PEM]
+        [--public-url URL] [--trusted-proxy IP/CIDR]...
 
 Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
-private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners).
+private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners),
+SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file).
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
 Routes (DESIGN §7):
@@ -14,6 +17,7 @@ Routes (DESIGN §7):
     PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
     GET  /{app}/playground                     a page to try each endpoint
     /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+    PUT  /-/tls                                a renewed certificate, and the public URL
 
 A plain ASGI callable rather than a framework: the proxy path is the hot path
 and every microsecond there shows in added latency.
@@ -38,17 +42,19 @@ from urllib.parse import parse_qs
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.names import app_name_problem
+from skyform.providers.base import TLSMaterial
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
-    APP_NAME_RE,
     MAX_ATTEMPTS,
-    RESERVED_NAMES,
     AppState,
     LiveRequest,
     RequestNotCancellable,
     Scheduler,
 )
+from skyform.runtime.gateway_urls import PublicURL, default_public_url
+from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
@@ -60,18 +66,27 @@ _TEXT = b"text/plain; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 NO_RETRY_HEADER = b"x-skyform-no-retry"
-MAX_BODY = 64 * 1024 * 1024
+IDEMPOTENCY_HEADER = b"x-skyform-idempotency-key"
+MAX_IDEMPOTENCY_KEY = 256
+RETRY_AFTER_S = 1  # what a caller refused for lack of room is told to wait
+PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
 
 
 class HTTPError(Exception):
     def __init__(
-        self, status: int, detail: str, error_type: str = "", extra: dict[str, Any] | None = None
+        self,
+        status: int,
+        detail: str,
+        error_type: str = "",
+        extra: dict[str, Any] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.error_type = error_type
         self.extra = extra or {}
+        self.headers = headers or []
 
 
 class Gateway:
@@ -87,8 +102,21 @@ class Gateway:
         api_key: str,
         bundle_key: str,
         runner_token: str,
+        limits: GatewayLimits | None = None,
+        public_url: str = "",
+        trusted_proxies: tuple[str, ...] = (),
+        runner_tls: TLSMaterial | None = None,
+        tls_files: tuple[Path, Path] | None = None,
+        public_url_configured: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.limits = limits or GatewayLimits()
+        self.body_budget = BodyBudget(self.limits.max_inflight_body_bytes)
+        # Returned URLs start with this, never with a caller's Host header.
+        self.public_url = PublicURL(public_url, trusted_proxies) if public_url else None
+        self.trusted_proxies = trusted_proxies
+        self.tls_files = tls_files  # what the server serves (and reloads when it changes)
+        self.public_url_configured = public_url_configured
         self.stack = stack
         self.admin_token = admin_token.encode()
         self.api_key = api_key
@@ -104,6 +132,8 @@ class Gateway:
             state_dir=self.state_dir,
             runner_env={k: v for k, v in runner_env.items() if v},
             runner_token=runner_token,
+            limits=self.limits,
+            runner_tls=runner_tls,
         )
         self.accepting = True
 
@@ -122,7 +152,7 @@ class Gateway:
             if exc.error_type:
                 body["error_type"] = exc.error_type
             headers = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
-            await send_response(send, exc.status, dump(body), JSON, headers)
+            await send_response(send, exc.status, dump(body), JSON, headers + exc.headers)
         except Exception:
             log.exception("error while serving %s %s", scope["method"], scope["path"])
             body = {
@@ -179,13 +209,18 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
     ) -> None:
         ep_method = self._endpoint(app, path, method)
-        req = await self._submit(scope, receive, app, path, ep_method, persist=False)
-        bound = app.limits.request_timeout * MAX_ATTEMPTS + app.limits.startup_timeout
+        body = await self._read_body(scope, receive)
+        # The body stays in memory until the call is answered: charged until then.
         try:
-            async with asyncio.timeout(bound):
-                await req.done.wait()
-        except TimeoutError:
-            self.scheduler.forget(req)
+            req = self._submit(scope, app, path, ep_method, body, persist=False)
+            bound = app.limits.request_timeout * MAX_ATTEMPTS + app.limits.startup_timeout
+            try:
+                async with asyncio.timeout(bound):
+                    await req.done.wait()
+            except TimeoutError:
+                self.scheduler.forget(req)
+        finally:
+            self.body_budget.release(len(body))
         if req.status != "COMPLETED":
             raise HTTPError(
                 504,
@@ -218,14 +253,45 @@ class Gateway:
                 return
         path = "/" + tail.strip("/")
         ep_method = self._endpoint(app, path, method, queue=True)
-        req = await self._submit(scope, receive, app, path, ep_method, persist=True)
-        await send_response(send, 202, dump(self._urls(scope, app.name, req.id)))
+        key = _idempotency_key(scope)
+        first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
+        if first is None:
+            self._check_queue_room(app, _content_length(scope) or 0)
+            body = await self._read_body(scope, receive)
+            try:
+                # Looked up again: a twin submitted while this body streamed in wins.
+                first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
+                if first is None:
+                    self._check_queue_room(app, len(body))
+                    first = self._submit(scope, app, path, ep_method, body, True, key)
+            finally:
+                # Stored now, and bounded by the app's queued bytes from here on.
+                self.body_budget.release(len(body))
+        await send_response(send, 202, dump(self._urls(scope, app.name, first.id)))
 
-    async def _submit(
-        self, scope: Scope, receive: Receive, app: AppState, path: str, method: str, persist: bool
+    def _check_queue_room(self, app: AppState, size: int) -> None:
+        """429 when `size` more body bytes would pass the app's queued-bytes bound."""
+        limit = self.limits.max_queued_bytes_per_app
+        if app.queued_bytes + size > limit:
+            raise HTTPError(
+                429,
+                f"app {app.name!r} has {app.queued_bytes} bytes of requests queued; "
+                f"{size} more would pass its bound of {limit} bytes: retry later",
+                "queue_full",
+                headers=[(b"retry-after", b"%d" % RETRY_AFTER_S)],
+            )
+
+    def _submit(
+        self,
+        scope: Scope,
+        app: AppState,
+        path: str,
+        method: str,
+        body: bytes,
+        persist: bool,
+        idem_key: str | None = None,
     ) -> LiveRequest:
-        """Read the body and hand the request to the scheduler (durable when `persist`)."""
-        body = await _read_body(receive)
+        """Hand the request to the scheduler (durable when `persist`)."""
         return self.scheduler.submit(
             app,
             _with_query(path, scope),
@@ -234,7 +300,59 @@ class Gateway:
             _header(scope, b"content-type") or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
+            idem_key=idem_key,
         )
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, read while charging the gateway-wide in-flight body budget.
+
+        The declared length is checked (413) and charged (503 + Retry-After when
+        the budget is spent) before a byte is read; a body without one is
+        charged chunk by chunk as it streams in. The caller releases
+        `len(body)` once it no longer holds the body; on an error here the
+        charge is released before raising.
+        """
+        limit = self.limits.max_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            raise _too_large(limit)
+        charged = 0
+        try:
+            if declared:
+                if not self.body_budget.try_charge(declared):
+                    raise _budget_spent(self.body_budget)
+                charged = declared
+            # With a declared length the buffer is allocated once (growing it
+            # would copy it, holding twice the body for a moment).
+            buf = bytearray(declared or 0)
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                end = size + len(chunk)
+                if end > limit:
+                    raise _too_large(limit)
+                if end > charged:
+                    if not self.body_budget.try_charge(end - charged):
+                        raise _budget_spent(self.body_budget)
+                    charged = end
+                if end <= len(buf):
+                    buf[size:end] = chunk
+                else:
+                    del buf[size:]
+                    buf += chunk
+                size = end
+                if not message.get("more_body"):
+                    break
+            del buf[size:]  # a client that sent less than it declared
+        except BaseException:
+            self.body_budget.release(charged)
+            raise
+        if charged > size:
+            self.body_budget.release(charged - size)
+        return bytes(buf) if size < 65536 else buf  # type: ignore[return-value]
 
     async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
         req = self._request(app, request_id)
@@ -285,13 +403,19 @@ class Gateway:
         return out
 
     def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
-        base = f"{_base_url(scope)}/queue/{app}/requests/{request_id}"
+        base = f"{self._base_url(scope)}/queue/{app}/requests/{request_id}"
         return {
             "request_id": request_id,
             "status_url": f"{base}/status",
             "response_url": base,
             "cancel_url": f"{base}/cancel",
         }
+
+    def _base_url(self, scope: Scope) -> str:
+        if self.public_url is not None:
+            return self.public_url.for_request(scope)
+        server = scope.get("server") or ("127.0.0.1", 80)  # an embedded Gateway in a test
+        return default_public_url(scope.get("scheme", "http"), server[0], server[1])
 
     async def _playground(self, send: Send, app: AppState) -> None:
         from skyform.runtime.playground import render_playground
@@ -324,11 +448,14 @@ class Gateway:
         elif rest == "runners" and method == "GET":
             runners = [r.describe() for r in self.scheduler.all_runners()]
             await send_response(send, 200, dump({"runners": runners}))
+        elif rest == "tls" and method == "PUT":
+            body = self._replace_certificate(await self._read_body(scope, receive))
+            await send_response(send, 200, dump(body))
         elif rest == "apps" and method == "GET":
             apps = [a.describe() for a in self.scheduler.apps.values()]
             await send_response(send, 200, dump({"apps": apps}))
         elif len(parts) == 2 and parts[0] == "apps":
-            await self._admin_app(receive, send, parts[1], method)
+            await self._admin_app(scope, receive, send, parts[1], method)
         elif len(parts) == 3 and parts[0] == "apps" and parts[2] == "logs" and method == "GET":
             query = parse_qs(scope.get("query_string", b"").decode())
             try:
@@ -341,31 +468,83 @@ class Gateway:
         else:
             raise HTTPError(404, f"no admin route {method} /-/{rest}")
 
-    async def _admin_app(self, receive: Receive, send: Send, name: str, method: str) -> None:
+    async def _admin_app(
+        self, scope: Scope, receive: Receive, send: Send, name: str, method: str
+    ) -> None:
         if method == "GET":
             await send_response(send, 200, dump(self._app(name).describe()))
         elif method == "PUT":
             if not self.accepting:
                 raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
-            app = self._register(name, await _read_body(receive))
+            raw = await self._read_body(scope, receive)
+            try:
+                app = self._register(name, raw)
+            finally:
+                self.body_budget.release(len(raw))
             body = {"name": app.name, "revision": app.revision, "fingerprint": app.fingerprint}
             await send_response(send, 200, dump(body))
         elif method == "DELETE":
             if not self.scheduler.remove(name):
-                self._app(name)  # raises a 404 that names the known apps
+                known = ", ".join(sorted(self.scheduler.apps)) or "none"
+                raise HTTPError(404, f"no app named {name!r}; apps: {known}", "app_not_found")
             await send_response(send, 200, dump({"name": name, "removed": True}))
         else:
             raise HTTPError(405, f"{method} is not allowed on /-/apps/{name}")
 
+    def _replace_certificate(self, raw: bytes) -> dict[str, Any]:
+        """`PUT /-/tls`: a renewed certificate, and the public URL once the address is known.
+
+        A gateway started on a machine whose address nobody knew beforehand (a
+        SkyPilot cluster) gets a certificate naming that address, and its public
+        URL, from `apply`. The pair is checked before anything is written; the
+        server loads the new files within seconds.
+        """
+        from skyform.tls import TLSError, server_context
+
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "request body must be JSON") from None
+        known = ["cert_pem", "key_pem", "public_url"]
+        if not isinstance(payload, dict) or set(payload) - set(known):
+            extra = sorted(set(payload) - set(known)) if isinstance(payload, dict) else []
+            hint = did_you_mean(extra[0], known) if extra else ""
+            raise HTTPError(400, f"body must be an object of {', '.join(known)}{hint}")
+        cert, key = payload.get("cert_pem"), payload.get("key_pem")
+        if self.tls_files is None:
+            raise HTTPError(409, "this gateway serves plain http; it has no certificate to replace")
+        if not (isinstance(cert, str) and cert and isinstance(key, str) and key):
+            raise HTTPError(400, "cert_pem and key_pem (PEM text) are required")
+        url = payload.get("public_url")
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("http://", "https://"))
+        ):
+            raise HTTPError(400, f"public_url must be an http(s) URL, got {url!r}")
+        cert_path, key_path = self.tls_files
+        trial_cert, trial_key = self.state_dir / ".tls-trial.pem", self.state_dir / ".tls-trial.key"
+        try:
+            write_atomic(trial_cert, cert)
+            write_atomic(trial_key, key, mode=0o600)
+            server_context(trial_cert, trial_key)
+        except TLSError as exc:
+            raise HTTPError(400, f"certificate refused: {exc}", "bad_certificate") from None
+        finally:
+            for trial in (trial_cert, trial_key):
+                trial.unlink(missing_ok=True)
+        write_atomic(key_path, key, mode=0o600, fsync=True)
+        write_atomic(cert_path, cert, fsync=True)
+        if url and not self.public_url_configured:
+            self.public_url = PublicURL(url, self.trusted_proxies)
+            write_atomic(self.state_dir / PUBLIC_URL_FILE, url + "\n")  # kept across restarts
+        log.info("certificate replaced%s", f"; public URL {url}" if url else "")
+        return {"replaced": True, "public_url": self.public_url.base if self.public_url else None}
+
     def _register(self, name: str, raw: bytes) -> AppState:
         from skyform.bundle import read_bundle_meta
 
-        if not APP_NAME_RE.match(name) or name in RESERVED_NAMES:
-            raise HTTPError(
-                400,
-                f"invalid app name {name!r}: use lower-case letters, digits, '-' and '_' "
-                f"(not {', '.join(sorted(RESERVED_NAMES))})",
-            )
+        problem = app_name_problem(name)
+        if problem:
+            raise HTTPError(400, problem, "invalid_app_name")
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -437,13 +616,9 @@ class Gateway:
     def _app(self, name: str) -> AppState:
         app = self.scheduler.apps.get(name)
         if app is None:
-            known = list(self.scheduler.apps)
-            raise HTTPError(
-                404,
-                f"no app named {name!r}{did_you_mean(name, known)}"
-                + (f"; apps: {', '.join(sorted(known))}" if known else "; no app is registered"),
-                "app_not_found",
-            )
+            # Names only what was asked: listing (or suggesting) other apps
+            # would show an anonymous caller every private app of the stack.
+            raise HTTPError(404, f"no app named {name!r}", "app_not_found")
         return app
 
     def _request(self, app: AppState, request_id: str) -> StoredRequest:
@@ -510,21 +685,52 @@ def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, st
     )
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPError(413, f"request body is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
+def _content_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"content-length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, f"content-length {raw!r} is not a number") from None
+    if value < 0:
+        raise HTTPError(400, f"content-length {raw!r} is negative")
+    return value
+
+
+def _too_large(limit: int) -> HTTPError:
+    # connection: close -- the rest of the body is not read, so the connection cannot be reused.
+    return HTTPError(
+        413,
+        f"request body is larger than {limit} bytes (gateway.limits.max_body_bytes)",
+        "body_too_large",
+        headers=[(b"connection", b"close")],
+    )
+
+
+def _budget_spent(budget: BodyBudget) -> HTTPError:
+    return HTTPError(
+        503,
+        f"the gateway holds {budget.used} bytes of request bodies, its bound is {budget.limit} "
+        "(gateway.limits.max_inflight_body_bytes): retry later",
+        "gateway_busy",
+        headers=[(b"retry-after", b"%d" % RETRY_AFTER_S), (b"connection", b"close")],
+    )
+
+
+def _idempotency_key(scope: Scope) -> str | None:
+    key = _header(scope, IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise HTTPError(
+            400,
+            f"{IDEMPOTENCY_HEADER.decode()} must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII "
+            "characters",
+            "invalid_idempotency_key",
+        )
+    return key
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -539,14 +745,6 @@ def _with_query(path: str, scope: Scope) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-def _base_url(scope: Scope) -> str:
-    host = _header(scope, b"host")
-    if not host:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}"
-
-
 # --- process ------------------------------------------------------------------
 
 
@@ -558,13 +756,68 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
+    parser.add_argument("--runner-cert", type=Path, help="PEM certificate handed to runners")
+    parser.add_argument("--runner-key", type=Path, help="its PEM key")
+    parser.add_argument(
+        "--runner-ca", type=Path, help="CA that runner certificates are verified with"
+    )
+    parser.add_argument("--public-url", default="", help="base of returned URLs")
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="IP/CIDR whose X-Forwarded-Proto/-Host are honoured (repeatable)",
+    )
     return parser
+
+
+def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
+    """The runner TLS material of the command line: all three files, or none."""
+    from skyform.tls import runner_server_name
+
+    given = [args.runner_cert, args.runner_key, args.runner_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SkyformError("--runner-cert, --runner-key and --runner-ca go together")
+    for path in given:
+        if not path.is_file():
+            raise SkyformError(f"no such file: {path}")
+    return TLSMaterial(
+        args.runner_cert.resolve(),
+        args.runner_key.resolve(),
+        args.runner_ca.resolve(),
+        runner_server_name(args.stack),
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad TLS or URL arguments: one line, before anything is started."""
+    import ipaddress
+
+    from skyform.tls import server_context
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SkyformError("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        server_context(args.tls_cert, args.tls_key)  # raises TLSError naming the file
+    for item in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SkyformError(f"--trusted-proxy {item!r} is not an IP or CIDR") from None
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise SkyformError(f"--public-url must be an http(s) URL, got {args.public_url!r}")
 
 
 def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
     """The gateway for `args` (see `_parser`), its provider and keys from `environ`."""
     from skyform.providers import create_provider
 
+    _check_args(args)
+    runner_tls = _tls_args(args)
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config: Any = "local"
@@ -580,6 +833,7 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
     if not environ.get("SKYFORM_API_KEY"):
         log.warning("SKYFORM_API_KEY is not set: private apps refuse every caller")
+    limits = GatewayLimits.from_environ(environ)
     return Gateway(
         state_dir=state_dir,
         stack=args.stack,
@@ -588,7 +842,22 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
         runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
+        limits=limits,
+        public_url=args.public_url
+        or _learned_public_url(state_dir)
+        or default_public_url("https" if args.tls_cert else "http", args.host, args.port),
+        trusted_proxies=tuple(args.trusted_proxy),
+        runner_tls=runner_tls,
+        tls_files=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None,
+        public_url_configured=bool(args.public_url),
     )
+
+
+def _learned_public_url(state_dir: Path) -> str:
+    try:
+        return (state_dir / PUBLIC_URL_FILE).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _stored_admin_token(state_dir: Path) -> str:
@@ -619,9 +888,11 @@ def main(argv: list[str] | None = None) -> int:
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = make_server(gateway, args.host, args.port)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = make_server(gateway, args.host, args.port, gateway.limits, tls=tls)
     started = time.monotonic()
-    log.info("gateway for stack %s on http://%s:%d", args.stack, args.host, args.port)
+    scheme = "https" if tls else "http"
+    log.info("gateway for stack %s on %s://%s:%d", args.stack, scheme, args.host, args.port)
     server.run()
     if not server.started:
         print(f"error: the gateway could not start on {args.host}:{args.port}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 
 # Idle connections older than this are not reused: the runner's server closes
@@ -25,6 +26,10 @@ _MAX_POOL = 32
 
 class RunnerConnectionError(ConnectionError):
     """The runner refused the connection or closed it before answering."""
+
+
+class RunnerTLSError(RunnerConnectionError):
+    """The runner's certificate is not one the gateway trusts (not signed by the stack CA)."""
 
 
 Response = tuple[int, dict[str, str], bytes]
@@ -44,11 +49,24 @@ class _Conn:
 
 
 class RunnerClient:
-    """Calls one runner at `host:port`; reuses connections between calls."""
+    """Calls one runner at `host:port`; reuses connections between calls.
 
-    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
+    With `ssl`, connections are TLS, the runner's certificate verified by that
+    context against `server_hostname` (default: `host`).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        headers: dict[str, str] | None = None,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self._ssl = ssl
+        self._server_hostname = server_hostname if ssl is not None else None
         self._idle: list[_Conn] = []
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._fixed = f"host: {host}:{port}\r\n{extra}".encode("latin-1")
@@ -104,7 +122,13 @@ class RunnerClient:
 
     async def _connect(self) -> _Conn:
         try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise RunnerTLSError(
+                f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}"
+            ) from None
         except OSError as exc:
             raise RunnerConnectionError(_describe(exc)) from None
         return _Conn(reader, writer)
@@ -150,7 +174,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.split(b";", 1)[0].strip(), 16)

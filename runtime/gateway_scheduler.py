@@ -12,6 +12,11 @@ Rules (DESIGN §7):
 - 503 -> the runner is ending itself; retry elsewhere. 504 -> retry, runner
   kept. Connection refused / dropped -> runner lost; retry. Everything else is
   the answer. At most `MAX_ATTEMPTS` attempts; `x-skyform-no-retry: 1` = one.
+- Delivery is at-least-once: an attempt is committed to the store before it
+  is dispatched, so a gateway that dies with it in flight runs it again after
+  its restart, with the attempt counted (the bound holds across restarts). A
+  request in flight at `poison_after_deaths` gateway deaths in a row fails as
+  `poisoned` instead of taking the gateway down forever.
 - A runner that fails to start is replaced after an exponential backoff; after
   `START_FAILURE_LIMIT` failures in a row (or one environment build failure,
   which would fail the same way again) the waiting requests fail with the
@@ -27,9 +32,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import re
 import secrets
+import ssl
 import threading
 import time
 from collections import deque
@@ -43,9 +47,10 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import write_atomic
 from skyform.logformat import LINE_RE
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError
+from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
+from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
+from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
@@ -60,9 +65,8 @@ HEALTH_POLL_S = 0.05
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
 RETIRED_KEPT = 20
-# Results of completed queue requests are kept this long (seconds), then pruned.
-RESULT_TTL_S = float(os.environ.get("SKYFORM_RESULT_TTL_S", 7 * 24 * 3600))
-PRUNE_INTERVAL_S = 300.0
+PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
+COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
 
@@ -75,10 +79,8 @@ ERROR_STATUS = {
     "timeout": 504,
     "cancelled": 409,
     "app_removed": 410,
+    "poisoned": 500,
 }
-
-APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-RESERVED_NAMES = {"queue", "-", "playground"}
 
 ACTIVE = ("building", "starting", "ready")
 
@@ -174,6 +176,7 @@ class AppState:
     last_error_type: str | None = None
     kick_handle: asyncio.TimerHandle | None = None
     limits: AppLimits = field(default_factory=AppLimits)
+    queued_bytes: int = 0  # bodies of its accepted, unfinished queue requests
 
     def __post_init__(self) -> None:
         self.limits = AppLimits.of(self.meta)
@@ -235,14 +238,19 @@ class Scheduler:
         state_dir: Path,
         runner_env: dict[str, str],
         runner_token: str,
+        limits: GatewayLimits | None = None,
+        runner_tls: TLSMaterial | None = None,
     ) -> None:
         self.store = store
+        self.gateway_limits = limits or GatewayLimits()
         self.provider = provider
         self.metrics = metrics
         self.stack = stack
         self.state_dir = Path(state_dir)
         self.runner_env = runner_env
         self.runner_token = runner_token
+        self.runner_tls = runner_tls
+        self._runner_ssl = _runner_ssl_context(runner_tls)
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
@@ -254,6 +262,7 @@ class Scheduler:
         self._reaper: asyncio.Task[None] | None = None
         self._last_liveness = 0.0
         self._last_prune = 0.0
+        self._last_compact = 0.0
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -280,15 +289,39 @@ class Scheduler:
                 bundle_path=stored.bundle_path,
                 generation=generation_of(meta["revision"], stored.env),
             )
+        poison_after = self.gateway_limits.poison_after_deaths
         for stored in self.store.open_requests():
             app = self.apps.get(stored.app)
             req = LiveRequest(**stored.__dict__)
+            if req.status == "IN_PROGRESS":
+                # In flight when the previous gateway process died: it may have
+                # run (at-least-once); it runs again unless that keeps happening.
+                req.deaths += 1
+                req.status = "IN_QUEUE"
+                self.store.requeue(req)
             req.status = "IN_QUEUE"
             if app is None:
                 self._complete_error(req, "app_removed", f"app {stored.app!r} is not registered")
                 continue
+            if req.deaths >= poison_after:
+                self._complete_error(
+                    req,
+                    "poisoned",
+                    f"the gateway died {req.deaths} times in a row while this request was "
+                    f"in flight (after {req.attempts} attempts); it is not retried again",
+                )
+                continue
+            if req.attempts >= MAX_ATTEMPTS:
+                self._complete_error(
+                    req,
+                    "max_attempts_exceeded",
+                    f"gave up after {req.attempts} attempts; the last was cut short "
+                    "by the gateway's death",
+                )
+                continue
             self.live[req.id] = req
             app.pending.append(req)
+            app.queued_bytes += req.size
         for app in self.apps.values():
             self._pump(app)
         self._reaper = asyncio.create_task(self._reap_loop())
@@ -308,6 +341,11 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A stop is not a death: what was cut short waits queued, its deaths uncounted.
+        for req in self.live.values():
+            if req.persist and req.status == "IN_PROGRESS":
+                req.status = "IN_QUEUE"
+                self.store.requeue(req)
 
     # --- apps ---------------------------------------------------------------
 
@@ -386,6 +424,7 @@ class Scheduler:
         *,
         no_retry: bool,
         persist: bool,
+        idem_key: str | None = None,
     ) -> LiveRequest:
         """Accept a request. With `persist`, it is durable when this returns."""
         req = LiveRequest(
@@ -400,9 +439,13 @@ class Scheduler:
             attempts=0,
             created=time.time(),
             persist=persist,
+            idem_key=idem_key,
         )
         if persist:
             self.store.add_request(req)
+            # Stored: the body waits on disk, not in memory, until its dispatch.
+            req.size, req.body = len(body), b""
+            app.queued_bytes += req.size
         self.live[req.id] = req
         app.pending.append(req)
         self.metrics.submitted.labels(app.name, "queue" if persist else "sync").inc()
@@ -411,6 +454,11 @@ class Scheduler:
 
     def find(self, request_id: str) -> StoredRequest | None:
         return self.live.get(request_id) or self.store.get_request(request_id)
+
+    def find_by_idempotency_key(self, app: str, key: str) -> StoredRequest | None:
+        """`app`'s request first submitted with idempotency `key`, while its result is kept."""
+        request_id = self.store.find_by_idempotency_key(app, key)
+        return self.find(request_id) if request_id else None
 
     def queue_position(self, req: StoredRequest) -> int | None:
         app = self.apps.get(req.app)
@@ -507,8 +555,11 @@ class Scheduler:
             req.started = time.time()
             self.metrics.queue_seconds.labels(app.name).observe(req.started - req.created)
         req.status = "IN_PROGRESS"
+        if req.persist:
+            self.store.start_attempt(req)  # committed before the runner sees it
         timeout = app.limits.request_timeout
         headers = {"content-type": req.content_type, REQUEST_ID_HEADER: req.id}
+        body = self.store.get_body(req.id) if req.persist else req.body
         reason = ""
         answer: tuple[int, dict[str, str], bytes] | None = None
         assert runner.client is not None
@@ -516,7 +567,7 @@ class Scheduler:
             # The runner enforces request_timeout itself (504, then it ends);
             # the margin lets its answer arrive before the gateway gives up.
             answer = await runner.client.request(
-                req.method, req.path, req.body, headers, timeout + TIMEOUT_MARGIN_S
+                req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
             )
         except RunnerConnectionError as exc:
             reason = f"runner {runner.id} unreachable: {exc}"
@@ -527,7 +578,10 @@ class Scheduler:
             runner.served += 1
             runner.idle_since = time.monotonic()
         if self.closing and answer is None:
-            return  # the gateway is stopping: the request stays queued in the store
+            # The gateway is stopping (not dying): the request stays queued in the store.
+            if req.persist:
+                self.store.requeue(req)
+            return
         if answer is None and reason == "timeout":
             # A healthy runner answers a request that overruns with its own 504;
             # silence past that means it is wedged (a blocked event loop, say):
@@ -579,6 +633,9 @@ class Scheduler:
         else:
             self.metrics.retries.labels(app.name, reason).inc()
             req.status = "IN_QUEUE"
+            if req.persist:
+                req.deaths = 0  # this attempt ended with the gateway alive
+                self.store.requeue(req)
             app.pending.appendleft(req)
 
     # --- completion ---------------------------------------------------------
@@ -625,6 +682,9 @@ class Scheduler:
         self.live.pop(req.id, None)
         if req.persist:
             self.store.complete_request(req)
+            app = self.apps.get(req.app)
+            if app is not None:
+                app.queued_bytes = max(0, app.queued_bytes - req.size)
             req.body = b""
         self.metrics.requests.labels(req.app, outcome).inc()
         req.done.set()
@@ -665,7 +725,16 @@ class Scheduler:
             python_version=str(app.meta.get("python", "")),
             env=env,
             runner_id=runner_id,
+            tls=self.runner_tls,
         )
+
+    def _tls_for(self, url: str) -> dict[str, Any]:
+        """How to reach a runner at `url`: verified TLS for `https`, plain TCP otherwise."""
+        if not url.startswith("https://"):
+            return {}
+        if self._runner_ssl is None or self.runner_tls is None:
+            raise SkyformError("it serves https, but this gateway has no CA to verify it with")
+        return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner.id)
@@ -691,10 +760,16 @@ class Scheduler:
             return
         runner.state = "starting"
         host, port = _host_port(handle.url)
+        try:
+            tls = self._tls_for(handle.url)
+        except SkyformError as exc:
+            self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+            return
         runner.client = RunnerClient(
             host,
             port,
             {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
+            **tls,
         )
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
@@ -709,6 +784,9 @@ class Scheduler:
                 status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
                 if status == 200:
                     break
+            except RunnerTLSError as exc:  # waiting longer will not make it trusted
+                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
+                return
             except (RunnerConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
@@ -820,9 +898,13 @@ class Scheduler:
 
     async def _reap(self) -> None:
         now = time.monotonic()
-        if now - self._last_prune > PRUNE_INTERVAL_S:
+        ttl = self.gateway_limits.result_ttl
+        if now - self._last_prune > min(PRUNE_INTERVAL_S, max(ttl / 4, REAP_INTERVAL_S)):
             self._last_prune = now
-            self.store.prune_completed(time.time() - RESULT_TTL_S)
+            self.store.prune_completed(time.time() - ttl)
+        if now - self._last_compact > COMPACT_INTERVAL_S:
+            self._last_compact = now
+            self.store.compact()
         check_alive = now - self._last_liveness > 1.0
         if check_alive:
             self._last_liveness = now
@@ -886,6 +968,15 @@ def _start_error_type(exc: BaseException) -> str:
     if type(exc).__name__ == "EnvironmentBuildError":
         return "environment_build_failed"
     return "startup_failed"
+
+
+def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
+    """The context verifying runners against the stack CA (None without runner TLS)."""
+    if material is None or material.ca is None:
+        return None
+    from skyform.tls import client_context
+
+    return client_context(material.ca)
 
 
 def _request_id() -> str:

@@ -1,27 +1,43 @@
 """Serving the gateway's ASGI app: uvicorn, tuned for a proxy's hot path.
 
-Two adjustments to stock uvicorn:
+Three adjustments to stock uvicorn:
 - Responses leave in one `send()` system call. uvicorn writes the status line
   and headers, then the body, as two writes; on loopback each write costs
   about as much as the rest of the proxying, so writes made within one
   event-loop turn are coalesced into one.
 - SIGTERM/SIGINT stop the server and the process then exits 0 (uvicorn's own
   capture re-raises the signal after shutdown).
+- A request head (request line + headers) is bounded in size and in time
+  (`GatewayLimits.max_header_bytes`, `header_timeout`): httptools buffers a
+  header whole before uvicorn sees it, and uvicorn's keep-alive timeout is not
+  armed until a first response, so without this one caller can make the
+  gateway hold a 60 MB header, or hundreds of connections that never finish one.
+
+With TLS, the certificate files are checked every few seconds and reloaded
+into the live context when they change: `apply` renews a certificate before
+it expires, and new connections get the new one without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
+
+# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
+_CERT_CHECK_TICKS = 50
 
 
 class _CoalescingTransport:
@@ -55,16 +71,147 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing each response with one system call."""
+def coalescing_httptools_protocol() -> type[asyncio.Protocol] | None:
+    """uvicorn's httptools protocol writing each response with one system call.
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+    None when httptools is not importable (a platform without its wheels): the
+    gateway then serves on uvicorn's pure-Python h11 protocol instead of
+    failing to start. httptools is a core dependency, so installs get the fast path.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    return CoalescingHttpToolsProtocol
+
+
+# After refusing a request head, incoming bytes are read and dropped this long
+# before the connection closes: closing at once, with the rest of the caller's
+# upload unread, makes the kernel reset the connection and the caller would
+# not see the refusal.
+LINGER_S = 1.0
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] | None:
+    """The coalescing httptools protocol, bounding request heads within `limits`;
+    None without httptools (the h11 fallback then bounds heads in size only)."""
+    base = coalescing_httptools_protocol()
+    if base is None:
+        return None
+
+    class GuardedHttpToolsProtocol(base):  # type: ignore[valid-type,misc]
+        """Refuses request heads larger than `max_header_bytes` (431) or slower than
+        `header_timeout` seconds (408), counted from the head's first byte (or the
+        connection's start)."""
+
+        max_header_bytes = limits.max_header_bytes
+        header_timeout = limits.header_timeout
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self._head_bytes = 0
+            self._head_tail = b""
+            self._awaiting_head = True
+            self._refused = False
+            self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                self.header_timeout, self._head_timed_out
+            )
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # dropped while the refusal reaches the caller
+            if self._awaiting_head:
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(
+                        self.header_timeout, self._head_timed_out
+                    )
+                window = self._head_tail + data
+                end = window.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
+                if self._head_bytes > self.max_header_bytes:
+                    self._refuse(431, f"request head is larger than {self.max_header_bytes} bytes")
+                    return
+                self._head_tail = window[-3:]
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head = False
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head and not self._refused and not self.transport.is_closing():
+                self._refuse(408, f"request head not complete within {self.header_timeout:g}s")
+
+        def _refuse(self, status: int, detail: str) -> None:
+            self._refused = True
+            self._cancel_head_timer()
+            self._unset_keepalive_if_required()
+            body = json.dumps({"detail": detail, "error_type": "bad_request_head"}).encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, _REASONS[status], len(body), body)
+            )
+            log.warning("refused a request head from %s: %s", self.client, detail)
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+    return GuardedHttpToolsProtocol
 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT and then letting the process exit 0."""
+
+    tls_files: tuple[Path, Path] | None = None
+    _tls_stamp: tuple[float, float] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.tls_files is not None and counter % _CERT_CHECK_TICKS == 0:
+            self._reload_certificate()
+        return await super().on_tick(counter)
+
+    def _reload_certificate(self) -> None:
+        """Load renewed certificate files into the live TLS context (new connections use them)."""
+        from skyform.tls import TLSError, load_cert_chain
+
+        assert self.tls_files is not None
+        cert, key = self.tls_files
+        try:
+            stamp = (os.stat(cert).st_mtime, os.stat(key).st_mtime)
+        except OSError:
+            return
+        if self._tls_stamp is None:
+            self._tls_stamp = stamp
+        if stamp == self._tls_stamp or self.config.ssl is None:
+            return
+        try:
+            load_cert_chain(self.config.ssl, cert, key)
+        except TLSError as exc:  # a half-renewed pair: the old certificate stays in use
+            log.warning("certificate not reloaded: %s", exc)
+            return
+        self._tls_stamp = stamp
+        log.info("reloaded the TLS certificate from %s", cert)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -85,15 +232,25 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def make_server(app: Any, host: str, port: int) -> GatewayServer:
-    """The server for the gateway's ASGI `app` on `host:port`."""
+def make_server(
+    app: Any,
+    host: str,
+    port: int,
+    limits: GatewayLimits | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> GatewayServer:
+    """The server for the gateway's ASGI `app` on `host:port`, within `limits`;
+    https with `tls` (cert, key)."""
+    limits = limits or GatewayLimits()
     options: dict[str, Any] = {}
-    try:
-        import httptools  # noqa: F401
-
-        options["http"] = CoalescingHttpToolsProtocol
-    except ImportError:
-        pass
+    if tls is not None:
+        options["ssl_certfile"] = str(tls[0])
+        options["ssl_keyfile"] = str(tls[1])
+    protocol = guarded_httptools_protocol(limits)
+    if protocol is not None:
+        options["http"] = protocol
+    else:
+        log.warning("httptools is not installed: serving on uvicorn's slower h11 protocol")
     try:
         import uvloop  # noqa: F401
 
@@ -111,6 +268,11 @@ def make_server(app: Any, host: str, port: int) -> GatewayServer:
         timeout_keep_alive=30,
         proxy_headers=False,
         server_header=False,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         **options,
     )
-    return GatewayServer(config)
+    server = GatewayServer(config)
+    if tls is not None:
+        server.tls_files = (Path(tls[0]), Path(tls[1]))
+        server._reload_certificate()  # records the files' current state
+    return server

@@ -14,6 +14,7 @@ few tens of microseconds, so it runs inline rather than in a thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -53,7 +54,27 @@ CREATE TABLE IF NOT EXISTS requests (
     error_type TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(status) WHERE status != 'COMPLETED';
+CREATE TABLE IF NOT EXISTS bodies (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 """
+
+# Columns added after the first release: added to an older database on open.
+# `deaths`: gateway deaths the request was in flight at (status IN_PROGRESS in
+# the store when the gateway starts); `idem_key`: the caller's idempotency key.
+ADDED_COLUMNS = {
+    "deaths": "INTEGER NOT NULL DEFAULT 0",
+    "idem_key": "TEXT",
+}
+IDEM_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_idem ON requests(app, idem_key) "
+    "WHERE idem_key IS NOT NULL"
+)
+# Free pages given back to the file system per compaction pass (4 KiB pages: 32 MiB),
+# so one pass never holds the event loop for long.
+COMPACT_PAGES = 8192
+BLOB_SLICE = 1024 * 1024
 
 
 @dataclass
@@ -87,11 +108,15 @@ class StoredRequest:
     result_type: str | None = None
     error: str | None = None
     error_type: str | None = None
+    deaths: int = 0
+    idem_key: str | None = None
+    size: int = 0  # the body's length, also while the body itself stays on disk
 
 
 _REQUEST_COLUMNS = (
     "id, app, path, method, body, content_type, no_retry, status, attempts, created, "
-    "started, completed, result_status, result_body, result_type, error, error_type"
+    "started, completed, result_status, result_body, result_type, error, error_type, "
+    "deaths, idem_key"
 )
 
 
@@ -108,10 +133,21 @@ class QueueStore:
         if fsync is None:
             fsync = os.environ.get("SKYFORM_QUEUE_FSYNC") == "1"
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Incremental auto-vacuum lets `compact()` hand freed pages (bodies of
+        # finished requests, pruned results) back to the disk. It must be set
+        # before the first table exists; an older database is converted once.
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            self._db.execute("VACUUM")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+        for name, decl in ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
+        self._db.execute(IDEM_INDEX)
 
     def close(self) -> None:
         self._db.close()
@@ -145,23 +181,76 @@ class QueueStore:
     # --- requests ---------------------------------------------------------
 
     def add_request(self, req: StoredRequest) -> None:
-        """Record a new queued request; durable (against a process crash) once this returns."""
-        self._db.execute(
+        """Record a new queued request; durable (against a process crash) once this returns.
+
+        A large body goes to the `bodies` table, written in slices (SQLite's
+        blob I/O into a `zeroblob`, which stays lazy only as a row's last
+        column) rather than bound whole, which would copy it: storing a 60 MB
+        body costs no second 60 MB of memory. One transaction either way.
+        """
+        size = len(req.body)
+        streamed = size > BLOB_SLICE
+        insert = (
             "INSERT INTO requests (id, app, path, method, body, content_type, no_retry, status, "
-            "attempts, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                req.id,
-                req.app,
-                req.path,
-                req.method,
-                req.body,
-                req.content_type,
-                int(req.no_retry),
-                req.status,
-                req.attempts,
-                req.created,
-            ),
+            "attempts, created, idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        values = (
+            req.id,
+            req.app,
+            req.path,
+            req.method,
+            b"" if streamed else req.body,
+            req.content_type,
+            int(req.no_retry),
+            req.status,
+            req.attempts,
+            req.created,
+            req.idem_key,
+        )
+        if not streamed:
+            self._db.execute(insert, values)
+            return
+        view = memoryview(req.body)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rowid = self._db.execute(insert, values).lastrowid
+            assert rowid is not None
+            self._db.execute(
+                "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
+            )
+            with self._db.blobopen("bodies", "body", rowid) as blob:
+                for start in range(0, size, BLOB_SLICE):
+                    blob.write(view[start : start + BLOB_SLICE])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def start_attempt(self, req: StoredRequest) -> None:
+        """Record an attempt before it is dispatched (committed when this returns).
+
+        A gateway that dies while the attempt runs finds the request
+        IN_PROGRESS, with the attempt counted, when it starts again: the
+        attempt bound holds across restarts, and the death is counted.
+        """
+        self._db.execute(
+            "UPDATE requests SET status = 'IN_PROGRESS', attempts = ?, started = ? WHERE id = ?",
+            (req.attempts, req.started, req.id),
+        )
+
+    def requeue(self, req: StoredRequest) -> None:
+        """Back to IN_QUEUE after an attempt that ended (a retry), or after a gateway death."""
+        self._db.execute(
+            "UPDATE requests SET status = 'IN_QUEUE', deaths = ? WHERE id = ?",
+            (req.deaths, req.id),
+        )
+
+    def find_by_idempotency_key(self, app: str, key: str) -> str | None:
+        """The id of `app`'s request submitted with idempotency `key`, while it is kept."""
+        row = self._db.execute(
+            "SELECT id FROM requests WHERE app = ? AND idem_key = ?", (app, key)
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def complete_request(self, req: StoredRequest) -> None:
         self._db.execute(
@@ -180,6 +269,10 @@ class QueueStore:
                 req.id,
             ),
         )
+        if req.size > BLOB_SLICE:  # its body is in `bodies` (one left by a crash here: pruned)
+            self._db.execute(
+                "DELETE FROM bodies WHERE seq = (SELECT seq FROM requests WHERE id = ?)", (req.id,)
+            )
 
     def get_request(self, request_id: str) -> StoredRequest | None:
         row = self._db.execute(
@@ -188,18 +281,64 @@ class QueueStore:
         return _request(row) if row else None
 
     def open_requests(self) -> list[StoredRequest]:
-        """Requests accepted but not completed, oldest first: what a restart must run."""
+        """Requests accepted but not completed, oldest first: what a restart must run.
+
+        Without their bodies (`size` says how large each is): a restart with a
+        full queue must not read every queued body into memory at once.
+        """
+        columns = _REQUEST_COLUMNS.replace("body,", "x'',", 1)
         rows = self._db.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status != 'COMPLETED' ORDER BY seq"
+            f"SELECT {columns}, length(body) + coalesce((SELECT length(b.body) FROM bodies b "
+            "WHERE b.seq = requests.seq), 0) FROM requests WHERE status != 'COMPLETED' ORDER BY seq"
         ).fetchall()
-        return [_request(r) for r in rows]
+        out = []
+        for row in rows:
+            req = _request(row)
+            req.size = row[-1] or 0
+            out.append(req)
+        return out
+
+    def get_body(self, request_id: str) -> bytes:
+        """A queued request's body, read when it is dispatched."""
+        row = self._db.execute(
+            "SELECT coalesce(b.body, r.body) FROM requests r LEFT JOIN bodies b ON b.seq = r.seq "
+            "WHERE r.id = ?",
+            (request_id,),
+        ).fetchone()
+        return bytes(row[0]) if row else b""
 
     def prune_completed(self, older_than: float) -> int:
         """Forget results completed before `older_than` (epoch seconds)."""
         cur = self._db.execute(
             "DELETE FROM requests WHERE status = 'COMPLETED' AND completed < ?", (older_than,)
         )
+        self._db.execute(
+            "DELETE FROM bodies WHERE seq NOT IN "
+            "(SELECT seq FROM requests WHERE status != 'COMPLETED')"
+        )
         return cur.rowcount
+
+    def compact(self, min_free_pages: int = 256) -> bool:
+        """Give free pages back to the disk (a bounded pass); True when there was work.
+
+        Without this the file only grows: a burst of large queued bodies would
+        keep its size long after the requests finished and their results expired.
+        """
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        if free < min_free_pages:
+            return False
+        # executescript steps the pragma to its end; execute() would free one page.
+        self._db.executescript(f"PRAGMA incremental_vacuum({COMPACT_PAGES});")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return True
+
+    def disk_bytes(self) -> int:
+        """The database's size on disk, its write-ahead log included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
 
 
 def _request(row: tuple[Any, ...]) -> StoredRequest:
@@ -221,4 +360,6 @@ def _request(row: tuple[Any, ...]) -> StoredRequest:
         result_type=row[14],
         error=row[15],
         error_type=row[16],
+        deaths=row[17],
+        idem_key=row[18],
     )

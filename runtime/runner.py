@@ -1,5 +1,7 @@
 """`python -m skyform.runtime.runner --bundle PATH --port N [--host H]`: serve one App bundle.
 
+With `--tls-cert PEM --tls-key PEM` it serves https (runners reached over a network).
+
 The runner's life (DESIGN §6, fal's readiness and liveness rules):
 
 1. Verify and open the bundle (key from `SKYFORM_BUNDLE_KEY`), bind the port.
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -68,6 +71,7 @@ class RunnerConfig:
     grace: float
     token: str | None
     app_name: str
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
 
     @property
     def options(self) -> dict[str, Any]:
@@ -99,6 +103,7 @@ def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) 
         raise SkyformError("--grace must not be negative")
     if not 0 <= args.port <= 65535:
         raise SkyformError(f"--port {args.port} is not a TCP port (0-65535)")
+    tls = _tls_files(args.tls_cert, args.tls_key)
     meta, cls = open_bundle(read_bundle_file(args.bundle), key)
     app_endpoints(cls)  # an App without endpoints was never bundled; refuse anything odd
     return RunnerConfig(
@@ -109,7 +114,20 @@ def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) 
         grace=grace,
         token=env.get(ENV_RUNNER_TOKEN) or None,
         app_name=env.get(ENV_APP_NAME) or str(meta.get("app") or cls.__name__),
+        tls=tls,
     )
+
+
+def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    """`--tls-cert`/`--tls-key`: both or neither, and a pair that loads."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise SkyformError("--tls-cert and --tls-key go together")
+    from skyform.tls import server_context
+
+    server_context(cert, key)  # a TLSError names the file that is wrong
+    return cert, key
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -170,15 +188,19 @@ class Runner:
                 server_header=False,
                 proxy_headers=False,
                 ws="none",
-                timeout_graceful_shutdown=config.grace,  # type: ignore[arg-type]  # float seconds work
+                # uvicorn takes whole seconds: round up, never cutting the drain short.
+                timeout_graceful_shutdown=math.ceil(config.grace),
+                ssl_certfile=str(config.tls[0]) if config.tls else None,
+                ssl_keyfile=str(config.tls[1]) if config.tls else None,
             )
         )
         self._install_signals(server, state)
         host, port = self.sock.getsockname()[:2]
         log.info(
-            "serving %s (revision %s) on http://%s:%s",
+            "serving %s (revision %s) on %s://%s:%s",
             config.app_name,
             state.revision[:12],
+            "https" if config.tls else "http",
             host,
             port,
         )
@@ -340,6 +362,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", required=True, type=Path, help="the signed bundle file")
     parser.add_argument("--port", required=True, type=int, help="TCP port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
     parser.add_argument(
         "--grace",
         type=float,

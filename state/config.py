@@ -39,6 +39,7 @@ def parse_config(config: Any) -> tuple[str, dict[str, Any]]:
         return "local", {}
     if hasattr(config, "model_dump"):  # a pydantic model from the stack file
         config = config.model_dump(exclude_none=True)
+    options: Any
     if isinstance(config, str):
         name, options = config, {}
     elif isinstance(config, Mapping) and len(config) == 1:

@@ -66,7 +66,9 @@ class StateDocument:
         The backend decides the next serial when the copy is written, so a
         caller cannot skip or reuse one.
         """
-        new_resources = self.resources if resources is None else dict(resources)
+        new_resources = (
+            self.resources if resources is None else {k: dict(v) for k, v in resources.items()}
+        )
         new_outputs = self.outputs if outputs is None else dict(outputs)
         validate_resources(new_resources)
         check_outputs(new_outputs)

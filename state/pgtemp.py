@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from skyform.state.errors import StateError
 
@@ -82,7 +83,7 @@ def temp_postgres(durable: bool = False) -> Iterator[str]:
     account = _run_as()
     root = Path(tempfile.mkdtemp(prefix="skyform-pg-"))
     data, log = root / "data", root / "server.log"
-    as_user: dict[str, int] = {}
+    as_user: dict[str, Any] = {}
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
         as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}

@@ -147,7 +147,7 @@ def _stream_logs(ctx: Any) -> None:
     doc = ctx.backend.read()
     handle = GatewayHandle(**doc.resources[GATEWAY]["handle"])
     followers = {name: LogFollower() for name in ctx.stack.apps}
-    with GatewayClient(handle.url, ctx.keys["admin_token"], timeout=10.0) as client:
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=10.0) as client:
         while True:
             if not ctx.provider.gateway_alive(handle):
                 raise SkyformError("the gateway stopped unexpectedly (see its log above)")

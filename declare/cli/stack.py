@@ -510,8 +510,11 @@ def logs(
         raise SkyformError(
             f'no app "{app_name}" is running in stack {stack.name!r}{did_you_mean(app_name, known)}'
         )
-    url = (doc.resources.get(GATEWAY) or {}).get("url") or live.gateway_url
-    with GatewayClient(url, ctx.keys["admin_token"]) as client:
+    from skyform.providers.base import GatewayHandle
+
+    record = doc.resources.get(GATEWAY) or {}
+    handle = GatewayHandle(**record["handle"])  # refresh found it alive, so it is recorded
+    with GatewayClient.for_handle(handle, ctx.keys["admin_token"]) as client:
         follower = LogFollower()
         first = follower.new_lines(client.logs(app_name, tail, every))
         for line in first:

@@ -1,15 +1,16 @@
 // skyform playground: one form per endpoint, generated from the app's OpenAPI schema.
+// A public app's schema comes embedded in the page; a private app's is fetched
+// with the API key the user pastes (the page itself shows nothing of the app).
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("skyform-config").textContent);
-  const spec = config.openapi || {};
+  let spec = config.openapi || {};
   const keyInput = document.getElementById("api-key");
   const storageKey = "skyform-api-key";
   keyInput.value = window.localStorage.getItem(storageKey) || "";
-  keyInput.addEventListener("change", () => window.localStorage.setItem(storageKey, keyInput.value));
   document.getElementById("auth-note").textContent = config.auth === "public"
     ? "(this app is public: no key needed)"
-    : "(this app is private: paste the stack's API key)";
+    : "(this app is private: paste the stack's API key to load its endpoints)";
 
   function resolve(schema) {
     let s = schema || {};
@@ -160,45 +161,84 @@
   }
 
   const root = document.getElementById("endpoints");
-  const paths = spec.paths || {};
-  for (const path of Object.keys(paths).sort()) {
-    for (const method of Object.keys(paths[path])) {
-      const op = paths[path][method];
-      const form = document.createElement("form");
-      form.className = "endpoint";
-      form.dataset.endpoint = method.toUpperCase() + " " + path;
-      const title = document.createElement("h2");
-      title.textContent = method.toUpperCase() + " " + path + (op.summary ? " — " + op.summary : "");
-      form.appendChild(title);
-      if (op.description) {
-        const p = document.createElement("p");
-        p.className = "muted";
-        p.textContent = op.description;
-        form.appendChild(p);
+
+  function render() {
+    root.textContent = "";
+    const paths = spec.paths || {};
+    for (const path of Object.keys(paths).sort()) {
+      for (const method of Object.keys(paths[path])) {
+        const op = paths[path][method];
+        const form = document.createElement("form");
+        form.className = "endpoint";
+        form.dataset.endpoint = method.toUpperCase() + " " + path;
+        const title = document.createElement("h2");
+        title.textContent = method.toUpperCase() + " " + path + (op.summary ? " — " + op.summary : "");
+        form.appendChild(title);
+        if (op.description) {
+          const p = document.createElement("p");
+          p.className = "muted";
+          p.textContent = op.description;
+          form.appendChild(p);
+        }
+        const content = ((op.requestBody || {}).content || {})["application/json"];
+        const schema = content ? resolve(content.schema) : null;
+        if (schema) {
+          const required = new Set(schema.required || []);
+          const props = schema.properties || {};
+          for (const name of Object.keys(props)) form.appendChild(field(name, props[name], required.has(name)));
+        }
+        const button = document.createElement("button");
+        button.type = "submit";
+        button.textContent = "Run";
+        form.appendChild(button);
+        const status = document.createElement("div");
+        status.className = "status";
+        form.appendChild(status);
+        const result = document.createElement("pre");
+        result.className = "result";
+        form.appendChild(result);
+        form.addEventListener("submit", (ev) => {
+          ev.preventDefault();
+          call(form, path, method.toUpperCase(), Boolean(schema));
+        });
+        root.appendChild(form);
       }
-      const content = ((op.requestBody || {}).content || {})["application/json"];
-      const schema = content ? resolve(content.schema) : null;
-      if (schema) {
-        const required = new Set(schema.required || []);
-        const props = schema.properties || {};
-        for (const name of Object.keys(props)) form.appendChild(field(name, props[name], required.has(name)));
-      }
-      const button = document.createElement("button");
-      button.type = "submit";
-      button.textContent = "Run";
-      form.appendChild(button);
-      const status = document.createElement("div");
-      status.className = "status";
-      form.appendChild(status);
-      const result = document.createElement("pre");
-      result.className = "result";
-      form.appendChild(result);
-      form.addEventListener("submit", (ev) => {
-        ev.preventDefault();
-        call(form, path, method.toUpperCase(), Boolean(schema));
-      });
-      root.appendChild(form);
     }
+    if (!root.children.length) root.textContent = "This app's schema lists no endpoint.";
+    root.dataset.state = "loaded";
   }
-  if (!root.children.length) root.textContent = "This app's schema lists no endpoint.";
+
+  async function loadSchema() {
+    if (!keyInput.value) {
+      root.textContent = "Paste the API key above to load this app's endpoints.";
+      root.dataset.state = "needs-key";
+      return;
+    }
+    root.dataset.state = "loading";
+    let r;
+    try {
+      r = await fetch("/" + encodeURIComponent(config.app) + "/openapi.json", { headers: headers() });
+    } catch (e) {
+      root.textContent = "the gateway did not answer: " + e.message;
+      root.dataset.state = "error";
+      return;
+    }
+    if (r.status !== 200) {
+      root.textContent = "HTTP " + r.status + (r.status === 401 ? ": wrong API key" : "");
+      root.dataset.state = r.status === 401 ? "needs-key" : "error";
+      return;
+    }
+    spec = await r.json();
+    render();
+  }
+
+  let typing = null;
+  keyInput.addEventListener("input", () => {
+    window.localStorage.setItem(storageKey, keyInput.value);
+    if (config.auth === "public") return;
+    clearTimeout(typing);
+    typing = setTimeout(loadSchema, 300);
+  });
+  if (config.auth === "public") render();
+  else loadSchema();
 })();

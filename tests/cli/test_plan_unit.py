@@ -387,3 +387,26 @@ def test_cli_plan_formats_and_saved_plan_file(root: Path, tmp_path: Path) -> Non
     nowhere = sky(root, "plan", "--out", str(tmp_path / "t.plan" / "sub" / "x.plan"))
     assert nowhere.returncode == 1 and "Traceback" not in nowhere.stderr
     assert "cannot write the plan file" in nowhere.stderr
+
+
+def test_gateway_limits_replace_the_gateway_and_reach_its_environment(root: Path) -> None:
+    from skyform.apply import _limits_env
+
+    doc, live = applied(plan_for(root))
+    assert "limits" not in plan_for(root).gateway_spec  # unset: no attribute, no change
+    yaml_path = root / "skyform.yaml"
+    text = yaml_path.read_text()
+    assert "gateway: {port: " in text
+    yaml_path.write_text(
+        text.replace("gateway: {port: ", "gateway: {limits: {max_body_bytes: 1MiB}, port: ")
+    )
+    plan = plan_for(root, doc, live)
+    change = plan.change("gateway")
+    assert change is not None and change.actions == ["delete", "create"]
+    assert change.changed == ["limits"]
+    assert "max_body_bytes" in render_text(plan)
+    assert plan.gateway_spec["limits"] == {"max_body_bytes": 1024 * 1024}
+    env = _limits_env(plan.gateway_spec)
+    assert json.loads(env["SKYFORM_GATEWAY_LIMITS"]) == {"max_body_bytes": 1048576}
+    doc, live = applied(plan)
+    assert not plan_for(root, doc, live).has_changes

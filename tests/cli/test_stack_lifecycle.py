@@ -286,6 +286,29 @@ def test_interrupted_apply_converges(root: Path, sig: signal.Signals) -> None:
     assert all("pending" not in r for r in state_of(root)["resources"].values())
 
 
+def test_stray_app_registered_by_hand_is_removed_by_apply(root: Path) -> None:
+    from skyform.bundle import build_bundle
+    from skyform.gatewayclient import GatewayClient
+
+    keys = keys_of(root)
+    bundle = build_bundle(str(root / "other.py") + "::Other", root, keys["bundle_key"])
+    with GatewayClient(gateway_url(root), keys["admin_token"]) as client:
+        client.put_app("stray", bundle.data, "public", {})
+        assert "stray" in client.list_apps()
+    plan = sky(root, "plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "app.stray" in plan.stdout and "registered at the gateway but not in the state" in (
+        plan.stdout
+    )
+    proc = sky(root, "apply", "--auto-approve")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    with GatewayClient(gateway_url(root), keys["admin_token"]) as client:
+        assert "stray" not in client.list_apps()
+    assert plan_exit(root) == 0
+    assert_all_accounted_for(root)
+
+
 def test_destroy_stops_everything_and_is_idempotent(root: Path) -> None:
     port = int(state_of(root)["resources"]["gateway"]["port"])
     proc = sky(root, "destroy", "--auto-approve")

@@ -201,3 +201,77 @@ def test_schema_command_prints_json_schema(tmp_path: Path) -> None:
     app_entry = schema["$defs"]["AppEntry"]
     assert {"app", "max_runners", "env", "secrets", "auth"} <= set(app_entry["properties"])
     assert app_entry["additionalProperties"] is False
+
+
+LIMITS = """\
+stack: demo
+gateway:
+  port: 9001
+  limits:
+    max_header_bytes: 32KiB
+    header_timeout: 2.5
+    max_inflight_body_bytes: 100000000
+    poison_after_deaths: 2
+apps: {}
+"""
+
+
+def test_gateway_limits_parse_with_units_and_defaults_stay_unset() -> None:
+    limits = load(LIMITS).model.gateway.limits
+    assert limits.overrides() == {
+        "max_header_bytes": 32 * 1024,
+        "header_timeout": 2.5,
+        "max_inflight_body_bytes": 100_000_000,
+        "poison_after_deaths": 2,
+    }
+    assert load("stack: demo\n").model.gateway.limits.overrides() == {}
+
+
+def test_gateway_limit_keys_are_the_gateways() -> None:
+    from dataclasses import fields
+
+    from skyform.runtime.limits import GatewayLimits
+    from skyform.stackfile import GatewayLimitsConfig
+
+    assert list(GatewayLimitsConfig.model_fields) == [f.name for f in fields(GatewayLimits)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "    header_timeout: 2.5",
+            "    header_timeuot: 2.5",
+            'skyform.yaml:6: gateway.limits.header_timeuot: unknown key "header_timeuot" '
+            '(did you mean "header_timeout"?)',
+        ),
+        (
+            "32KiB",
+            "lots",
+            "skyform.yaml:5: gateway.limits.max_header_bytes: must be a size: a number of bytes, "
+            "or a number with a unit (64KiB, 60MB, 1GiB); got 'lots'",
+        ),
+        ("32KiB", "0", "skyform.yaml:5: gateway.limits.max_header_bytes: Input should be greater"),
+        (
+            "2.5",
+            "true",
+            "skyform.yaml:6: gateway.limits.header_timeout: must be a number, got True",
+        ),
+        ("2.5", "-1", "skyform.yaml:6: gateway.limits.header_timeout: Input should be greater"),
+        ("deaths: 2", "deaths: 0", "skyform.yaml:8: gateway.limits.poison_after_deaths: Input"),
+    ],
+)
+def test_gateway_limit_errors_name_file_line_and_key(old: str, new: str, expected: str) -> None:
+    assert old in LIMITS
+    assert error_of(LIMITS.replace(old, new)).startswith(expected)
+
+
+@pytest.mark.parametrize("name", ['"pwn\\n"', "playground", "queue", '"-"', "a_b", "-ab", "ab-"])
+def test_app_names_are_matched_whole_and_reserved_ones_refused(name: str) -> None:
+    from skyform.names import app_name_problem
+
+    text = f"stack: demo\napps:\n  {name}:\n    app: app.py::Hello\n"
+    message = error_of(text)
+    assert message.startswith("skyform.yaml:2: apps: app name "), message
+    # The stack file and the gateway's admin API share this one rule.
+    assert app_name_problem(name.strip('"').replace("\\n", "\n")) in message

@@ -14,6 +14,7 @@ import httpx
 
 from skyform.bundle import Bundle
 from skyform.providers.local import free_port
+from skyform.tls import client_context
 
 APPS = Path(__file__).parent / "apps"
 BUNDLE_KEY = "gateway-test-bundle-key-0123456789abcdef"
@@ -61,14 +62,28 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
 class GatewayProc:
     """One gateway process started by a test, with helpers for its API."""
 
-    def __init__(self, state_dir: Path, tag: str, count_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        tag: str,
+        count_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        ca_file: Path | None = None,
+    ) -> None:
+        """`args`: more gateway arguments; with `--tls-cert`, `http` verifies against `ca_file`."""
         self.state_dir = state_dir
+        self.env = env or {}
         self.tag = tag
         self.count_dir = count_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        scheme = "https" if "--tls-cert" in args else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=60.0, trust_env=False)
+        verify = client_context(ca_file) if ca_file else True
+        self.http = httpx.Client(base_url=self.url, timeout=60.0, trust_env=False, verify=verify)
         self.admin_headers = {"Authorization": f"Bearer {ADMIN}"}
 
     def start(self) -> GatewayProc:
@@ -80,6 +95,7 @@ class GatewayProc:
             SKYFORM_BUNDLE_KEY=BUNDLE_KEY,
             GW_COUNT_DIR=str(self.count_dir),
             **{TAG_VAR: self.tag},
+            **self.env,
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / "test-gateway.log", "ab")  # noqa: SIM115
@@ -94,6 +110,7 @@ class GatewayProc:
                 str(self.state_dir),
                 "--stack",
                 "test",
+                *self.args,
             ],
             env=env,
             stdout=log,

@@ -106,9 +106,13 @@ def test_private_app_needs_the_api_key(gw: GatewayProc) -> None:
 
 
 def test_unknown_app_and_endpoint_are_404_with_a_hint(gw: GatewayProc) -> None:
-    response = gw.http.post("/ecoh/", json={})
-    assert response.status_code == 404
-    assert 'did you mean "echo"' in response.json()["detail"]
+    for path in ("/ecoh/", "/secre/", "/queue/ecoh/", "/ecoh/playground"):
+        response = gw.http.request("GET" if "playground" in path else "POST", path, json={})
+        assert response.status_code == 404, path
+        detail = response.json()["detail"]
+        # Only the name asked for: an anonymous caller learns no other app's name.
+        assert detail == f"no app named {path.split('/')[-2]!r}", detail
+        assert "secret" not in response.text and "echo" not in response.text
     response = gw.http.post("/echo/nope", json={})
     assert response.status_code == 404 and "/status" in response.json()["detail"]
     assert gw.http.get("/echo/").status_code == 405

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import API_KEY, GatewayProc
+from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc
+
+from skyform.bundle import build_bundle, read_bundle_meta
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,14 +54,20 @@ def test_playground_calls_the_app_from_zero_runners(gateway: GatewayProc, bundle
     try:
         page.goto(f"{gateway.url}/echo/playground")
         assert "echo" in page.title()
+        # Private app, no key yet: the page asks for it and shows nothing of the app.
+        page.wait_for_function("document.getElementById('endpoints').dataset.state === 'needs-key'")
+        assert page.locator("form.endpoint").count() == 0
+        assert "Repeat the text" not in page.content()
+        page.locator("#api-key").fill("not-the-key")
+        page.wait_for_function("document.getElementById('endpoints').innerText.includes('401')")
+        assert page.locator("form.endpoint").count() == 0
+        # With the key, the page fetches the schema and builds the forms.
+        page.locator("#api-key").fill(API_KEY)
         form = page.locator('form[data-endpoint="POST /"]')
+        form.wait_for(timeout=30_000)
+        assert "Repeat the text" in form.inner_text()
         form.locator('input[name="text"]').fill("hi")
         form.locator('input[name="times"]').fill("3")
-        # Private app, no key yet: the page shows the 401.
-        form.locator("button").click()
-        form.locator(".result.error").wait_for(timeout=30_000)
-        assert "401" in form.locator(".result").inner_text()
-        page.locator("#api-key").fill(API_KEY)
         form.locator("button").click()
         page.wait_for_function(
             "document.querySelector('form[data-endpoint=\"POST /\"]').dataset.state !== 'running'",
@@ -83,5 +91,49 @@ def test_playground_calls_the_app_from_zero_runners(gateway: GatewayProc, bundle
         assert "planned 400" in status_form.locator(".result").inner_text()
         # GET endpoints get a form too.
         assert page.locator('form[data-endpoint="GET /version"]').count() == 1
+    finally:
+        page.close()
+
+
+def test_private_playground_page_holds_no_schema(gateway: GatewayProc, bundles) -> None:
+    gateway.register("echo", bundles["echo"], auth="private")
+    page = gateway.http.get("/echo/playground")
+    assert page.status_code == 200
+    assert "Repeat the text" not in page.text and "/status" not in page.text
+    assert gateway.http.get("/echo/openapi.json").status_code == 401
+    keyed = gateway.http.get("/echo/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert keyed.status_code == 200 and "/status" in keyed.json()["paths"]
+
+
+def test_hostile_docstrings_render_as_text(gateway: GatewayProc, browser) -> None:
+    hostile = build_bundle(str(APPS / "gw_abuse.py") + "::Hostile", APPS, BUNDLE_KEY)
+    meta = read_bundle_meta(hostile.data, BUNDLE_KEY, check_python=False)
+    doc = meta["openapi"]["paths"]["/"]["post"]["description"]
+    assert "</script>" in doc and "<!--<script>" in doc and "{{script}}" in doc
+    gateway.register("hostile", hostile, auth="public")
+    gateway.register("hostile-private", hostile, auth="private")
+    raw = gateway.http.get("/hostile/playground").text
+    # The schema is embedded as data: nothing in it can end the script or open a comment.
+    config = raw.split('<script id="skyform-config" type="application/json">', 1)[1]
+    config = config.split("</script>", 1)[0]
+    assert "<" not in config and ">" not in config and "&" not in config
+    assert "\\u003c/script\\u003e" in config
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        for name, key in (("hostile", None), ("hostile-private", API_KEY)):
+            page.goto(f"{gateway.url}/{name}/playground")
+            if key:
+                page.locator("#api-key").fill(key)
+            form = page.locator('form[data-endpoint="POST /"]')
+            form.wait_for(timeout=30_000)
+            # The docstring is shown whole, as text; none of it ran or became markup.
+            assert form.locator("p.muted").evaluate("e => e.textContent") == doc
+            assert page.evaluate("window.pwned") is None
+            assert page.locator("b").count() == 0
+            assert page.locator("form.endpoint").count() == 1
+            assert page.locator("h1").inner_text() == name
+        assert not errors, errors
     finally:
         page.close()

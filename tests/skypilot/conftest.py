@@ -2,7 +2,7 @@
 
 SkyPilot reads its catalogs and state under `$HOME/.sky`, with the catalog path
 fixed when `sky` is imported. These tests give it a private HOME holding the
-catalog subsets named by `SKYFORM_TEST_SKYPILOT_CATALOGS`, only Lambda allowed
+catalog subsets from tests/data/skypilot-catalogs, only Lambda allowed
 and marked enabled (what `sky check` would record), and fake Lambda
 credentials. `sky` is imported once per test process, while that HOME is set.
 """

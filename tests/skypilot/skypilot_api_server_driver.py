@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from skypilot_helpers import seed_enabled_clouds
+from skypilot_helpers import seed_enabled_clouds, stack_tls
 
 
 def main(out_path: str, work: str) -> None:
@@ -26,6 +26,7 @@ def main(out_path: str, work: str) -> None:
     work_dir = Path(work)
     bundle = work_dir / "embed.skyb"
     bundle.write_bytes(b"bundle")
+    tls = stack_tls(work_dir)
     runner = RunnerSpec(
         stack="demo",
         app="embed",
@@ -36,6 +37,7 @@ def main(out_path: str, work: str) -> None:
         python_version="3.11",
         env={"SKYFORM_RUNNER_TOKEN": "tok-5e1f"},
         runner_id="r1",
+        tls=tls["runner_tls"],
     )
     found: dict[str, object] = {}
 
@@ -65,11 +67,13 @@ def main(out_path: str, work: str) -> None:
             api_server="http://sky.internal:46580",
             dryrun=True,
         )
-        gateway = dry_gw.start_gateway(GatewaySpec(stack="demo", port=8765, state_dir=work_dir))
+        gateway = dry_gw.start_gateway(
+            GatewaySpec(stack="demo", port=8765, state_dir=work_dir, **tls)
+        )
         found["dryrun_gateway"] = {"cluster": gateway.info["cluster"]}
         found["local_server_gateway"] = failure(
             lambda: SkyPilotProvider("demo", work_dir / "gw2", dryrun=True).start_gateway(
-                GatewaySpec(stack="demo", port=8765, state_dir=work_dir)
+                GatewaySpec(stack="demo", port=8765, state_dir=work_dir, **tls)
             )
         )
 

@@ -4,7 +4,6 @@ lookups, and a fake cloud behind the provider's SkyPilot client calls."""
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,15 @@ SKY_ENV = {
 }
 
 
+# The catalog subsets live in the repository (see their README): a fresh clone
+# plans offline with nothing beside it.
+CATALOGS = REPO / "tests" / "data" / "skypilot-catalogs"
+
+
 def catalogs_dir() -> Path:
-    default = REPO.parent / "shared" / "skypilot-catalogs"
-    path = Path(os.environ.get("SKYFORM_TEST_SKYPILOT_CATALOGS", default))
-    if not (path / "v8" / "lambda" / "vms.csv").is_file():
-        raise RuntimeError(
-            f"SkyPilot catalog subsets not found at {path}; set SKYFORM_TEST_SKYPILOT_CATALOGS"
-        )
-    return path
+    if not (CATALOGS / "v8" / "lambda" / "vms.csv").is_file():
+        raise RuntimeError(f"SkyPilot catalog subsets missing from the checkout: {CATALOGS}")
+    return CATALOGS
 
 
 def make_sky_home(home: Path) -> Path:
@@ -41,6 +41,22 @@ def make_sky_home(home: Path) -> Path:
     keys.mkdir()
     (keys / "lambda_keys").write_text("api_key = not-a-real-key\n")
     return home
+
+
+def stack_tls(work: Path, stack: str = "demo") -> dict[str, Any]:
+    """The gateway's and runners' TLS material, issued for real by the stack CA under `work`.
+
+    `tls` and `runner_tls` as a GatewaySpec takes them (RunnerSpec takes `runner_tls` as `tls`).
+    """
+    from skyform.providers.base import TLSMaterial
+    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
+
+    gateway = ensure_leaf(work, stack, "gateway", [])
+    runner = ensure_leaf(work, stack, "runner", [])
+    return {
+        "tls": TLSMaterial(gateway.cert, gateway.key, gateway.ca, gateway_server_name(stack)),
+        "runner_tls": TLSMaterial(runner.cert, runner.key, runner.ca, runner_server_name(stack)),
+    }
 
 
 def seed_enabled_clouds() -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from skypilot_helpers import FakeCloud
+from skypilot_helpers import FakeCloud, stack_tls
 
 from skyform.providers.base import GatewaySpec, RunnerSpec
 from skyform.providers.skypilot import ProvisioningError, SkyPilotProvider
@@ -32,6 +32,7 @@ def spec(tmp_path: Path, app: str = "embed", machine_types: tuple[str, ...] = ("
         requirements=[],
         python_version="3.11",
         env={"SKYFORM_RUNNER_TOKEN": "tok"},
+        tls=stack_tls(tmp_path)["runner_tls"],
     )
 
 
@@ -50,7 +51,8 @@ def test_start_list_alive_stop(enabled, fake_cloud: FakeCloud, tmp_path: Path):
     provider = SkyPilotProvider("demo", tmp_path, clouds=["lambda"], client=fake_cloud)
     first = provider.start_runner(spec(tmp_path))
     second = provider.start_runner(spec(tmp_path, "hello", ("CPU",)))
-    assert first.url.startswith("http://10.0.0.") and first.url.endswith(":8080")
+    # Runners are reached over the network: always https.
+    assert first.url.startswith("https://10.0.0.") and first.url.endswith(":8080")
     assert first.info["cluster"] == f"sf-demo--embed--a1b2c3d4--{first.runner_id}"
     # The real optimizer placed it: an H100 instance on Lambda.
     placed = dict(fake_cloud.launched)[first.info["cluster"]]
@@ -146,7 +148,9 @@ def test_gateway_lifecycle_sweeps_runners(enabled, fake_cloud: FakeCloud, tmp_pa
     )
     left_behind = provider.start_runner(spec(tmp_path))  # a runner whose gateway is gone
     handle = provider.start_gateway(
-        GatewaySpec(stack="demo", port=8765, state_dir=tmp_path / "gw", env={})
+        GatewaySpec(
+            stack="demo", port=8765, state_dir=tmp_path / "gw", env={}, **stack_tls(tmp_path)
+        )
     )
     assert handle.info["cluster"] == "sf-demo--gateway"
     assert handle.url.endswith(":8765")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from skypilot_helpers import stack_tls
 
 from skyform import __version__
 from skyform.errors import SkyformError
@@ -42,6 +43,7 @@ def runner_spec(tmp_path: Path, machine_types: list[str]) -> RunnerSpec:
         python_version="3.11",
         env=dict(SECRETS),
         runner_id="r1",
+        tls=stack_tls(tmp_path)["runner_tls"],
     )
 
 
@@ -63,9 +65,11 @@ def test_runner_task_round_trips_and_keeps_secrets_off_disk(enabled, sky, tmp_pa
     again.pop("_user_specified_yaml")  # SkyPilot keeps the YAML it was given
     assert again == on_disk
     # What SkyPilot will run, per the runner's command-line contract.
+    assert on_disk["run"].startswith("chmod 600 ~/.skyform/tls/runner.key && exec ")
     assert on_disk["run"].endswith(
         "-m skyform.runtime.runner --bundle ~/.skyform/bundles/3f9a0c1d2e4b5a6978.skyb "
-        "--port 8080 --host 0.0.0.0"
+        "--port 8080 --host 0.0.0.0 "
+        "--tls-cert ~/.skyform/tls/runner.pem --tls-key ~/.skyform/tls/runner.key"
     )
     assert "--python 3.11" in on_disk["setup"]
     assert "numpy==2.1.0" in on_disk["setup"]
@@ -78,6 +82,10 @@ def test_runner_task_round_trips_and_keeps_secrets_off_disk(enabled, sky, tmp_pa
     # The bundle and skyform's wheel travel as file mounts.
     mounts = on_disk["file_mounts"]
     assert mounts["~/.skyform/bundles/3f9a0c1d2e4b5a6978.skyb"] == str(spec.bundle_path.resolve())
+    # So does the runner certificate: the runner serves https (traffic leaves the machine).
+    assert spec.tls is not None
+    assert mounts["~/.skyform/tls/runner.pem"] == str(spec.tls.cert.resolve())
+    assert mounts["~/.skyform/tls/runner.key"] == str(spec.tls.key.resolve())
     wheel_remote = next(k for k in mounts if k.endswith(".whl"))
     wheel = Path(mounts[wheel_remote])
     assert wheel.name.startswith(f"skyform-{__version__}-")
@@ -120,14 +128,29 @@ def test_gateway_task_reaches_the_api_server(enabled, sky, tmp_path: Path):
         api_server="https://skypilot.example.com",
     )
     spec = GatewaySpec(
-        stack="demo", port=8765, state_dir=tmp_path / "gw", env={"SKYFORM_ADMIN_TOKEN": "adm-77"}
+        stack="demo",
+        port=8765,
+        state_dir=tmp_path / "gw",
+        env={"SKYFORM_ADMIN_TOKEN": "adm-77"},
+        public_url="https://gw.example.com",
+        trusted_proxies=("10.0.0.0/8",),
+        **stack_tls(tmp_path),
     )
     endpoint = provider.gateway_endpoint()
     assert endpoint == "https://skypilot.example.com"
     task = provider.gateway_task(spec, tasks.gateway_cluster_name("demo"), endpoint)
     config = task.to_yaml_config()
     assert "-m skyform.runtime.gateway --port 8765 --state-dir ~/.skyform/gateway" in config["run"]
-    assert config["run"].endswith("--host 0.0.0.0 --stack demo")
+    tls = "~/.skyform/gateway/tls"
+    assert config["run"].endswith(
+        f"--host 0.0.0.0 --stack demo --tls-cert {tls}/gateway.pem --tls-key {tls}/gateway.key "
+        f"--runner-cert {tls}/runner.pem --runner-key {tls}/runner.key --runner-ca {tls}/ca.pem "
+        "--public-url https://gw.example.com --trusted-proxy 10.0.0.0/8"
+    )
+    assert f"chmod 600 {tls}/gateway.key {tls}/runner.key && " in config["run"]
+    # Certificates and keys travel as file mounts; the CA's key never leaves this machine.
+    mounted = {Path(v).name for k, v in config["file_mounts"].items() if k.startswith(tls)}
+    assert mounted == {"gateway.pem", "gateway.key", "runner.pem", "runner.key", "ca.pem"}
     assert (
         task.envs_and_secrets[API_SERVER_ENV].get_secret_value() == "https://skypilot.example.com"
     )
@@ -169,7 +192,9 @@ def test_a_given_wheel_is_shipped_as_is(enabled, tmp_path: Path, monkeypatch):
 def test_gateway_refuses_an_api_server_only_this_machine_reaches(fake_cloud, tmp_path: Path):
     provider = SkyPilotProvider("demo", tmp_path, client=fake_cloud)
     with pytest.raises(ProvisioningError) as info:
-        provider.start_gateway(GatewaySpec(stack="demo", port=8765, state_dir=tmp_path / "gw"))
+        provider.start_gateway(
+            GatewaySpec(stack="demo", port=8765, state_dir=tmp_path / "gw", **stack_tls(tmp_path))
+        )
     assert info.value.kind == "api_server"
     assert "http://127.0.0.1:46580" in str(info.value)
     assert fake_cloud.launched == []
@@ -231,3 +256,17 @@ def test_plan_shows_the_environment_key_the_runner_task_builds(enabled, sky, tmp
     assert key in config["setup"]
     assert key in config["run"]  # the runner starts from that environment's python
     assert provider.environment_key(["numpy==2.2.0"], "3.11") != key
+
+
+def test_plaintext_off_host_is_refused(enabled, fake_cloud, tmp_path: Path):
+    from dataclasses import replace
+
+    provider = SkyPilotProvider("demo", tmp_path / "rt", clouds=["lambda"])
+    with pytest.raises(SkyformError, match="needs the stack's runner certificate"):
+        provider.runner_task(replace(runner_spec(tmp_path, ["CPU"]), tls=None), "sf-demo--e--x--r1")
+    remote = SkyPilotProvider(
+        "demo", tmp_path / "gw-rt", api_server="https://sky.example.com", client=fake_cloud
+    )
+    with pytest.raises(ProvisioningError, match="serves TLS and verifies its runners"):
+        remote.start_gateway(GatewaySpec(stack="demo", port=8765, state_dir=tmp_path / "gw"))
+    assert fake_cloud.launched == []

@@ -1,0 +1,104 @@
+"""A stack with `tls: auto` on the local provider, end to end through the real CLI.
+
+apply makes the stack CA and certificates, the gateway serves https and its
+runners serve TLS too (`runner_tls: true`), outputs carry https URLs and
+`ca_file`, every CLI call verifies the gateway, and no key reaches the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cli_helpers import cleanup, processes_under, sky, state_of, write_project
+
+from skyform.tls import client_context
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    apps = {"hello": {"app": "app.py::Hello", "min_runners": 1, "auth": "public"}}
+    root = write_project(tmp_path_factory.mktemp("tls") / "proj", apps)
+    text = (root / "skyform.yaml").read_text()
+    text = text.replace("provider: local", "provider: {local: {runner_tls: true}}")
+    text = text.replace("gateway: {port:", "gateway: {tls: auto, port:")
+    (root / "skyform.yaml").write_text(text)
+    try:
+        done = sky(root, "apply", "--auto-approve")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield root
+    finally:
+        cleanup(root)
+
+
+def test_outputs_are_https_with_the_ca_file(root: Path) -> None:
+    out = json.loads(sky(root, "output", "--json").stdout)
+    port = state_of(root)["resources"]["gateway"]["port"]
+    base = f"https://127.0.0.1:{port}"
+    ca_file = str(root / ".skyform" / "tls" / "demo" / "ca.pem")
+    assert out == {
+        "gateway_url": base,
+        "ca_file": ca_file,
+        "apps": {
+            "hello": {
+                "url": f"{base}/hello/",
+                "queue_url": f"{base}/queue/hello/",
+                "playground_url": f"{base}/hello/playground",
+            }
+        },
+    }
+
+
+def test_callers_verify_with_the_ca_file_and_runners_are_on_tls(root: Path) -> None:
+    out = json.loads(sky(root, "output", "--json").stdout)
+    verify = client_context(out["ca_file"])
+    answer = httpx.post(
+        out["apps"]["hello"]["url"], json={"name": "tls"}, verify=verify, trust_env=False
+    )
+    assert answer.status_code == 200 and answer.json()["message"] == "Hello, tls!"
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.post(out["apps"]["hello"]["url"], json={}, trust_env=False)
+    status = json.loads(sky(root, "status", "--json").stdout)  # the CLI verifies too
+    (app,) = status["apps"]
+    assert [r["url"][:8] for r in app["runners"]] == ["https://"]
+    runners = [cmd for _pid, cmd in processes_under(root) if "skyform.runtime.runner" in cmd]
+    assert runners and all("--tls-cert" in cmd for cmd in runners)
+
+
+def test_plan_is_clean_and_keys_stay_private(root: Path) -> None:
+    assert sky(root, "plan", "--detailed-exitcode").returncode == 0
+    folder = root / ".skyform" / "tls" / "demo"
+    for key in ("ca.key", "gateway.key", "runner.key"):
+        assert stat.S_IMODE(os.stat(folder / key).st_mode) == 0o600, key
+    state = (root / ".skyform" / "demo.state.json").read_text()
+    assert "PRIVATE KEY" not in state
+    assert (folder / "ca.key").read_text() not in state
+
+
+def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
+    """What apply does after a cloud provider placed the gateway (the address known only then):
+    the certificate names the address, and the gateway is told its public URL."""
+    from dataclasses import replace
+
+    from skyform.apply import open_context, push_gateway_identity
+    from skyform.providers.base import GatewayHandle
+    from skyform.stackfile import load_stack
+
+    ctx = open_context(load_stack(root / "skyform.yaml"))
+    record = state_of(root)["resources"]["gateway"]
+    local = GatewayHandle(**record["handle"])
+    # As a SkyPilot handle would report it: another address for the same gateway.
+    placed = replace(local, provider="skypilot", url=local.url.replace("127.0.0.1", "localhost"))
+    push_gateway_identity(ctx, placed, before=None)
+    verify = client_context(record["handle"]["info"]["ca_file"])
+    submitted = httpx.post(
+        f"{local.url}/queue/hello/", json={"name": "q"}, verify=verify, trust_env=False
+    ).json()
+    assert submitted["status_url"].startswith(f"{placed.url}/queue/hello/requests/")
