@@ -300,6 +300,8 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
         return
     console.print("\nOutputs:\n")
     console.print(f"gateway_url = {outputs.get('gateway_url')}", markup=False)
+    if outputs.get("ca_file"):
+        console.print(f"ca_file     = {outputs['ca_file']}", markup=False)
     for name, urls in sorted((outputs.get("apps") or {}).items()):
         console.print(f"\napp.{name}:", markup=False)
         for key in ("url", "queue_url", "playground_url"):
@@ -349,6 +351,8 @@ def output(
         return
     value = _output_value(stack, outputs, name)
     if raw:
+        if value is None:
+            raise SkyformError(f"output {name} has no value in this stack")
         if not isinstance(value, str | int | float | bool):
             raise SkyformError(
                 f"output {name} is not a plain string or number; --raw cannot print it (use --json)"
