@@ -153,7 +153,7 @@ def test_apply_returns_only_when_the_new_revision_serves_everything(root: Path) 
 
 def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path) -> None:
     answer = call(root, "warm")
-    request_id = answer.headers.get("x-skyform-request-id")
+    request_id = answer.headers["x-skyform-request-id"]  # the gateway's id for this call
     two = sky(root, "logs", "warm", "--tail", "2")
     assert two.returncode == 0, two.stderr
     lines = two.stdout.splitlines()
@@ -163,8 +163,7 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
     assert not any("serving v1" in ln for ln in current)  # old revision's runner: not by default
     served = [ln for ln in current if "serving v2" in ln]
     assert served and all(re.search(r" \[[0-9a-f]{32}\] serving v2$", ln) for ln in served)
-    if request_id:
-        assert any(f"[{request_id}]" in ln for ln in current)
+    assert any(ln.endswith(f"[{request_id}] serving v2") for ln in current), request_id
     every = sky(root, "logs", "warm", "--all", "--tail", "1000").stdout.splitlines()
     assert any("serving v1" in ln for ln in every) and len(every) > len(current)
     idle = sky(root, "logs", "idle")
