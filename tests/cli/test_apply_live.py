@@ -137,7 +137,8 @@ def test_apply_returns_only_when_the_new_revision_serves_everything(root: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Apply complete!" in proc.stdout
     # Progress while it waited for the old runners to be replaced.
-    assert "app.cold: " in proc.stderr and "of the old revision still serving" in proc.stderr
+    assert "app.cold: 0/1 runners ready (1 of the old revision still serving" in proc.stderr
+    assert "app.cold: 1/1 runners ready\n" in proc.stderr  # shown until its replacement is done
     # No runner of the old revision takes requests any more when apply returns.
     apps = live_apps(root)
     for name in ("cold", "warm"):
