@@ -68,7 +68,18 @@ class StackContext:
             "SKYFORM_RUNNER_TOKEN": self.keys["runner_token"],
             "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
             "SKYFORM_API_KEY": self.keys["api_key"],
+            **self._webhook_env(),
         }
+
+    def _webhook_env(self) -> dict[str, str]:
+        """The webhook signing key and `gateway.webhook_hosts`, for the gateway process."""
+        env = {}
+        if self.keys.get("webhook_key"):
+            env["SKYFORM_WEBHOOK_KEY"] = self.keys["webhook_key"]
+        hosts = self.stack.model.gateway.webhook_hosts
+        if hosts is not None:
+            env["SKYFORM_WEBHOOK_HOSTS"] = ",".join(hosts)
+        return env
 
 
 def _limits_env(spec: dict[str, Any]) -> dict[str, str]:

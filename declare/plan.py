@@ -249,6 +249,8 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     limits = gw.limits.overrides()
     if limits:  # absent when unset, so that stacks without limits see no change
         want["limits"] = limits
+    if gw.webhook_hosts is not None:  # only when set: stacks without it see no change
+        want["webhook_hosts"] = list(gw.webhook_hosts)
     return want
 
 

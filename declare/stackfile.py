@@ -52,6 +52,20 @@ class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(name: str) -> bool:
+    """True for a DNS name (letters, digits, '-', dots) or an IPv4/IPv6 address."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
 _BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 _SIZE_LIMITS = {
     "max_header_bytes",
@@ -161,6 +175,10 @@ class GatewayConfig(BaseModel):
         default_factory=list,
         description="IPs/CIDRs of TLS terminators whose X-Forwarded-Proto/-Host are honoured.",
     )
+    webhook_hosts: list[str] | None = Field(
+        default=None,
+        description="Hosts `?fal_webhook=` may call; unset: any host with public addresses only.",
+    )
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -199,6 +217,22 @@ class GatewayConfig(BaseModel):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _check_webhook_hosts(cls, value: list[str] | None) -> list[str] | None:
+        """Bare host names or IP addresses: a URL or a port here would never match a webhook."""
+        if value is None:
+            return None
+        out = []
+        for host in value:
+            name = host.strip().lower()
+            if not _is_host(name):
+                raise ValueError(
+                    f"{host!r} is not a host name or IP address (no scheme, port or path)"
+                )
+            out.append(name.strip("[]"))
+        return sorted(set(out))
 
 
 def _check_tls_files(value: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:

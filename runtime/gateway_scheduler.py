@@ -37,7 +37,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +52,10 @@ from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, 
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
+from skyform.runtime.webhooks import payload as webhook_payload
 
 log = logging.getLogger("skyform.gateway")
 
@@ -69,6 +71,8 @@ PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
 COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
+MAX_HINTS = 256  # runner hints remembered per runner
+LIVE_LOGS_TIMEOUT_S = 2.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
 ERROR_STATUS = {
@@ -77,6 +81,7 @@ ERROR_STATUS = {
     "startup_failed": 503,
     "environment_build_failed": 503,
     "timeout": 504,
+    "request_timeout": 504,  # did not start within X-Fal-Request-Timeout
     "cancelled": 409,
     "app_removed": 410,
     "poisoned": 500,
@@ -96,6 +101,22 @@ class LiveRequest(StoredRequest):
     persist: bool = True  # queue requests are stored; synchronous ones live in memory
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_answer: str = ""
+    runner: Runner | None = None  # serving the current attempt
+
+    async def live_logs(self) -> list[dict[str, str]]:
+        """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
+        earlier = list(self.logs or [])
+        runner = self.runner
+        if self.status != "IN_PROGRESS" or runner is None or runner.client is None:
+            return earlier
+        try:
+            status, _h, body = await runner.client.request(
+                "GET", f"{LIVE_LOGS_PREFIX}{self.id}/logs", timeout=LIVE_LOGS_TIMEOUT_S
+            )
+            lines = json.loads(body).get("logs", []) if status == 200 else []
+        except (RunnerConnectionError, TimeoutError, ValueError, AttributeError):
+            lines = []
+        return earlier + [line for line in lines if isinstance(line, dict)]
 
 
 @dataclass(eq=False)
@@ -112,6 +133,8 @@ class Runner:
     idle_since: float = 0.0
     error: str | None = None
     served: int = 0
+    # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
+    hints: dict[str, None] = field(default_factory=dict)
 
     @property
     def url(self) -> str | None:
@@ -263,6 +286,8 @@ class Scheduler:
         self._last_liveness = 0.0
         self._last_prune = 0.0
         self._last_compact = 0.0
+        # Called after a completed request queued a webhook POST (the sender wakes up).
+        self.on_webhook: Callable[[], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -425,8 +450,16 @@ class Scheduler:
         no_retry: bool,
         persist: bool,
         idem_key: str | None = None,
+        hint: str | None = None,
+        start_timeout: float | None = None,
+        webhook_url: str | None = None,
     ) -> LiveRequest:
-        """Accept a request. With `persist`, it is durable when this returns."""
+        """Accept a request. With `persist`, it is durable when this returns.
+
+        `start_timeout` bounds the time until an attempt starts (queue wait and
+        retries); `hint` prefers a runner that served the same hint.
+        """
+        created = time.time()
         req = LiveRequest(
             id=_request_id(),
             app=app.name,
@@ -437,9 +470,12 @@ class Scheduler:
             no_retry=no_retry,
             status="IN_QUEUE",
             attempts=0,
-            created=time.time(),
+            created=created,
             persist=persist,
             idem_key=idem_key,
+            hint=hint,
+            start_deadline=created + start_timeout if start_timeout else None,
+            webhook_url=webhook_url,
         )
         if persist:
             self.store.add_request(req)
@@ -499,20 +535,27 @@ class Scheduler:
             return
         slots = app.limits.max_multiplexing
         while app.pending:
-            runner = self._pick(app, slots)
+            req = app.pending[0]
+            if req.start_deadline is not None and time.time() >= req.start_deadline:
+                app.pending.popleft()
+                self._start_timed_out(req)
+                continue
+            runner = self._pick(app, slots, req.hint)
             if runner is None:
                 break
-            req = app.pending.popleft()
+            app.pending.popleft()
             runner.in_flight += 1
             self._spawn(self._attempt(app, req, runner))
         self._scale(app, slots)
 
-    def _pick(self, app: AppState, slots: int) -> Runner | None:
+    def _pick(self, app: AppState, slots: int, hint: str | None = None) -> Runner | None:
         best: Runner | None = None
         fallback: Runner | None = None
         for r in app.runners.values():
             if r.state != "ready" or r.in_flight >= slots:
                 continue
+            if hint is not None and hint in r.hints and r.generation == app.generation:
+                return r  # sticky: a free runner that served this hint before
             if r.generation == app.generation:
                 if best is None or r.in_flight < best.in_flight:
                     best = r
@@ -557,6 +600,12 @@ class Scheduler:
         req.status = "IN_PROGRESS"
         if req.persist:
             self.store.start_attempt(req)  # committed before the runner sees it
+        req.runner = runner
+        if req.hint is not None:
+            runner.hints.pop(req.hint, None)
+            runner.hints[req.hint] = None
+            if len(runner.hints) > MAX_HINTS:
+                del runner.hints[next(iter(runner.hints))]
         timeout = app.limits.request_timeout
         headers = {"content-type": req.content_type, REQUEST_ID_HEADER: req.id}
         body = self.store.get_body(req.id) if req.persist else req.body
@@ -574,6 +623,7 @@ class Scheduler:
         except TimeoutError:
             reason = "timeout"
         finally:
+            req.runner = None
             runner.in_flight -= 1
             runner.served += 1
             runner.idle_since = time.monotonic()
@@ -582,6 +632,8 @@ class Scheduler:
             if req.persist:
                 self.store.requeue(req)
             return
+        if answer is not None and LOGS_HEADER in answer[1]:
+            req.logs = [*(req.logs or []), *decode_logs(answer[1][LOGS_HEADER])]
         if answer is None and reason == "timeout":
             # A healthy runner answers a request that overruns with its own 504;
             # silence past that means it is wedged (a blocked event loop, say):
@@ -630,6 +682,8 @@ class Scheduler:
             )
         elif self.apps.get(app.name) is not app:
             self._complete_error(req, "app_removed", f"app {app.name!r} was removed")
+        elif req.start_deadline is not None and time.time() >= req.start_deadline:
+            self._start_timed_out(req, f"; the last attempt: {detail}")
         else:
             self.metrics.retries.labels(app.name, reason).inc()
             req.status = "IN_QUEUE"
@@ -676,16 +730,42 @@ class Scheduler:
         ).encode()
         self._finish(req, error_type)
 
+    def _start_timed_out(self, req: LiveRequest, last: str = "") -> None:
+        """X-Fal-Request-Timeout ran out before an attempt started (fal answers 504)."""
+        assert req.start_deadline is not None
+        bound = req.start_deadline - req.created
+        self._complete_error(
+            req,
+            "request_timeout",
+            f"the request did not start within its X-Fal-Request-Timeout ({bound:g}s){last}",
+        )
+
+    def _expire_waiting(self, app: AppState) -> None:
+        """Fail queued requests whose X-Fal-Request-Timeout has run out."""
+        now = time.time()
+        expired = [
+            r for r in app.pending if r.start_deadline is not None and now >= r.start_deadline
+        ]
+        for req in expired:
+            with contextlib.suppress(ValueError):
+                app.pending.remove(req)
+            self._start_timed_out(req)
+
     def _finish(self, req: LiveRequest, outcome: str) -> None:
         req.status = "COMPLETED"
         req.completed = time.time()
         self.live.pop(req.id, None)
         if req.persist:
-            self.store.complete_request(req)
+            hook = None
+            if req.webhook_url:
+                hook = webhook_payload(req.id, req.result_status, req.result_body, req.error)
+            self.store.complete_request(req, hook)
             app = self.apps.get(req.app)
             if app is not None:
                 app.queued_bytes = max(0, app.queued_bytes - req.size)
             req.body = b""
+            if hook is not None and self.on_webhook is not None:
+                self.on_webhook()
         self.metrics.requests.labels(req.app, outcome).inc()
         req.done.set()
 
@@ -936,6 +1016,7 @@ class Scheduler:
                     break
                 current -= 1
                 self._spawn(self._drain_and_stop(app, r))
+            self._expire_waiting(app)
             self._pump(app)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -33,6 +33,7 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -45,6 +46,7 @@ log = logging.getLogger("skyform.runner")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _MAX_REQUEST_ID = 200
+_LOGS_HEADER = LOGS_HEADER.encode()
 
 
 class Phase(enum.Enum):
@@ -134,6 +136,8 @@ class RunnerASGI:
         self.metrics = metrics
         self._paths = frozenset(endpoint_paths) | {"/openapi.json"}
         self._auth = f"Bearer {token}".encode() if token else None
+        # Requests being served, by id: the gateway reads their log lines so far.
+        self._active: dict[str, RequestContext] = {}
         # Generated ids: a random per-process prefix and a counter (32 hex digits, unique
         # across runners without a syscall per request).
         prefix, counter = secrets.token_hex(8), itertools.count(1)
@@ -171,6 +175,11 @@ class RunnerASGI:
                 send, 200, self.metrics.registry.render().encode(), _PROMETHEUS, extra
             )
             return
+        if path.startswith(LIVE_LOGS_PREFIX) and scope["method"] == "GET":
+            ctx = self._active.get(path[len(LIVE_LOGS_PREFIX) :].removesuffix("/logs"))
+            status = 200 if ctx is not None else 404
+            await send_response(send, status, dump({"logs": (ctx.logs if ctx else None) or []}))
+            return
         if self.state.phase is not Phase.READY:
             detail = f"runner is {self.state.phase.value}, not taking requests"
             body = error_body(detail, "runner_not_ready", request_id)
@@ -189,6 +198,7 @@ class RunnerASGI:
     ) -> None:
         ctx = RequestContext(request_id)
         token = enter_request(ctx)
+        self._active[request_id] = ctx
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -196,6 +206,8 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if ctx.logs:
+                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
             await send(message)
 
         started = time.perf_counter()
@@ -219,6 +231,7 @@ class RunnerASGI:
         finally:
             self.metrics.in_flight.value -= 1
             leave_request(token)
+            self._active.pop(request_id, None)
             label = path if path in self._paths else "other"
             self.metrics.observe(label, status, time.perf_counter() - started)
         if ctx.exit_code is not None:
