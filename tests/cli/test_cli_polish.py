@@ -41,9 +41,7 @@ def test_bare_skyform_prints_help_and_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: skyform [OPTIONS] COMMAND")
     assert "plan" in proc.stdout and "apply" in proc.stdout
-    assert [["state", "unlock"], ["status"]] == [c for c in COMMANDS if c[0].startswith("stat")][
-        -2:
-    ]
+    assert ["state", "unlock"] in COMMANDS and ["status"] in COMMANDS  # the walk finds them
     assert proc.stderr == ""
     group = sky(tmp_path, "state")
     assert group.returncode == 0 and "unlock" in group.stdout and group.stderr == ""
