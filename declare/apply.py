@@ -513,7 +513,11 @@ class Applier:
                 )
                 self.report(f"{c.address}: {verb}...")
                 env = {**after.get("env", {}), **secrets.get(c.name, {})}
-                answer = client.put_app(c.name, data, after.get("auth") or "private", env)
+                # Forced (--replace) or tainted: the same revision, on fresh runners.
+                replace = c.reason == "--replace" or c.tainted is not None
+                answer = client.put_app(
+                    c.name, data, after.get("auth") or "private", env, replace=replace
+                )
                 after["revision"] = answer.get("revision", after.get("revision"))
                 after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
                 results[c.address] = after

@@ -95,13 +95,20 @@ class GatewayClient:
         body = self._call("GET", "/-/apps", "list apps").json()
         return {a["name"]: a for a in body.get("apps", [])}
 
-    def put_app(self, name: str, bundle: bytes, auth: str, env: dict[str, str]) -> dict[str, Any]:
-        """Register (or update) an app revision; returns `{name, revision, fingerprint}`."""
-        payload = {
+    def put_app(
+        self, name: str, bundle: bytes, auth: str, env: dict[str, str], replace: bool = False
+    ) -> dict[str, Any]:
+        """Register (or update) an app revision; returns `{name, revision, fingerprint}`.
+
+        `replace`: new runners even for the same revision (the old ones drain).
+        """
+        payload: dict[str, Any] = {
             "bundle_b64": base64.b64encode(bundle).decode(),
             "auth": auth,
             "env": env,
         }
+        if replace:  # only when asked: a gateway of an older skyform refuses the field
+            payload["replace"] = True
         return self._call(
             "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload
         ).json()

@@ -375,15 +375,28 @@ class Scheduler:
     # --- apps ---------------------------------------------------------------
 
     def register(
-        self, name: str, data: bytes, meta: dict[str, Any], auth: str, env: dict[str, str]
+        self,
+        name: str,
+        data: bytes,
+        meta: dict[str, Any],
+        auth: str,
+        env: dict[str, str],
+        replace: bool = False,
     ) -> AppState:
-        """Add or update an app. A new generation rolls; same generation updates in place."""
+        """Add or update an app. A new generation rolls; same generation updates in place.
+
+        `replace` (`plan --replace APP`) rolls even the same revision: its runners
+        are a new generation of their own, so the old ones drain like any other.
+        """
         folder = self.state_dir / "bundles" / name
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{meta['fingerprint']}.bundle"
         if not path.exists():
             write_atomic(path, data)
         generation = generation_of(meta["revision"], env)
+        if replace:
+            generation = hashlib.sha256(f"{generation}:{secrets.token_hex(8)}".encode()).hexdigest()
+            generation = generation[:16]
         app = self.apps.get(name)
         fresh = app is None or app.generation != generation
         if app is None:

@@ -152,6 +152,20 @@ def test_apply_returns_only_when_the_new_revision_serves_everything(root: Path) 
     assert versions(root, "cold", 20) == ["v2"] * 20
 
 
+def test_replace_rolls_the_same_revision_onto_new_runners(root: Path) -> None:
+    def ready(app: dict[str, Any]) -> set[str]:
+        return {r["id"] for r in app["runners"] if r["state"] == "ready"}
+
+    before = live_apps(root)["warm"]
+    proc = sky(root, "apply", "--auto-approve", "--replace", "warm")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "app.warm will get a new revision" in proc.stdout and "(--replace)" in proc.stdout
+    after = live_apps(root)["warm"]
+    assert after["revision"] == before["revision"]  # same code...
+    assert ready(after) and not ready(after) & ready(before)  # ...on fresh runners only
+    assert versions(root, "warm", 5) == [versions(root, "warm", 1)[0]] * 5
+
+
 def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path) -> None:
     answer = call(root, "warm")
     request_id = answer.headers["x-skyform-request-id"]  # the gateway's id for this call
