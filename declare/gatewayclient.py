@@ -60,16 +60,29 @@ class GatewayClient:
 
     @classmethod
     def for_handle(
-        cls, handle: GatewayHandle, admin_token: str, timeout: float = 30.0
+        cls,
+        handle: GatewayHandle,
+        admin_token: str,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> GatewayClient:
-        """A client for the gateway a provider started, trusting what its handle records."""
-        ca_file = handle.info.get("ca_file")
+        """A client for the gateway a provider started, trusting what its handle records.
+
+        The recorded CA file is an absolute path of the machine that applied; on
+        another machine (a shared state, another CI runner) `ca_file`, this
+        machine's copy of the stack CA, is used instead.
+        """
+        from pathlib import Path
+
+        recorded = handle.info.get("ca_file")
+        if recorded and Path(str(recorded)).is_file():
+            ca_file = str(recorded)
         server_name = handle.info.get("tls_server_name")
         return cls(
             handle.url,
             admin_token,
             timeout,
-            ca_file=str(ca_file) if ca_file else None,
+            ca_file=ca_file,
             server_name=str(server_name) if server_name else None,
         )
 
@@ -96,16 +109,24 @@ class GatewayClient:
         return {a["name"]: a for a in body.get("apps", [])}
 
     def put_app(
-        self, name: str, bundle: bytes, auth: str, env: dict[str, str], replace: bool = False
+        self,
+        name: str,
+        bundle: bytes,
+        auth: str,
+        env: dict[str, str],
+        secrets: dict[str, str] | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
         """Register (or update) an app revision; returns `{name, revision, fingerprint}`.
 
+        `secrets` travel apart from `env`: the gateway stores them sealed.
         `replace`: new runners even for the same revision (the old ones drain).
         """
         payload: dict[str, Any] = {
             "bundle_b64": base64.b64encode(bundle).decode(),
             "auth": auth,
             "env": env,
+            "secrets": secrets or {},
         }
         if replace:  # only when asked: a gateway of an older skyform refuses the field
             payload["replace"] = True

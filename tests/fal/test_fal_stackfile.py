@@ -35,7 +35,7 @@ def test_hosts_are_normalised_planned_and_passed_to_the_gateway() -> None:
     stack = load("[Hooks.Example.com, 127.0.0.1, '[::1]', hooks.example.com]")
     assert stack.model.gateway.webhook_hosts == ["127.0.0.1", "::1", "hooks.example.com"]
     assert desired_gateway(stack)["webhook_hosts"] == ["127.0.0.1", "::1", "hooks.example.com"]
-    env = _context(stack).gateway_env()
+    env = _context(stack).gateway_credentials()
     assert env["SKYFORM_WEBHOOK_HOSTS"] == "127.0.0.1,::1,hooks.example.com"
     assert env["SKYFORM_WEBHOOK_KEY"] == "w"
 
@@ -49,7 +49,7 @@ def test_unset_list_changes_nothing_for_existing_stacks() -> None:
     )
     assert stack.model.gateway.webhook_hosts is None
     assert "webhook_hosts" not in desired_gateway(stack)
-    assert "SKYFORM_WEBHOOK_HOSTS" not in _context(stack).gateway_env()
+    assert "SKYFORM_WEBHOOK_HOSTS" not in _context(stack).gateway_credentials()
 
 
 @pytest.mark.parametrize(
