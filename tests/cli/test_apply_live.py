@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,8 +190,21 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
     assert bad.returncode == 1 and "--tail -1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(root: Path) -> None:
-    marker = root / "weights.bin"
+@pytest.fixture
+def weights_dir() -> Iterator[Path]:
+    """Where the "weights" go: a folder the runners can see (as root, they run as nobody)."""
+    folder = Path(tempfile.mkdtemp(prefix="skyform-weights-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(
+    root: Path, weights_dir: Path
+) -> None:
+    marker = weights_dir / "weights.bin"
     serving = versions(root, "warm", 1)
     write_app(root, "v3", str(marker))
     before = {r["id"] for app in live_apps(root).values() for r in app["runners"]}
@@ -237,6 +252,7 @@ def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(root: Path) ->
 
     # Same code, cause fixed: applying the tainted app again makes it live and clears it.
     marker.write_text("ok")
+    marker.chmod(0o644)
     again = sky(root, "apply", "--auto-approve", timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "tainted" not in state_of(root)["resources"]["app.warm"]
