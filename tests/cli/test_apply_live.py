@@ -14,8 +14,8 @@ destroys it and checks that no process is left.
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,20 +191,18 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
 
 
 @pytest.fixture
-def weights_dir() -> Iterator[Path]:
-    """Where the "weights" go: a folder the runners can see (as root, they run as nobody)."""
-    folder = Path(tempfile.mkdtemp(prefix="skyform-weights-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def readable_dir() -> Iterator[Path]:
+    """A folder the runners can read: run as root, skyform drops them to another
+    user, who cannot enter the test's own (0700) temporary folders."""
+    with tempfile.TemporaryDirectory(prefix="skyform-weights-") as folder:
+        os.chmod(folder, 0o755)
+        yield Path(folder)
 
 
 def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(
-    root: Path, weights_dir: Path
+    root: Path, readable_dir: Path
 ) -> None:
-    marker = weights_dir / "weights.bin"
+    marker = readable_dir / "weights.bin"
     serving = versions(root, "warm", 1)
     write_app(root, "v3", str(marker))
     before = {r["id"] for app in live_apps(root).values() for r in app["runners"]}
