@@ -765,11 +765,14 @@ class Gateway:
             raise HTTPError(400, "request body must be JSON") from None
         if not isinstance(payload, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        fields = ["bundle_b64", "auth", "env", "secrets"]
+        fields = ["bundle_b64", "auth", "env", "secrets", "replace"]
         unknown = set(payload) - set(fields)
         if unknown:
             key = sorted(unknown)[0]
             raise HTTPError(400, f"unknown field {key!r}{did_you_mean(key, fields)}")
+        replace = payload.get("replace", False)
+        if not isinstance(replace, bool):
+            raise HTTPError(400, "replace must be true or false")
         bundle_b64 = payload.get("bundle_b64")
         if not isinstance(bundle_b64, str) or not bundle_b64:
             raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
@@ -788,7 +791,7 @@ class Gateway:
         secrets = _string_map(payload, "secrets")
         if secrets and self.store.sealer is None:
             raise HTTPError(400, "this gateway has no bundle key to seal secrets with")
-        return self.scheduler.register(name, data, meta, auth, env, secrets)
+        return self.scheduler.register(name, data, meta, auth, env, secrets, replace=replace)
 
     def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
         """The app's runner log lines, merged by time, the last `tail` of them in all.
