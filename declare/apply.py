@@ -43,7 +43,9 @@ from skyform.stackfile import Stack
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
-READY_POLL_S = 0.1  # how often apply asks the gateway whether min_runners are ready (a cheap GET)
+# How often apply asks the gateway whether min_runners are ready. Each poll costs the
+# CLI and the gateway CPU that a runner importing torch on the same cores would use.
+READY_POLL_S = 0.25
 
 Report = Callable[[str], None]
 
