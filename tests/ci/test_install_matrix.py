@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ci_helpers import REPO, free_port, fresh_checkout, kill_all_under, processes_under
+from ci_helpers import REPO, fresh_checkout
+from support.procs import free_port, kill_all_under, processes_under
 
 from skyform.providers.envconfig import uv_install_config
 from skyform.providers.environments import _uv_binary
