@@ -6,7 +6,9 @@
 
 Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
 private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners),
-SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file).
+SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file),
+SKYFORM_WEBHOOK_KEY (signs webhook POSTs) and SKYFORM_WEBHOOK_HOSTS (comma-separated
+`gateway.webhook_hosts`; see runtime/webhooks.py).
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
 Routes (DESIGN §7):
