@@ -42,6 +42,23 @@ def write_atomic(
         fsync_dir(path.parent)
 
 
+def private_dir(path: Path | str) -> Path:
+    """`path` as a directory only its owner may enter (0700), created with its parents.
+
+    Why: `.skyform/` holds keys, state, bundles (code) and logs; other users of
+    the machine, and runners that run as another user, must not read them.
+    Missing parents are made 0700 too; an existing `path` is tightened.
+    """
+    path = Path(path)
+    for folder in [*reversed(path.parents), path]:
+        if not folder.exists():
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+    if (path.stat().st_mode & 0o777) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
     try:

@@ -60,16 +60,29 @@ class GatewayClient:
 
     @classmethod
     def for_handle(
-        cls, handle: GatewayHandle, admin_token: str, timeout: float = 30.0
+        cls,
+        handle: GatewayHandle,
+        admin_token: str,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> GatewayClient:
-        """A client for the gateway a provider started, trusting what its handle records."""
-        ca_file = handle.info.get("ca_file")
+        """A client for the gateway a provider started, trusting what its handle records.
+
+        The recorded CA file is an absolute path of the machine that applied; on
+        another machine (a shared state, another CI runner) `ca_file`, this
+        machine's copy of the stack CA, is used instead.
+        """
+        from pathlib import Path
+
+        recorded = handle.info.get("ca_file")
+        if recorded and Path(str(recorded)).is_file():
+            ca_file = str(recorded)
         server_name = handle.info.get("tls_server_name")
         return cls(
             handle.url,
             admin_token,
             timeout,
-            ca_file=str(ca_file) if ca_file else None,
+            ca_file=ca_file,
             server_name=str(server_name) if server_name else None,
         )
 
@@ -95,12 +108,23 @@ class GatewayClient:
         body = self._call("GET", "/-/apps", "list apps").json()
         return {a["name"]: a for a in body.get("apps", [])}
 
-    def put_app(self, name: str, bundle: bytes, auth: str, env: dict[str, str]) -> dict[str, Any]:
-        """Register (or update) an app revision; returns `{name, revision, fingerprint}`."""
+    def put_app(
+        self,
+        name: str,
+        bundle: bytes,
+        auth: str,
+        env: dict[str, str],
+        secrets: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register (or update) an app revision; returns `{name, revision, fingerprint}`.
+
+        `secrets` travel apart from `env`: the gateway stores them sealed.
+        """
         payload = {
             "bundle_b64": base64.b64encode(bundle).decode(),
             "auth": auth,
             "env": env,
+            "secrets": secrets or {},
         }
         return self._call(
             "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload

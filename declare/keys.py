@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 from skyform.errors import SkyformError
-from skyform.files import write_atomic
+from skyform.files import private_dir, write_atomic
 
 ENV_NAMES: dict[str, str] = {
     "bundle_key": "SKYFORM_BUNDLE_KEY",  # signs and verifies bundles
@@ -67,8 +67,9 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
     if len(resolved) == len(ENV_NAMES):
         return resolved  # all from the environment (CI): nothing to generate or store
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "a") as lock:
+        private_dir(path.parent)
+        lock_fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(lock_fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = _read(path)
             missing = [n for n in ENV_NAMES if n not in stored]

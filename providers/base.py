@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from skyform.errors import SkyformError
+
 
 @dataclass(frozen=True)
 class TLSMaterial:
@@ -37,11 +39,21 @@ class RunnerSpec:
     machine_types: list[str]  # ordered candidates
     requirements: list[str]
     python_version: str  # "3.11": the bundle's minor version
-    env: dict[str, str] = field(default_factory=dict)  # app env + secrets + skyform keys
+    env: dict[str, str] = field(default_factory=dict)  # the app's plain env
     runner_id: str = ""
+    # Never in a process environment or a file: local runners get them on a pipe,
+    # cloud runners as task secrets (`credential_env`).
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the app's secrets
+    bundle_key: str = field(default="", repr=False)  # verifies the bundle
+    runner_token: str = field(default="", repr=False)  # this runner's own token
     # The runner certificate of the stack; a provider whose runners are reached over a
     # network serves with it (an `https` handle url), a loopback one may leave it unused.
     tls: TLSMaterial | None = None
+
+    def credential_env(self) -> dict[str, str]:
+        """Env, secrets and keys as one mapping, for providers that hand them over as secrets."""
+        keys = {"SKYFORM_BUNDLE_KEY": self.bundle_key, "SKYFORM_RUNNER_TOKEN": self.runner_token}
+        return {**self.env, **self.secrets, **{k: v for k, v in keys.items() if v}}
 
 
 @dataclass
@@ -61,7 +73,10 @@ class GatewaySpec:
     stack: str
     port: int
     state_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # plain variables
+    # The stack's keys (SKYFORM_ADMIN_TOKEN ...): handed over on a pipe locally,
+    # as task secrets on a cloud; never in a process environment or a file.
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
     tls: TLSMaterial | None = None  # the gateway serves https with it
     runner_tls: TLSMaterial | None = None  # handed to runners; `ca` verifies them
     public_url: str = ""  # where callers reach it: the base of every URL it returns
@@ -105,3 +120,11 @@ class Provider(Protocol):
     def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None: ...
 
     def price(self, machine_type: str) -> Price | None: ...
+
+
+class CapacityUnavailable(SkyformError):
+    """The provider has no room for this runner now (its GPUs are all in use).
+
+    Not a failed start: the caller keeps the work queued and tries again
+    later, and shows this message as why it waits.
+    """

@@ -16,30 +16,50 @@ Runners listen on loopback, so by default the gateway talks to them in
 plaintext (TLS there would cost CPU and protect nothing). The option
 `runner_tls: true` (`provider: {local: {runner_tls: true}}`) makes them serve
 the stack's runner certificate, as off-host runners always do.
+
+Isolation (why each runner starts the way it does):
+
+- Environment: an allowlist (`skyform.providers.processenv`): the runtime's
+  needs, the app's own `env`, nothing of the gateway's or the deployer's.
+- Credentials (the bundle key, the runner's own token, the app's secrets) and
+  the bundle itself arrive on a pipe and an inherited fd, never in
+  `/proc/<pid>/environ` or a path the runner could reopen.
+- When skyform runs as root, runners run as an unprivileged user
+  (`SKYFORM_RUNNER_USER`, default `nobody`) with a private home directory:
+  app code can read neither `.skyform/` nor the gateway's memory. The app's
+  environment must be readable by that user (its cache directory is checked).
+- Each runner leads its own process group; stopping it stops the group, so a
+  child an endpoint spawned does not outlive the runner.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
+import pwd
 import queue
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
+from skyform.files import private_dir, write_atomic
 from skyform.providers.base import (
     GatewayHandle,
     GatewaySpec,
@@ -48,13 +68,16 @@ from skyform.providers.base import (
     RunnerSpec,
     TLSMaterial,
 )
+from skyform.providers.processenv import runtime_env, tool_env
+from skyform.runtime.credentials import CREDENTIALS_FLAG, send_credentials
 
 if TYPE_CHECKING:
     from skyform.providers.environments import EnvUser
+    from skyform.providers.gpus import GpuLedger
 
 _PR_SET_PDEATHSIG = 1
-# Never handed to a runner: user code has no business with the gateway's own keys.
-_GATEWAY_ONLY_ENV = ("SKYFORM_ADMIN_TOKEN", "SKYFORM_API_KEY")
+RUNNER_USER_ENV = "SKYFORM_RUNNER_USER"
+DEFAULT_RUNNER_USER = "nobody"
 GATEWAY_START_TIMEOUT = 60.0
 # A runner's own drain bound on SIGTERM, kept below the 10 s `stop_runner`
 # waits before SIGKILL, so teardown() always gets to run.
@@ -94,8 +117,8 @@ def _log_line(path: Path) -> Callable[[str], None]:
     from skyform.logformat import log_line
 
     def write(line: str) -> None:
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(log_line("skyform.env", "INFO", line.rstrip()) + "\n")
+        with _private_log(path) as fd:
+            os.write(fd, (log_line("skyform.env", "INFO", line.rstrip()) + "\n").encode())
 
     return write
 
@@ -172,19 +195,31 @@ class LocalProvider:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._handles: dict[str, RunnerHandle] = {}
         self._lock = threading.Lock()
+        self._gpus: GpuLedger | None = None  # the host's GPUs, read at the first runner
 
     # --- runners ----------------------------------------------------------
 
     def start_runner(self, spec: RunnerSpec) -> RunnerHandle:
         runner_id = spec.runner_id or f"{spec.app}-{secrets.token_hex(4)}"
-        logs = self.runtime_dir / "runners"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = private_dir(self.runtime_dir / "runners")
         log_path = logs / f"{runner_id}.log"
         python = runner_python(spec, progress=_log_line(log_path))
-        env = {k: v for k, v in os.environ.items() if k not in _GATEWAY_ONLY_ENV}
+        user = runner_user()
+        if user is not None:
+            check_reachable(Path(python), user)
+            home = self._runner_home(runner_id, user)
+            cwd = home
+        else:
+            home = Path(os.environ.get("HOME") or self.runtime_dir)
+            cwd = self.runtime_dir
+        venv = Path(python).parent.parent
+        env = runtime_env()
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         env.update(spec.env)
+        env.update({"HOME": str(home), "VIRTUAL_ENV": str(venv), "PYTHONUNBUFFERED": "1"})
+        if user is not None:
+            env.update({"USER": user.name, "LOGNAME": user.name})
         env.setdefault("SKYFORM_APP_NAME", spec.app)
-        env["PYTHONUNBUFFERED"] = "1"
         host = "127.0.0.1"
         port = free_port(host)
         cmd = [
@@ -199,29 +234,63 @@ class LocalProvider:
             host,
             "--grace",
             str(RUNNER_DRAIN_S),
+            CREDENTIALS_FLAG,
+            "0",
         ]
+        as_user: dict[str, Any] = {}
+        if user is not None:
+            as_user = {"user": user.uid, "group": user.gid, "extra_groups": []}
         tls = spec.tls if self.runner_tls else None
         if self.runner_tls and tls is None:
             raise SkyformError("runner_tls is on, but the gateway has no runner certificate")
+        tls_files: dict[str, str] = {}
         if tls is not None:
-            cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            if user is None:
+                cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            else:
+                # The runner's user cannot read `.skyform/`: the pair goes on the pipe.
+                tls_files = {"cert": tls.cert.read_text(), "key": tls.key.read_text()}
+        # Its own GPUs (CUDA_VISIBLE_DEVICES), or CapacityUnavailable: it waits.
+        env.update(self.gpu_ledger().claim(runner_id, spec.machine_types, self._runner_running))
 
         def spawn() -> subprocess.Popen[bytes]:
-            with open(log_path, "ab") as log:
-                return subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=str(self.runtime_dir),
-                    # Its own session: a Ctrl-C meant for the gateway does not
-                    # reach the runner; the gateway stops it (drain, teardown).
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+            # The bundle goes as an open fd: the runner's user may not open its path.
+            bundle_fd = os.open(spec.bundle_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with _private_log(log_path) as log:
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.PIPE,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=str(cwd),
+                        # Its own session and process group: a Ctrl-C meant for the
+                        # gateway does not reach the runner (the gateway stops it:
+                        # drain, teardown), and stopping it stops what it spawned.
+                        start_new_session=True,
+                        pass_fds=(bundle_fd,),
+                        preexec_fn=_die_with_parent,
+                        **as_user,
+                    )
+            finally:
+                os.close(bundle_fd)
+            credentials = {
+                "bundle_fd": bundle_fd,
+                "bundle_key": spec.bundle_key,
+                "runner_token": spec.runner_token,
+                "secrets": spec.secrets,
+            }
+            if tls_files:
+                credentials["tls"] = tls_files
+            send_credentials(proc, credentials)
+            return proc
 
-        proc = _get_spawner().run(spawn)
+        try:
+            proc = _get_spawner().run(spawn)
+        except BaseException:
+            self.gpu_ledger().release(runner_id)
+            raise
         handle = RunnerHandle(
             runner_id=runner_id,
             app=spec.app,
@@ -234,6 +303,40 @@ class LocalProvider:
             self._procs[runner_id] = proc
             self._handles[runner_id] = handle
         return handle
+
+    def homes_root(self) -> Path:
+        """Where runners that run as another user get their home directories (root only)."""
+        digest = hashlib.sha256(str(self.runtime_dir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"skyform-runners-{digest}"
+
+    def remove_stale_homes(self) -> None:
+        """At a gateway's start: homes of runners a killed predecessor left (they died with it)."""
+        shutil.rmtree(self.homes_root(), ignore_errors=True)
+
+    def _runner_home(self, runner_id: str, user: RunnerUser) -> Path:
+        root = self.homes_root()
+        home = root / runner_id
+        for _attempt in range(5):  # the last runner's stop may remove `root` meanwhile
+            root.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(root, 0o711)  # passable, not listable: one runner cannot find another's
+            with contextlib.suppress(FileNotFoundError):
+                home.mkdir(mode=0o700, exist_ok=True)
+                break
+        os.chown(home, user.uid, user.gid)
+        return home
+
+    def gpu_ledger(self) -> GpuLedger:
+        """Which of the host's GPUs each runner holds (the inventory is read once)."""
+        with self._lock:
+            if self._gpus is None:
+                from skyform.providers.gpus import GpuLedger
+
+                self._gpus = GpuLedger()
+            return self._gpus
+
+    def _runner_running(self, runner_id: str) -> bool:
+        proc = self._procs.get(runner_id)
+        return proc is None or proc.poll() is None  # None: being started right now
 
     def prepare_runner(self, spec: RunnerSpec) -> None:
         """Build (or find cached) the environment runners of `spec` will run in."""
@@ -251,14 +354,23 @@ class LocalProvider:
         return proc.poll() if proc is not None else None
 
     def stop_runner(self, handle: RunnerHandle, grace: float = 10.0) -> None:
-        """SIGTERM (the runner drains and runs teardown), SIGKILL after `grace` seconds."""
+        """SIGTERM (the runner drains and runs teardown), SIGKILL after `grace` seconds;
+        then SIGKILL whatever is left of its process group (children an endpoint spawned)."""
         with self._lock:
             proc = self._procs.pop(handle.runner_id, None)
             self._handles.pop(handle.runner_id, None)
+        pid = _int(handle.info.get("pid"))
         if proc is None:
-            _terminate_pid(_int(handle.info.get("pid")), grace)
+            _terminate_pid(pid, grace)
         elif proc.poll() is None:
             _terminate(proc.pid, grace, lambda: proc.poll() is None)
+        if pid is not None:
+            kill_group(pid)
+        shutil.rmtree(self.homes_root() / handle.runner_id, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.homes_root().rmdir()  # the last one out (fails while others live there)
+        if self._gpus is not None:
+            self._gpus.release(handle.runner_id)
 
     def list_runners(self, stack: str) -> list[RunnerHandle]:
         if stack != self.stack:
@@ -274,12 +386,13 @@ class LocalProvider:
 
     def start_gateway(self, spec: GatewaySpec) -> GatewayHandle:
         """Start the gateway detached; return once `GET /-/health` answers."""
-        state_dir = Path(spec.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = private_dir(Path(spec.state_dir))
         _write_provider_config(state_dir, self.runner_tls)
         log_path = state_dir / "gateway.log"
         log_start = log_path.stat().st_size if log_path.exists() else 0
-        env = dict(os.environ)
+        # Started from an allowlist, its keys on a pipe: nothing of the deployer's
+        # environment (another app's secret, a CI credential) reaches it.
+        env = tool_env()
         env.update(spec.env)
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
@@ -292,18 +405,21 @@ class LocalProvider:
             str(state_dir),
             "--stack",
             spec.stack,
+            CREDENTIALS_FLAG,
+            "0",
             *gateway_tls_args(spec),
         ]
-        with open(log_path, "ab") as log:
+        with _private_log(log_path) as log:
             proc = subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
-        (state_dir / "gateway.pid").write_text(f"{proc.pid}\n")
+        send_credentials(proc, dict(spec.credentials))
+        write_atomic(state_dir / "gateway.pid", f"{proc.pid}\n", mode=0o600)
         url = f"{'https' if spec.tls else 'http'}://127.0.0.1:{spec.port}"
         info: dict[str, object] = {
             "pid": proc.pid,
@@ -341,9 +457,80 @@ class LocalProvider:
         if state_dir:
             with contextlib.suppress(FileNotFoundError):
                 (Path(str(state_dir)) / "gateway.pid").unlink()
+        # Its runners died with it; so do their home directories.
+        shutil.rmtree(self.homes_root(), ignore_errors=True)
 
     def price(self, machine_type: str) -> Price | None:
         return None
+
+
+class RunnerUser:
+    """The unprivileged account runners run as when skyform itself runs as root."""
+
+    def __init__(self, name: str, uid: int, gid: int) -> None:
+        self.name, self.uid, self.gid = name, uid, gid
+
+
+def runner_user() -> RunnerUser | None:
+    """`$SKYFORM_RUNNER_USER` (default `nobody`) when we are root; None otherwise.
+
+    Not root: runners run as the deployer (the OS offers nothing else to drop to);
+    they are still non-dumpable, so they cannot read each other's memory.
+    """
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get(RUNNER_USER_ENV) or DEFAULT_RUNNER_USER
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise SkyformError(
+            f"{RUNNER_USER_ENV}={name}: no such user (runners run as an unprivileged user "
+            "when skyform runs as root)"
+        ) from None
+    if entry.pw_uid == 0:
+        raise SkyformError(f"{RUNNER_USER_ENV}={name} is root; name an unprivileged user")
+    return RunnerUser(name, entry.pw_uid, entry.pw_gid)
+
+
+def check_reachable(python: Path, user: RunnerUser) -> None:
+    """Fail clearly when `user` cannot run `python` (a cache under a private home, say)."""
+    for target in (python, python.resolve()):
+        for folder in [*reversed(target.parents)]:
+            try:
+                info = folder.stat()
+            except OSError:
+                continue
+            if not _may(info, user, 0o1):
+                raise SkyformError(
+                    f"runners run as user {user.name}, who cannot reach {target} "
+                    f"({folder} is mode {stat.S_IMODE(info.st_mode):04o}); put the environment "
+                    "cache where others can read (SKYFORM_CACHE_DIR)"
+                )
+
+
+def _may(info: os.stat_result, user: RunnerUser, bit: int) -> bool:
+    """Whether `user` has permission `bit` (1 = x) on a file with stat `info`."""
+    if info.st_uid == user.uid:
+        return bool(info.st_mode & (bit << 6))
+    if info.st_gid == user.gid:
+        return bool(info.st_mode & (bit << 3))
+    return bool(info.st_mode & bit)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process left in process group `pgid` (none: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _private_log(path: Path) -> Iterator[int]:
+    """An append-only log file descriptor, created mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _int(value: object) -> int | None:
@@ -389,7 +576,7 @@ def _write_provider_config(state_dir: Path, runner_tls: bool) -> None:
     """Tell the gateway its provider's options (`<state-dir>/provider.json`; absent: plain local)."""
     path = state_dir / "provider.json"
     if runner_tls:
-        path.write_text(json.dumps({"local": {"runner_tls": True}}) + "\n")
+        write_atomic(path, json.dumps({"local": {"runner_tls": True}}) + "\n", mode=0o600)
         return
     try:
         current = json.loads(path.read_text())

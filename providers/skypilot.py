@@ -437,7 +437,7 @@ class SkyPilotProvider:
         )
         labels = tasks.cluster_labels(spec.stack, spec.app, spec.revision)
         return self._task(
-            config, spec.machine_types, [tasks.RUNNER_PORT], labels, spec.env, cluster
+            config, spec.machine_types, [tasks.RUNNER_PORT], labels, spec.credential_env(), cluster
         )
 
     def gateway_task(self, spec: GatewaySpec, cluster: str, endpoint: str) -> Any:
@@ -457,7 +457,7 @@ class SkyPilotProvider:
             tls_files=_gateway_tls_files(spec),
             extra_args=_gateway_url_args(spec),
         )
-        secrets = {**spec.env, API_SERVER_ENV: endpoint}
+        secrets = {**spec.env, **spec.credentials, API_SERVER_ENV: endpoint}
         token = os.environ.get(SERVICE_ACCOUNT_TOKEN_ENV)
         if token:
             secrets[SERVICE_ACCOUNT_TOKEN_ENV] = token

@@ -4,11 +4,15 @@
         [--tls-cert PEM --tls-key PEM] [--runner-cert PEM --runner-key PEM --runner-ca PEM]
         [--public-url URL] [--trusted-proxy IP/CIDR]...
 
-Environment: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of
-private apps), SKYFORM_RUNNER_TOKEN and SKYFORM_BUNDLE_KEY (handed to runners),
+Keys: SKYFORM_ADMIN_TOKEN (admin API), SKYFORM_API_KEY (callers of private
+apps), SKYFORM_BUNDLE_KEY (verifies bundles, seals stored secrets) and
+SKYFORM_RUNNER_TOKEN, read from a JSON object on `--credentials-fd N` (how the
+local provider starts it: nothing in /proc/<pid>/environ) or else from the
+environment. Each runner gets a token of its own, minted here. The process is
+non-dumpable and writes its files owner-only (umask 077).
 SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file),
 SKYFORM_WEBHOOK_KEY (signs webhook POSTs) and SKYFORM_WEBHOOK_HOSTS (comma-separated
-`gateway.webhook_hosts`; see runtime/webhooks.py).
+`gateway.webhook_hosts`; see runtime/webhooks.py), on the pipe or in the environment.
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
 Routes (DESIGN §7):
@@ -51,19 +55,23 @@ from skyform.names import app_name_problem
 from skyform.providers.base import TLSMaterial
 from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
+from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
+    TIMEOUT_MARGIN_S,
     AppState,
     LiveRequest,
     RequestNotCancellable,
     Scheduler,
 )
 from skyform.runtime.gateway_urls import PublicURL, default_public_url
+from skyform.runtime.gateway_validation import BodyRefused, BodyRules, check_body
 from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
+from skyform.runtime.sealing import Sealer
 from skyform.runtime.webhooks import WebhookPolicy, WebhookRefused, WebhookSender
 from skyform.suggest import did_you_mean
 
@@ -109,7 +117,6 @@ class Gateway:
         admin_token: str,
         api_key: str,
         bundle_key: str,
-        runner_token: str,
         webhook_key: bytes = b"",
         webhook_hosts: frozenset[str] | None = None,
         limits: GatewayLimits | None = None,
@@ -132,16 +139,15 @@ class Gateway:
         self.api_key = api_key
         self.bundle_key = bundle_key
         self.metrics = GatewayMetrics()
-        self.store = QueueStore(self.state_dir / "gateway.sqlite3")
-        runner_env = {"SKYFORM_BUNDLE_KEY": bundle_key, "SKYFORM_RUNNER_TOKEN": runner_token}
+        sealer = Sealer(bundle_key) if bundle_key else None
+        self.store = QueueStore(self.state_dir / "gateway.sqlite3", sealer=sealer)
         self.scheduler = Scheduler(
             store=self.store,
             provider=provider,
             metrics=self.metrics,
             stack=stack,
             state_dir=self.state_dir,
-            runner_env={k: v for k, v in runner_env.items() if v},
-            runner_token=runner_token,
+            bundle_key=bundle_key,
             limits=self.limits,
             runner_tls=runner_tls,
         )
@@ -149,12 +155,24 @@ class Gateway:
         self.webhooks = WebhookSender(self.store, webhook_key, self.webhook_policy)
         self.scheduler.on_webhook = self.webhooks.wake
         self.accepting = True
+        self._body_rules: dict[str, tuple[dict[str, Any], BodyRules]] = {}
 
     # --- ASGI ---------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            from skyform.runtime.ws_proxy import proxy_websocket, refuse
+
+            try:
+                app, path = self._websocket_target(scope)
+            except HTTPError as exc:
+                body = {"detail": exc.detail, "error_type": exc.error_type or "refused"}
+                await refuse(send, exc.status, dump(body))
+                return
+            await proxy_websocket(self, app, path, scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -220,11 +238,34 @@ class Gateway:
 
     # --- public routes ------------------------------------------------------
 
+    def _websocket_target(self, scope: Scope) -> tuple[AppState, str]:
+        """The app and `websocket=True` endpoint of `/{app}/{path}` or `/{stack}/{app}/{path}`."""
+        if not self.accepting:
+            raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+        parts = scope["path"].strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == self.stack and parts[1] in self.scheduler.apps:
+            parts = parts[1:]
+        app = self._app(parts[0])
+        rest = "/" + "/".join(parts[1:])
+        ep = app.endpoint_of(rest)
+        if ep is None or ep.get("kind") != "websocket":
+            sockets = [
+                e["path"] for e in app.meta.get("endpoints", []) if e.get("kind") == "websocket"
+            ]
+            raise HTTPError(
+                404,
+                f"app {app.name!r} has no websocket endpoint {rest}; websocket endpoints: "
+                + (", ".join(sockets) or "none"),
+                "endpoint_not_found",
+            )
+        self._check_caller(scope, app)
+        return app, rest
+
     async def _sync_call(
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
     ) -> None:
         ep_method = self._endpoint(app, path, method)
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(scope, receive, app)
         # The body stays in memory until the call is answered: charged until then.
         try:
             req = self._submit(scope, app, path, ep_method, body, persist=False)
@@ -233,9 +274,13 @@ class Gateway:
                 async with asyncio.timeout(bound):
                     await req.done.wait()
             except TimeoutError:
+                req.waiting = False
                 self.scheduler.forget(req)
         finally:
             self.body_budget.release(len(body))
+        if req.stream is not None and req.released is not None:
+            await self._forward(send, receive, app, req)
+            return
         if req.status != "COMPLETED":
             raise HTTPError(
                 504,
@@ -244,6 +289,27 @@ class Gateway:
                 extra={"request_id": req.id},
             )
         await self._send_result(send, req)
+
+    async def _forward(self, send: Send, receive: Receive, app: AppState, req: LiveRequest) -> None:
+        """Forward a streamed answer as it arrives (see `gateway_stream`); then free the slot."""
+        from skyform.runtime.gateway_client import StreamBroken
+        from skyform.runtime.gateway_stream import forward_stream
+
+        assert req.stream is not None and req.released is not None
+        idle = app.limits.request_timeout + TIMEOUT_MARGIN_S
+        try:
+            req.outcome = await forward_stream(
+                send, receive, req.stream, [(_REQUEST_ID, req.id.encode())], req.id, idle
+            )
+        except (StreamBroken, TimeoutError) as exc:
+            # Not an event stream: the body ends short, which the caller sees as an error.
+            log.warning("request %s: the runner's stream broke off: %s", req.id, exc)
+            req.outcome = "broken"
+        except BaseException:
+            req.outcome = "broken"
+            raise
+        finally:
+            req.released.set()
 
     async def _queue(
         self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
@@ -276,7 +342,7 @@ class Gateway:
         first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
         if first is None:
             self._check_queue_room(app, _content_length(scope) or 0)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, app)
             try:
                 # Looked up again: a twin submitted while this body streamed in wins.
                 first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
@@ -311,7 +377,20 @@ class Gateway:
         idem_key: str | None = None,
         webhook_url: str | None = None,
     ) -> LiveRequest:
-        """Hand the request to the scheduler (durable when `persist`)."""
+        """Check the body, hand the request to the scheduler (durable when `persist`).
+
+        Content type and (for the queue) the JSON schema are checked here, so a
+        body that cannot succeed is refused at once (`gateway_validation`).
+        """
+        content_type = _header(scope, b"content-type")
+        ep = app.endpoint_of(path)
+        rule = self._rules_of(app).rule(ep["path"], method) if ep is not None else None
+        try:
+            content_type = check_body(rule, content_type, body, validate=persist) or content_type
+        except BodyRefused as exc:
+            raise HTTPError(
+                exc.status, str(exc.detail), exc.error_type, extra={"detail": exc.detail}
+            ) from None
         try:
             start_timeout = fal_compat.request_timeout(
                 _header(scope, fal_compat.REQUEST_TIMEOUT_HEADER)
@@ -324,7 +403,7 @@ class Gateway:
             _with_query(path, scope),
             method,
             body,
-            _header(scope, b"content-type") or "application/json",
+            content_type or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
             idem_key=idem_key,
@@ -345,7 +424,18 @@ class Gateway:
             raise HTTPError(400, str(exc), "webhook_refused") from None
         return urls[-1]
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    def _rules_of(self, app: AppState) -> BodyRules:
+        """The body rules of `app`'s current bundle (built once per revision)."""
+        cached = self._body_rules.get(app.name)
+        if cached is None or cached[0] is not app.meta:
+            limit = float(app.options.get("max_body_mb") or 64)
+            cached = (app.meta, BodyRules(app.meta.get("openapi", {}), limit))
+            self._body_rules[app.name] = cached
+        return cached[1]
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, app: AppState | None = None
+    ) -> bytes:
         """The request body, read while charging the gateway-wide in-flight body budget.
 
         The declared length is checked (413) and charged (503 + Retry-After when
@@ -355,9 +445,17 @@ class Gateway:
         charge is released before raising.
         """
         limit = self.limits.max_body_bytes
+        too_large = _too_large(limit)
+        if app is not None and (rules := self._rules_of(app)).max_bytes < limit:
+            # The app's own max_body_mb is the tighter bound: the 413 names it.
+            refused = rules.too_large()
+            limit = rules.max_bytes
+            too_large = HTTPError(
+                413, str(refused.detail), refused.error_type, headers=[(b"connection", b"close")]
+            )
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            raise _too_large(limit)
+            raise too_large
         charged = 0
         try:
             if declared:
@@ -375,7 +473,7 @@ class Gateway:
                 chunk = message.get("body", b"")
                 end = size + len(chunk)
                 if end > limit:
-                    raise _too_large(limit)
+                    raise too_large
                 if end > charged:
                     if not self.body_budget.try_charge(end - charged):
                         raise _budget_spent(self.body_budget)
@@ -665,13 +763,11 @@ class Gateway:
             raise HTTPError(400, "request body must be JSON") from None
         if not isinstance(payload, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        unknown = set(payload) - {"bundle_b64", "auth", "env"}
+        fields = ["bundle_b64", "auth", "env", "secrets"]
+        unknown = set(payload) - set(fields)
         if unknown:
             key = sorted(unknown)[0]
-            raise HTTPError(
-                400,
-                f"unknown field {key!r}{did_you_mean(key, ['bundle_b64', 'auth', 'env'])}",
-            )
+            raise HTTPError(400, f"unknown field {key!r}{did_you_mean(key, fields)}")
         bundle_b64 = payload.get("bundle_b64")
         if not isinstance(bundle_b64, str) or not bundle_b64:
             raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
@@ -686,12 +782,11 @@ class Gateway:
         auth = payload.get("auth") or meta.get("options", {}).get("auth") or "private"
         if auth not in ("private", "public"):
             raise HTTPError(400, f'auth must be "private" or "public", got {auth!r}')
-        env = payload.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise HTTPError(400, "env must be an object of string to string")
-        return self.scheduler.register(name, data, meta, auth, env)
+        env = _string_map(payload, "env")
+        secrets = _string_map(payload, "secrets")
+        if secrets and self.store.sealer is None:
+            raise HTTPError(400, "this gateway has no bundle key to seal secrets with")
+        return self.scheduler.register(name, data, meta, auth, env, secrets)
 
     def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
         """The app's runner log lines, merged by time, the last `tail` of them in all.
@@ -752,6 +847,10 @@ class Gateway:
                 f"app {app.name!r} has no endpoint {path}; endpoints: {paths}",
                 "endpoint_not_found",
             )
+        if ep_method == "WEBSOCKET":
+            raise HTTPError(
+                405, f"{path} of {app.name!r} is a websocket endpoint: open a websocket to it"
+            )
         if not queue and method != ep_method:
             raise HTTPError(405, f"{path} of {app.name!r} takes {ep_method}, not {method}")
         if queue and method not in ("POST", ep_method):
@@ -777,6 +876,15 @@ class Gateway:
 
 
 # --- ASGI helpers -------------------------------------------------------------
+
+
+def _string_map(payload: dict[str, Any], field: str) -> dict[str, str]:
+    value = payload.get(field) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise HTTPError(400, f"{field} must be an object of string to string")
+    return value
 
 
 def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, str]:
@@ -874,6 +982,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="queue, bundles, runner logs")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--stack", default="default", help="the stack's name")
+    parser.add_argument(
+        CREDENTIALS_FLAG,
+        dest="credentials_fd",
+        type=int,
+        default=None,
+        help="read the keys (a JSON object) from this fd instead of the environment",
+    )
     parser.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate")
     parser.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
     parser.add_argument("--runner-cert", type=Path, help="PEM certificate handed to runners")
@@ -903,6 +1018,9 @@ def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     for path in given:
         if not path.is_file():
             raise SkyformError(f"no such file: {path}")
+    from skyform.tls import server_context
+
+    server_context(args.runner_cert, args.runner_key)  # runners would refuse to start with it
     return TLSMaterial(
         args.runner_cert.resolve(),
         args.runner_key.resolve(),
@@ -946,6 +1064,10 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         except ValueError as exc:
             raise SkyformError(f"{provider_file} is not valid JSON: {exc}") from None
     provider = create_provider(config, stack=args.stack, runtime_dir=state_dir)
+    from skyform.providers.local import LocalProvider
+
+    if isinstance(provider, LocalProvider):
+        provider.remove_stale_homes()
     admin_token = environ.get("SKYFORM_ADMIN_TOKEN") or _stored_admin_token(state_dir)
     if not environ.get("SKYFORM_BUNDLE_KEY"):
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
@@ -961,7 +1083,6 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         admin_token=admin_token,
         api_key=environ.get("SKYFORM_API_KEY", ""),
         bundle_key=environ.get("SKYFORM_BUNDLE_KEY", ""),
-        runner_token=environ.get("SKYFORM_RUNNER_TOKEN", ""),
         limits=limits,
         public_url=args.public_url
         or _learned_public_url(state_dir)
@@ -1005,8 +1126,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # queue, bundles, logs: the owner's only
+    harden_process()
     try:
-        gateway = build_gateway(args, dict(os.environ))
+        environ = dict(os.environ)
+        if args.credentials_fd is not None:
+            keys = read_credentials(args.credentials_fd)
+            environ.update({str(k): str(v) for k, v in keys.items() if v})
+        gateway = build_gateway(args, environ)
     except SkyformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import re
 import secrets
 import ssl
 import threading
@@ -45,11 +47,23 @@ from typing import Any
 
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
-from skyform.files import write_atomic
+from skyform.files import private_dir, write_atomic
 from skyform.logformat import LINE_RE
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
+from skyform.providers.base import (
+    CapacityUnavailable,
+    Provider,
+    RunnerHandle,
+    RunnerSpec,
+    TLSMaterial,
+)
+from skyform.runtime.gateway_client import (
+    RunnerClient,
+    RunnerConnectionError,
+    RunnerResponse,
+    RunnerTLSError,
+)
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
+from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
 from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
@@ -64,6 +78,8 @@ START_FAILURE_LIMIT = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTH_POLL_S = 0.05
+HEALTH_WAIT_S = 1.0
+CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
 RETIRED_KEPT = 20
@@ -102,6 +118,17 @@ class LiveRequest(StoredRequest):
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_answer: str = ""
     runner: Runner | None = None  # serving the current attempt
+    # "http", or "websocket": the caller is lent a runner slot while its socket is open.
+    kind: str = "http"
+    # A synchronous caller still waiting; False once it gave up (nobody to stream to).
+    waiting: bool = True
+    # Handed over to the synchronous caller: a streamed response (`stream`) or,
+    # for a websocket, the runner (`lent`). The caller sets `released` when done,
+    # with `outcome` saying how it ended; only then is the runner's slot free again.
+    stream: RunnerResponse | None = None
+    lent: Runner | None = None
+    released: asyncio.Event | None = None
+    outcome: str = ""
 
     async def live_logs(self) -> list[dict[str, str]]:
         """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
@@ -135,6 +162,8 @@ class Runner:
     served: int = 0
     # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
     hints: dict[str, None] = field(default_factory=dict)
+    # Minted for this runner alone: it opens this runner and no other.
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def url(self) -> str | None:
@@ -197,8 +226,10 @@ class AppState:
     next_start_at: float = 0.0
     last_error: str | None = None
     last_error_type: str | None = None
+    waiting: str | None = None  # why a runner cannot start yet (no free GPU), if it cannot
     kick_handle: asyncio.TimerHandle | None = None
     limits: AppLimits = field(default_factory=AppLimits)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     queued_bytes: int = 0  # bodies of its accepted, unfinished queue requests
 
     def __post_init__(self) -> None:
@@ -217,9 +248,19 @@ class AppState:
         return self.meta.get("options", {})
 
     def endpoint_method(self, path: str) -> str | None:
-        for ep in self.meta.get("endpoints", []):
+        ep = self.endpoint_of(path)
+        return str(ep.get("method", "POST")).upper() if ep is not None else None
+
+    def endpoint_of(self, path: str) -> dict[str, Any] | None:
+        """The bundle's record of the endpoint serving `path` (path parameters included)."""
+        endpoints = self.meta.get("endpoints", [])
+        for ep in endpoints:
             if ep.get("path") == path:
-                return str(ep.get("method", "POST")).upper()
+                return dict(ep)
+        for ep in endpoints:
+            pattern = _path_pattern(str(ep.get("path", "")))
+            if pattern is not None and pattern.fullmatch(path):
+                return dict(ep)
         return None
 
     def in_progress(self) -> int:
@@ -239,13 +280,14 @@ class AppState:
             "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
             "last_error": self.last_error,
             "last_error_type": self.last_error_type,
+            "waiting": self.waiting,
         }
 
 
-def generation_of(revision: str, env: dict[str, str]) -> str:
-    """What decides whether runners must be replaced: the code revision and the env."""
-    raw = json.dumps({"revision": revision, "env": env}, sort_keys=True).encode()
-    return hashlib.sha256(raw).hexdigest()[:16]
+def generation_of(revision: str, env: dict[str, str], secrets: dict[str, str] | None = None) -> str:
+    """What decides whether runners must be replaced: the code revision, env and secrets."""
+    raw = json.dumps({"revision": revision, "env": env, "secrets": secrets or {}}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class Scheduler:
@@ -259,8 +301,7 @@ class Scheduler:
         metrics: GatewayMetrics,
         stack: str,
         state_dir: Path,
-        runner_env: dict[str, str],
-        runner_token: str,
+        bundle_key: str = "",
         limits: GatewayLimits | None = None,
         runner_tls: TLSMaterial | None = None,
     ) -> None:
@@ -270,8 +311,7 @@ class Scheduler:
         self.metrics = metrics
         self.stack = stack
         self.state_dir = Path(state_dir)
-        self.runner_env = runner_env
-        self.runner_token = runner_token
+        self.bundle_key = bundle_key  # handed to each runner, on its credentials pipe
         self.runner_tls = runner_tls
         self._runner_ssl = _runner_ssl_context(runner_tls)
         self.apps: dict[str, AppState] = {}
@@ -299,7 +339,10 @@ class Scheduler:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(PROVIDER_THREADS, thread_name_prefix="skyform-provider")
         )
-        for stored in self.store.load_apps():
+        stored_apps = self.store.load_apps()
+        for name, error in self.store.load_errors.items():
+            log.error("app %s: not loaded: %s", name, error)
+        for stored in stored_apps:
             try:
                 # Verified at registration; this is the gateway's own copy.
                 meta = unverified_meta(stored.bundle_path.read_bytes())
@@ -312,7 +355,8 @@ class Scheduler:
                 auth=stored.auth,
                 env=stored.env,
                 bundle_path=stored.bundle_path,
-                generation=generation_of(meta["revision"], stored.env),
+                generation=generation_of(meta["revision"], stored.env, stored.secrets),
+                secrets=stored.secrets,
             )
         poison_after = self.gateway_limits.poison_after_deaths
         for stored in self.store.open_requests():
@@ -375,22 +419,29 @@ class Scheduler:
     # --- apps ---------------------------------------------------------------
 
     def register(
-        self, name: str, data: bytes, meta: dict[str, Any], auth: str, env: dict[str, str]
+        self,
+        name: str,
+        data: bytes,
+        meta: dict[str, Any],
+        auth: str,
+        env: dict[str, str],
+        secrets: dict[str, str] | None = None,
     ) -> AppState:
         """Add or update an app. A new generation rolls; same generation updates in place."""
-        folder = self.state_dir / "bundles" / name
-        folder.mkdir(parents=True, exist_ok=True)
+        secrets = dict(secrets or {})
+        folder = private_dir(self.state_dir / "bundles" / name)
         path = folder / f"{meta['fingerprint']}.bundle"
         if not path.exists():
-            write_atomic(path, data)
-        generation = generation_of(meta["revision"], env)
+            write_atomic(path, data, mode=0o600)
+        generation = generation_of(meta["revision"], env, secrets)
         app = self.apps.get(name)
         fresh = app is None or app.generation != generation
         if app is None:
-            app = AppState(name, meta, auth, env, path, generation)
+            app = AppState(name, meta, auth, env, path, generation, secrets=secrets)
             self.apps[name] = app
         else:
             app.meta, app.auth, app.env, app.bundle_path = meta, auth, env, path
+            app.secrets = secrets
             app.limits = AppLimits.of(meta)
             if app.generation != generation or app.failures:
                 # A new generation starts afresh; so does registering a failing one
@@ -398,7 +449,9 @@ class Scheduler:
                 app.generation = generation
                 app.failures, app.next_start_at = 0, 0.0
                 app.last_error = app.last_error_type = None
-        self.store.save_app(StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path))
+        self.store.save_app(
+            StoredApp(name, meta["revision"], meta["fingerprint"], auth, env, path, secrets)
+        )
         if fresh:
             self._spawn(self._prepare(app, generation))
         self._pump(app)
@@ -453,6 +506,7 @@ class Scheduler:
         hint: str | None = None,
         start_timeout: float | None = None,
         webhook_url: str | None = None,
+        kind: str = "http",
     ) -> LiveRequest:
         """Accept a request. With `persist`, it is durable when this returns.
 
@@ -476,6 +530,7 @@ class Scheduler:
             hint=hint,
             start_deadline=created + start_timeout if start_timeout else None,
             webhook_url=webhook_url,
+            kind=kind,
         )
         if persist:
             self.store.add_request(req)
@@ -578,6 +633,7 @@ class Scheduler:
         target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
         missing = target - current
         if missing <= 0:
+            app.waiting = None  # no runner wanted that could be waiting
             return
         now = time.monotonic()
         if now < app.next_start_at:
@@ -612,12 +668,24 @@ class Scheduler:
         reason = ""
         answer: tuple[int, dict[str, str], bytes] | None = None
         assert runner.client is not None
+        handed = False
         try:
-            # The runner enforces request_timeout itself (504, then it ends);
-            # the margin lets its answer arrive before the gateway gives up.
-            answer = await runner.client.request(
-                req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
-            )
+            if req.kind == "websocket":
+                handed = True
+                await self._lend(req, runner)
+            else:
+                # The runner enforces request_timeout itself (504, then it ends);
+                # the margin lets its answer arrive before the gateway gives up.
+                response = await runner.client.open(
+                    req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
+                )
+                if not response.streaming or response.status in (503, 504):
+                    answer = (response.status, response.headers, await _read(response, timeout))
+                elif not req.persist and req.waiting:
+                    handed = True
+                    await self._hand_over(app, req, runner, response)
+                else:
+                    answer = await self._read_stream(app, req, runner, response)
         except RunnerConnectionError as exc:
             reason = f"runner {runner.id} unreachable: {exc}"
         except TimeoutError:
@@ -627,6 +695,9 @@ class Scheduler:
             runner.in_flight -= 1
             runner.served += 1
             runner.idle_since = time.monotonic()
+        if handed:
+            self._pump(app)
+            return
         if self.closing and answer is None:
             # The gateway is stopping (not dying): the request stays queued in the store.
             if req.persist:
@@ -661,6 +732,70 @@ class Scheduler:
             else:
                 self._complete_answer(req, answer)
         self._pump(app)
+
+    async def _hand_over(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> None:
+        """Give a streamed response to its synchronous caller; wait until it is forwarded.
+
+        From here on the request is not retried (bytes reach the caller). The
+        runner keeps its slot until the stream ends.
+        """
+        req.stream, req.released = response, asyncio.Event()
+        req.done.set()  # wakes the caller; the request stays IN_PROGRESS meanwhile
+        try:
+            await req.released.wait()
+        finally:
+            response.close()
+            req.stream = None
+        if req.outcome == "broken":
+            self._runner_lost(app, runner, "failed", "the connection broke mid-stream")
+        req.result_status, req.result_type = response.status, response.headers.get("content-type")
+        self._finish(req, "success" if response.status < 400 else "app_error")
+
+    async def _read_stream(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A streamed response read whole, for the queue (see `gateway_stream`)."""
+        body, broke = await read_stream(response, app.limits.request_timeout + TIMEOUT_MARGIN_S)
+        headers = dict(response.headers)
+        if broke is not None:
+            self._runner_lost(app, runner, "failed", broke)
+            if not is_event_stream(headers.get("content-type")):
+                return 502, {"content-type": "application/json"}, _error_json(broke, req.id)
+        if is_event_stream(headers.get("content-type")):
+            body = stored_events(body, broke)
+            headers["content-type"] = "application/json"
+        return response.status, headers, body
+
+    async def _lend(self, req: LiveRequest, runner: Runner) -> None:
+        """Lend `runner` to a websocket caller; wait until its socket closes."""
+        req.lent, req.released = runner, asyncio.Event()
+        req.done.set()
+        try:
+            await req.released.wait()
+        finally:
+            req.lent = None
+
+    def websocket_ended(self, req: LiveRequest, runner: Runner, outcome: str) -> None:
+        """A lent websocket closed; apply the runner-fate rules to how it ended.
+
+        `outcome`: "unreachable" (the runner could not be reached: retried on
+        another one), "unhealthy" (the runner closed with 1013: it is ending
+        itself), anything else: the runner is fine.
+        """
+        app = self.apps.get(req.app)
+        if app is None:
+            self._finish(req, "app_removed")
+            return
+        if outcome == "unreachable":
+            self._runner_lost(app, runner, "failed", "its websocket could not be opened")
+            req.done.clear()
+            self._retry(app, req, "unreachable", f"runner {runner.id} unreachable (websocket)")
+            return
+        if outcome == "unhealthy":
+            self._runner_lost(app, runner, "stopped", "closed a websocket with 1013: unhealthy")
+        self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
 
     def _retry(
         self,
@@ -791,10 +926,10 @@ class Scheduler:
         self._spawn(self._bring_up(app, runner))
         return runner
 
-    def _runner_spec(self, app: AppState, runner_id: str = "") -> RunnerSpec:
+    def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
         options = app.options
         machine = options.get("machine_type", "CPU")
-        env = {**app.env, **self.runner_env, "SKYFORM_APP_NAME": app.name}
+        env = {**app.env, "SKYFORM_APP_NAME": app.name}
         return RunnerSpec(
             stack=self.stack,
             app=app.name,
@@ -804,7 +939,10 @@ class Scheduler:
             requirements=list(app.meta.get("requirements", [])),
             python_version=str(app.meta.get("python", "")),
             env=env,
-            runner_id=runner_id,
+            runner_id=runner.id if runner else "",
+            secrets=dict(app.secrets),
+            bundle_key=self.bundle_key,
+            runner_token=runner.token if runner else "",
             tls=self.runner_tls,
         )
 
@@ -817,7 +955,7 @@ class Scheduler:
         return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
 
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
-        spec = self._runner_spec(app, runner.id)
+        spec = self._runner_spec(app, runner)
 
         def start() -> RunnerHandle | None:
             # In the start thread, so that a runner whose start outlives a shutdown
@@ -832,6 +970,9 @@ class Scheduler:
 
         try:
             handle = await asyncio.to_thread(start)
+        except CapacityUnavailable as exc:
+            self._wait_for_capacity(app, runner, str(exc))
+            return
         except Exception as exc:
             message = f"runner {runner.id} could not start: {exc}"
             self._start_failed(app, runner, _start_error_type(exc), message)
@@ -839,18 +980,14 @@ class Scheduler:
         if handle is None:  # removed or shut down meanwhile
             return
         runner.state = "starting"
+        app.waiting = None
         host, port = _host_port(handle.url)
         try:
             tls = self._tls_for(handle.url)
         except SkyformError as exc:
             self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
             return
-        runner.client = RunnerClient(
-            host,
-            port,
-            {"authorization": f"Bearer {self.runner_token}"} if self.runner_token else None,
-            **tls,
-        )
+        runner.client = RunnerClient(host, port, {"authorization": f"Bearer {runner.token}"}, **tls)
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
         while runner.state == "starting":
@@ -861,7 +998,11 @@ class Scheduler:
                 )
                 return
             try:
-                status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
+                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
+                # is seen at once, with a request a second instead of twenty.
+                status, _h, _b = await runner.client.request(
+                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
+                )
                 if status == 200:
                     break
             except RunnerTLSError as exc:  # waiting longer will not make it trusted
@@ -897,6 +1038,22 @@ class Scheduler:
                     old.state = "draining"
                     self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
+
+    def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
+        """No room for the runner yet (its GPUs are in use): not a failure; try again soon.
+
+        Queued requests stay queued (others may serve them meanwhile), and the
+        app says why it waits (`waiting` in `/-/apps`, `skyform status`).
+        """
+        if app.waiting != message:
+            log.info("app %s: %s", app.name, message)
+        app.waiting = message
+        self._retire(app, runner, "stopped")
+        with contextlib.suppress(ValueError):
+            app.retired.remove(runner)  # it never ran: not a runner anyone needs to see
+        if self.apps.get(app.name) is app:
+            app.next_start_at = time.monotonic() + CAPACITY_RETRY_S
+            self._pump(app)
 
     def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
         log.warning("app %s: %s", app.name, message)
@@ -1044,6 +1201,21 @@ class Scheduler:
         return out + list(self._orphans)
 
 
+@functools.cache
+def _path_pattern(template: str) -> re.Pattern[str] | None:
+    """A regex for a path with `{param}` parts (`{param:path}` spans slashes); None without."""
+    if "{" not in template:
+        return None
+    parts = re.split(r"\{([^}]+)\}", template)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.append(re.escape(part))
+        else:
+            out.append(".+" if part.endswith(":path") else "[^/]+")
+    return re.compile("".join(out))
+
+
 def _start_error_type(exc: BaseException) -> str:
     """The `error_type` of a provider's failure to prepare or start a runner."""
     if type(exc).__name__ == "EnvironmentBuildError":
@@ -1068,6 +1240,20 @@ def _host_port(url: str) -> tuple[str, int]:
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def _read(response: RunnerResponse, timeout: float) -> bytes:
+    """A response's whole body; a connection cut mid-body is the runner lost (retried)."""
+    try:
+        return await response.read(timeout + TIMEOUT_MARGIN_S)
+    except (OSError, ValueError) as exc:
+        raise RunnerConnectionError(str(exc)) from None
+
+
+def _error_json(message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"detail": message, "error_type": "stream_broken", "request_id": request_id}
+    ).encode()
 
 
 def _error_detail(body: bytes) -> str:

@@ -20,9 +20,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from skyform.errors import SkyformError
+from skyform.runtime.sealing import Sealer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -31,6 +34,7 @@ CREATE TABLE IF NOT EXISTS apps (
     fingerprint TEXT NOT NULL,
     auth TEXT NOT NULL,
     env TEXT NOT NULL,
+    secrets TEXT NOT NULL DEFAULT '',
     bundle_path TEXT NOT NULL,
     updated REAL NOT NULL
 );
@@ -106,6 +110,7 @@ class StoredApp:
     auth: str
     env: dict[str, str]
     bundle_path: Path
+    secrets: dict[str, str] = field(default_factory=dict)  # sealed at rest
 
 
 @dataclass
@@ -153,10 +158,15 @@ _REQUEST_COLUMNS = (
 class QueueStore:
     """SQLite-backed apps and requests. Open one per gateway process."""
 
-    def __init__(self, path: Path, *, fsync: bool | None = None) -> None:
+    def __init__(
+        self, path: Path, *, fsync: bool | None = None, sealer: Sealer | None = None
+    ) -> None:
         self.path = Path(path)
+        self.sealer = sealer
+        self.load_errors: dict[str, str] = {}  # apps `load_apps` could not open
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Apps' env (secrets included) lives here: readable by the owner only.
+        # Results and apps' env live here: readable by the owner only (secrets
+        # are sealed besides, see `skyform.runtime.sealing`).
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(self.path, 0o600)
@@ -171,6 +181,9 @@ class QueueStore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(apps)")}
+        if "secrets" not in columns:  # a store written before secrets were sealed
+            self._db.execute("ALTER TABLE apps ADD COLUMN secrets TEXT NOT NULL DEFAULT ''")
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             self._db.execute("VACUUM")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
@@ -186,14 +199,15 @@ class QueueStore:
 
     def save_app(self, app: StoredApp) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO apps (name, revision, fingerprint, auth, env, bundle_path, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO apps (name, revision, fingerprint, auth, env, secrets, "
+            "bundle_path, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 app.name,
                 app.revision,
                 app.fingerprint,
                 app.auth,
                 json.dumps(app.env, sort_keys=True),
+                self._seal(app),
                 str(app.bundle_path),
                 time.time(),
             ),
@@ -203,10 +217,36 @@ class QueueStore:
         self._db.execute("DELETE FROM apps WHERE name = ?", (name,))
 
     def load_apps(self) -> list[StoredApp]:
+        """Every registered app, its secrets opened (an app whose secrets do not open is skipped
+        with `SkyformError` recorded in `load_errors`)."""
         rows = self._db.execute(
-            "SELECT name, revision, fingerprint, auth, env, bundle_path FROM apps ORDER BY name"
+            "SELECT name, revision, fingerprint, auth, env, bundle_path, secrets FROM apps "
+            "ORDER BY name"
         ).fetchall()
-        return [StoredApp(r[0], r[1], r[2], r[3], json.loads(r[4]), Path(r[5])) for r in rows]
+        apps = []
+        self.load_errors = {}
+        for r in rows:
+            try:
+                secrets = self._open(r[0], r[6])
+            except SkyformError as exc:
+                self.load_errors[r[0]] = str(exc)
+                continue
+            apps.append(StoredApp(r[0], r[1], r[2], r[3], json.loads(r[4]), Path(r[5]), secrets))
+        return apps
+
+    def _seal(self, app: StoredApp) -> str:
+        if not app.secrets:
+            return ""
+        if self.sealer is None:
+            raise SkyformError(f"app {app.name}: no key to seal its secrets with")
+        return self.sealer.seal(app.secrets, f"app {app.name}")
+
+    def _open(self, name: str, text: str) -> dict[str, str]:
+        if not text:
+            return {}
+        if self.sealer is None:
+            raise SkyformError(f"app {name}: no key to open its sealed secrets with")
+        return self.sealer.open(text, f"app {name}")
 
     # --- requests ---------------------------------------------------------
 

@@ -4,8 +4,13 @@ With `--tls-cert PEM --tls-key PEM` it serves https (runners reached over a netw
 
 The runner's life (DESIGN §6, fal's readiness and liveness rules):
 
-1. Verify and open the bundle (key from `SKYFORM_BUNDLE_KEY`), bind the port.
-   Any problem: one line on stderr, exit 1, nothing served.
+1. Take the credentials (from `--credentials-fd`: a JSON object on a pipe with
+   the bundle key, this runner's token, the app's secrets and an open fd of the
+   bundle; else `SKYFORM_BUNDLE_KEY` / `SKYFORM_RUNNER_TOKEN`), verify and open
+   the bundle, bind the port. Any problem: one line on stderr, exit 1, nothing
+   served. The app's secrets go into `os.environ` (not into the process's
+   start-up environment, which `/proc/<pid>/environ` shows); the keys go
+   nowhere app code looks, and the process is made non-dumpable.
 2. Serve at once, `/health` answering 503 `{"status": "starting"}` while
    `setup()` runs in a thread; 200 `{"status": "ready", "app", "revision"}`
    after. `setup()` raising, or outliving `startup_timeout`: its traceback
@@ -18,7 +23,9 @@ The runner's life (DESIGN §6, fal's readiness and liveness rules):
 
 The runner exits through `os._exit` after flushing its logs: a stuck endpoint
 thread must not hold the process open, and an unhealthy runner must not wait
-for keep-alive connections.
+for keep-alive connections. When it leads its own process group (as the local
+provider starts it), whatever is left in that group (processes an endpoint
+spawned) is killed first.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ import uvicorn
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
+from skyform.runtime.asgi import websocket_protocol
+from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
 from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
@@ -95,7 +104,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) -> RunnerConfig:
     """Parse the command line and environment, verify and open the bundle."""
     args = _parser().parse_args(argv)
-    key = env.get(ENV_BUNDLE_KEY, "")
+    credentials: dict[str, Any] = {}
+    if args.credentials_fd is not None:
+        credentials = read_credentials(args.credentials_fd)
+        harden_process()
+    key = str(credentials.get("bundle_key") or env.get(ENV_BUNDLE_KEY, ""))
+    token = str(credentials.get("runner_token") or env.get(ENV_RUNNER_TOKEN, "")) or None
+    for name in (ENV_BUNDLE_KEY, ENV_RUNNER_TOKEN):
+        env.pop(name, None)  # not for app code to find
     if not key:
         raise SkyformError(f"{ENV_BUNDLE_KEY} is not set; the runner cannot verify its bundle")
     grace = args.grace if args.grace is not None else _env_float(env, ENV_GRACE, DEFAULT_GRACE)
@@ -103,8 +119,19 @@ def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) 
         raise SkyformError("--grace must not be negative")
     if not 0 <= args.port <= 65535:
         raise SkyformError(f"--port {args.port} is not a TCP port (0-65535)")
-    tls = _tls_files(args.tls_cert, args.tls_key)
-    meta, cls = open_bundle(read_bundle_file(args.bundle), key)
+    tls = _tls_files(*_tls_paths(args, credentials.get("tls")))
+    secrets = credentials.get("secrets") or {}
+    if not isinstance(secrets, dict):
+        raise SkyformError("credentials: secrets must be an object")
+    # Before unpickling: the app's module code may read its secrets at import.
+    env.update({str(k): str(v) for k, v in secrets.items()})
+    bundle_fd = credentials.get("bundle_fd")
+    if isinstance(bundle_fd, int):
+        data = _read_fd(bundle_fd, args.bundle)
+    else:
+        data = read_bundle_file(args.bundle)
+    meta, cls = open_bundle(data, key)
+    del key, credentials
     app_endpoints(cls)  # an App without endpoints was never bundled; refuse anything odd
     return RunnerConfig(
         meta=meta,
@@ -112,10 +139,41 @@ def load_config(argv: list[str] | None, env: os._Environ[str] | dict[str, str]) 
         host=args.host,
         port=args.port,
         grace=grace,
-        token=env.get(ENV_RUNNER_TOKEN) or None,
+        token=token,
         app_name=env.get(ENV_APP_NAME) or str(meta.get("app") or cls.__name__),
         tls=tls,
     )
+
+
+def _read_fd(fd: int, path: Path) -> bytes:
+    """The bundle from the open fd the provider passed (its path may be closed to us)."""
+    chunks = []
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise SkyformError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
+    return b"".join(chunks)
+
+
+def _tls_paths(args: argparse.Namespace, given: Any) -> tuple[Path | None, Path | None]:
+    """`--tls-cert`/`--tls-key`, or the pair sent on the credentials pipe (a runner that
+    runs as another user cannot read the stack's copy), kept in its private home."""
+    if given is None:
+        return args.tls_cert, args.tls_key
+    if not isinstance(given, dict) or not all(
+        isinstance(given.get(k), str) for k in ("cert", "key")
+    ):
+        raise SkyformError("credentials: tls must be an object with cert and key")
+    folder = Path(os.environ.get("HOME") or ".") / ".skyform-tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    paths = (folder / "cert.pem", folder / "key.pem")
+    for path, text in zip(paths, (given["cert"], given["key"]), strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    return paths
 
 
 def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
@@ -187,7 +245,10 @@ class Runner:
                 log_config=None,
                 server_header=False,
                 proxy_headers=False,
-                ws="none",
+                # Websocket endpoints need a server side (the `websockets` package).
+                ws=websocket_protocol()
+                if any(e.kind == "websocket" for e in endpoints)
+                else "none",
                 # uvicorn takes whole seconds: round up, never cutting the drain short.
                 timeout_graceful_shutdown=math.ceil(config.grace),
                 ssl_certfile=str(config.tls[0]) if config.tls else None,
@@ -338,7 +399,25 @@ def _run(coro: Any) -> Any:
 
 def _exit(code: int) -> NoReturn:
     flush_logs()
+    _stop_own_group()
     os._exit(code)
+
+
+def _stop_own_group() -> None:
+    """SIGKILL the other members of our process group, when we lead one of our own."""
+    me = os.getpid()
+    if os.getpgid(0) != me:
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(me):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _env_float(env: Any, name: str, default: float) -> float:
@@ -369,6 +448,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help=f"seconds in-flight requests get after SIGTERM (${ENV_GRACE}, default {DEFAULT_GRACE:g})",
+    )
+    parser.add_argument(
+        CREDENTIALS_FLAG,
+        dest="credentials_fd",
+        type=int,
+        default=None,
+        help="read the credentials (a JSON object) from this fd instead of the environment",
     )
     return parser
 

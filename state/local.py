@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from skyform.files import temp_name, write_atomic
+from skyform.files import private_dir, temp_name, write_atomic
 from skyform.keys import SKYFORM_DIR
 from skyform.state.backend import GRACE, StateBackend
 from skyform.state.errors import StateError
@@ -52,7 +52,7 @@ class LocalBackend(StateBackend):
         """An fd holding the flock in `mode`, or None when another holder has it."""
         self._ensure_dir()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open lock file {self.lock_path}: {exc.strerror}") from None
         try:
@@ -70,7 +70,7 @@ class LocalBackend(StateBackend):
 
         fd = wait_for(self._try_flock, max(timeout, GRACE), give_up)
         try:
-            write_atomic(self.info_path, json.dumps(info.to_dict(), indent=2) + "\n", mode=0o644)
+            write_atomic(self.info_path, json.dumps(info.to_dict(), indent=2) + "\n", mode=0o600)
         except BaseException:
             os.close(fd)
             raise
@@ -143,7 +143,7 @@ class LocalBackend(StateBackend):
         try:
             if previous is not None:
                 _keep_backup(self.path, self.backup_path)
-            write_atomic(self.path, text, mode=0o644, fsync=True)
+            write_atomic(self.path, text, mode=0o600, fsync=True)
         except OSError as exc:
             raise StateError(
                 f"cannot write state file {self.path}: {exc.strerror or exc}; "
@@ -152,7 +152,7 @@ class LocalBackend(StateBackend):
 
     def _ensure_dir(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_dir(self.directory)  # state, backups and lock info: the owner's only
         except OSError as exc:
             raise StateError(f"cannot create {self.directory}: {exc.strerror}") from None
 
@@ -183,7 +183,7 @@ def _keep_backup(path: Path, backup: Path) -> None:
         try:
             os.link(path, tmp)
         except OSError:  # a filesystem without hard links: copy instead
-            write_atomic(tmp, path.read_bytes(), mode=0o644, fsync=True)
+            write_atomic(tmp, path.read_bytes(), mode=0o600, fsync=True)
         os.replace(tmp, backup)
         # When `backup` already was this very file (a writer killed between keeping the
         # backup and replacing the state), rename(2) does nothing and leaves `tmp`.

@@ -14,6 +14,8 @@ def _private_environment_cache() -> Iterator[None]:
     """Runners started by any test (and the processes they spawn) share one throwaway cache."""
     previous = os.environ.get("SKYFORM_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="skyform-test-cache-") as cache:
+        # Run as root, runners run as an unprivileged user, who must reach the environments.
+        os.chmod(cache, 0o755)
         os.environ["SKYFORM_CACHE_DIR"] = cache
         try:
             yield

@@ -110,7 +110,7 @@ def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> 
     from skyform.plan import build_plan, refresh
 
     with _status("Refreshing state...", quiet):
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     with _status("Building bundles...", quiet):
         return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
 
@@ -200,9 +200,14 @@ def destroy(
     file: Path = FILE_OPTION,
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Do not ask for `yes`."),
     lock_timeout: float = LOCK_TIMEOUT,
+    keep_queue: bool = typer.Option(
+        False,
+        "--keep-queue",
+        help="Keep the gateway's queue database (requests, results) instead of deleting it.",
+    ),
 ) -> None:
     """Stop the gateway and every runner of the stack, and empty its state."""
-    from skyform.apply import Applier, open_context, stop_orphans
+    from skyform.apply import Applier, open_context, remove_queue, stop_orphans
     from skyform.plan import PlanRequest
     from skyform.render import render_text
     from skyform.stackfile import load_stack
@@ -213,6 +218,8 @@ def destroy(
         built = _refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
         if not built.has_changes:
             stopped = stop_orphans(ctx)
+            if not keep_queue:
+                remove_queue(ctx)
             if doc.outputs:
                 ctx.backend.write(doc.evolve(outputs={}))
             note = f" (stopped {len(stopped)} stray gateway process)" if stopped else ""
@@ -224,6 +231,8 @@ def destroy(
         applier = Applier(ctx, built, doc, _report)
         applier.run()
         stop_orphans(ctx)
+        if not keep_queue:
+            remove_queue(ctx)
     console.print(
         f"\n[bold green]Destroy complete![/] Resources: {applier.done['destroy']} destroyed."
     )
@@ -401,7 +410,7 @@ def status(
 
     ctx = open_context(load_stack(file))
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     gw_record = doc.resources.get(GATEWAY) or {}
     base = gw_record.get("url") or ""
     names = sorted(
@@ -428,6 +437,7 @@ def status(
                 "queue_depth": app.get("queue_depth"),
                 "last_error": app.get("last_error"),
                 "last_error_type": app.get("last_error_type"),
+                "waiting": app.get("waiting"),
                 **(app_urls(base, name) if base else {}),
             }
         )
@@ -467,6 +477,8 @@ def status(
         )
     console.print(table)
     for a in apps:
+        if a["waiting"]:
+            console.print(f"[yellow]app.{a['name']}:[/] {escape(str(a['waiting']))}")
         if a["tainted"]:
             console.print(
                 f"[red]app.{a['name']}: tainted[/] (the next apply replaces it): "
@@ -500,7 +512,7 @@ def logs(
     stack = load_stack(file)
     ctx = open_context(stack)
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     if not live.gateway_alive or live.apps is None:
         raise SkyformError(
             f"the gateway of stack {stack.name!r} is not running (run skyform apply)"
@@ -514,7 +526,9 @@ def logs(
 
     record = doc.resources.get(GATEWAY) or {}
     handle = GatewayHandle(**record["handle"])  # refresh found it alive, so it is recorded
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"]) as client:
+    with GatewayClient.for_handle(
+        handle, ctx.keys["admin_token"], ca_file=ctx.gateway_ca_file()
+    ) as client:
         follower = LogFollower()
         for line in follower.new_lines(client.logs(app_name, tail, every)):
             sys.stdout.write(line + "\n")

@@ -36,7 +36,7 @@ def test_hosts_are_normalised_planned_and_passed_to_the_gateway() -> None:
     stack = load("[Hooks.Example.com, 127.0.0.1, '[::1]', hooks.example.com]")
     assert stack.model.gateway.webhook_hosts == ["127.0.0.1", "::1", "hooks.example.com"]
     assert desired_gateway(stack)["webhook_hosts"] == ["127.0.0.1", "::1", "hooks.example.com"]
-    env = _context(stack).gateway_env()
+    env = _context(stack).gateway_credentials()
     assert env["SKYFORM_WEBHOOK_HOSTS"] == "127.0.0.1,::1,hooks.example.com"
 
 
@@ -45,12 +45,15 @@ def test_webhook_key_is_the_environment_s_or_derived_from_the_bundle_key(
 ) -> None:
     stack = load("[127.0.0.1]")
     monkeypatch.delenv("SKYFORM_WEBHOOK_KEY", raising=False)
-    derived = _context(stack).gateway_env()["SKYFORM_WEBHOOK_KEY"]
-    assert len(derived) == 64 and derived == _context(stack).gateway_env()["SKYFORM_WEBHOOK_KEY"]
+    derived = _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"]
+    assert (
+        len(derived) == 64
+        and derived == _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"]
+    )
     other = StackContext(stack, Path("/p"), {"bundle_key": "other"}, None, None, Path("/p"))
     assert webhook_key(other.keys) != derived
     monkeypatch.setenv("SKYFORM_WEBHOOK_KEY", "from-env")
-    assert _context(stack).gateway_env()["SKYFORM_WEBHOOK_KEY"] == "from-env"
+    assert _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"] == "from-env"
 
 
 def test_unset_list_changes_nothing_for_existing_stacks() -> None:
@@ -62,7 +65,7 @@ def test_unset_list_changes_nothing_for_existing_stacks() -> None:
     )
     assert stack.model.gateway.webhook_hosts is None
     assert "webhook_hosts" not in desired_gateway(stack)
-    assert "SKYFORM_WEBHOOK_HOSTS" not in _context(stack).gateway_env()
+    assert "SKYFORM_WEBHOOK_HOSTS" not in _context(stack).gateway_credentials()
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ process is still alive, kills any it finds and fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,11 +48,19 @@ def tag() -> str:
     return uuid.uuid4().hex
 
 
+@contextlib.contextmanager
+def _counts_folder() -> Iterator[Path]:
+    """Where test apps record their calls: writable by runners, which may run as another
+    user (pytest's own temp folders are private to the user running the tests)."""
+    with tempfile.TemporaryDirectory(prefix="skyform-gw-counts-") as path:
+        os.chmod(path, 0o1777)
+        yield Path(path)
+
+
 @pytest.fixture
-def count_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "counts"
-    path.mkdir()
-    return path
+def count_dir() -> Iterator[Path]:
+    with _counts_folder() as path:
+        yield path
 
 
 @pytest.fixture
@@ -88,12 +98,11 @@ def shared_gateway(
     """One gateway for a whole module (tests that only need an app up)."""
     tag = uuid.uuid4().hex
     root = tmp_path_factory.mktemp("gw")
-    counts = root / "counts"
-    counts.mkdir()
-    gw = GatewayProc(root / "state", tag, counts)
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-        gw.http.close()
-        _assert_none_left(tag, "the module")
+    with _counts_folder() as counts:
+        gw = GatewayProc(root / "state", tag, counts)
+        try:
+            yield gw.start()
+        finally:
+            gw.stop()
+            gw.http.close()
+            _assert_none_left(tag, "the module")

@@ -157,11 +157,16 @@ class GatewayProc:
         payload = {
             "bundle_b64": base64.b64encode(bundle.data).decode(),
             "auth": auth,
-            "env": env or {},
+            "env": self.runner_env(env),
         }
         response = self.admin("PUT", f"/-/apps/{name}", json=payload)
         assert response.status_code == 200, response.text
         return response
+
+    def runner_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """An app's env with what the tests need on its runners (which inherit nothing):
+        the leftover-check tag and the call-count folder."""
+        return {TAG_VAR: self.tag, "GW_COUNT_DIR": str(self.count_dir), **(env or {})}
 
     def app(self, name: str) -> dict[str, Any]:
         response = self.admin("GET", f"/-/apps/{name}")

@@ -24,8 +24,6 @@ def _scheduler(
         metrics=metrics,
         stack="t",
         state_dir=state_dir,
-        runner_env={},
-        runner_token="",
     )
 
 

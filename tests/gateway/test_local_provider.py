@@ -15,6 +15,7 @@ from skyform.errors import SkyformError
 from skyform.providers import create_provider
 from skyform.providers.base import GatewaySpec, RunnerSpec
 from skyform.providers.local import LocalProvider, free_port, runner_python
+from skyform.providers.processenv import RUNTIME_VARS
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +40,8 @@ def _ready(url: str) -> bool:
 def test_runner_subprocess_binds_localhost_and_logs(
     tmp_path: Path, bundles, tag: str, no_leftovers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TAG_VAR, tag)
     monkeypatch.setenv("SKYFORM_ADMIN_TOKEN", "must-not-reach-the-runner")
+    monkeypatch.setenv("DEPLOYER_ONLY_X", "must-not-reach-the-runner")
     bundle_path = bundles["echo"].write(tmp_path / "echo.bundle")
     provider = create_provider("local", stack="t", runtime_dir=tmp_path / "rt")
     assert isinstance(provider, LocalProvider)
@@ -52,8 +53,11 @@ def test_runner_subprocess_binds_localhost_and_logs(
         machine_types=["CPU"],
         requirements=[],
         python_version="3.11",
-        env={"SKYFORM_BUNDLE_KEY": BUNDLE_KEY, "SKYFORM_RUNNER_TOKEN": RUNNER_TOKEN},
+        env={TAG_VAR: tag},
         runner_id="echo-test1",
+        secrets={"APP_SECRET_X": "app-secret-value"},
+        bundle_key=BUNDLE_KEY,
+        runner_token=RUNNER_TOKEN,
     )
     assert runner_python(spec)
     handle = provider.start_runner(spec)
@@ -74,7 +78,13 @@ def test_runner_subprocess_binds_localhost_and_logs(
         assert ok.status_code == 200
         environ = Path(f"/proc/{handle.info['pid']}/environ").read_bytes().split(b"\0")
         assert b"SKYFORM_APP_NAME=echo" in environ
-        assert not any(e.startswith(b"SKYFORM_ADMIN_TOKEN=") for e in environ)
+        # Only the runtime's needs and the app's env: no key, token, secret or deployer variable.
+        names = {e.split(b"=", 1)[0].decode() for e in environ if e}
+        allowed = {*RUNTIME_VARS, "HOME", "USER", "LOGNAME", "VIRTUAL_ENV", "PYTHONUNBUFFERED"}
+        assert names - allowed == {"SKYFORM_APP_NAME", TAG_VAR}
+        raw = b"\0".join(environ)
+        for value in (BUNDLE_KEY, RUNNER_TOKEN, "app-secret-value", "must-not-reach-the-runner"):
+            assert value.encode() not in raw
     finally:
         provider.stop_runner(handle, grace=5)
     assert not provider.runner_alive(handle)
@@ -92,13 +102,13 @@ def test_gateway_daemon_start_alive_stop(
 ) -> None:
     provider = LocalProvider("t", tmp_path / "rt")
     state_dir = tmp_path / "gw"
-    env = {
+    keys = {
         "SKYFORM_ADMIN_TOKEN": ADMIN,
         "SKYFORM_BUNDLE_KEY": BUNDLE_KEY,
         "SKYFORM_RUNNER_TOKEN": RUNNER_TOKEN,
-        TAG_VAR: tag,
     }
-    handle = provider.start_gateway(GatewaySpec("t", free_port(), state_dir, env))
+    spec = GatewaySpec("t", free_port(), state_dir, {TAG_VAR: tag}, credentials=keys)
+    handle = provider.start_gateway(spec)
     try:
         pid = handle.info["pid"]
         assert isinstance(pid, int) and os.getpgid(pid) == pid  # its own session
@@ -107,6 +117,9 @@ def test_gateway_daemon_start_alive_stop(
         health = httpx.get(handle.url + "/-/health", headers={"Authorization": f"Bearer {ADMIN}"})
         assert health.json()["pid"] == pid and health.json()["stack"] == "t"
         assert (state_dir / "gateway.log").exists()
+        # Its keys came on a pipe: none is in its start-up environment.
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert not any(value.encode() in environ for value in keys.values())
     finally:
         provider.stop_gateway(handle, grace=20)
     assert not pid_alive(pid)
