@@ -68,8 +68,16 @@ def test_request_that_kills_its_gateway_ends_poisoned(
 ) -> None:
     gateway.register("killer", abuse_bundles["killer"])
     submitted = gateway.submit("killer", "/", {"key": "k"})
+    counts = count_dir / "k"
     for death in range(1, 4):
         assert gateway.proc is not None
+        # In flight (the handler has recorded this attempt): the gateway dies.
+        wait_for(
+            lambda n=death: counts.exists() and len(counts.read_text().splitlines()) == n,
+            90,
+            f"attempt {death} to run",
+        )
+        gateway.proc.send_signal(signal.SIGKILL)
         assert gateway.proc.wait(90) == -signal.SIGKILL
         gateway.stop()
         # The attempt was committed before dispatch: it is counted after the death.
