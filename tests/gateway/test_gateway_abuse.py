@@ -7,6 +7,7 @@ client sends (huge or endless request heads).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -63,6 +64,10 @@ def limited(tmp_path: Path, tag: str, count_dir: Path, no_leftovers: None) -> It
 # --- at-least-once delivery ------------------------------------------------------
 
 
+def _calls(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def test_request_that_kills_its_gateway_ends_poisoned(
     gateway: GatewayProc, abuse_bundles, count_dir: Path
 ) -> None:
@@ -70,6 +75,9 @@ def test_request_that_kills_its_gateway_ends_poisoned(
     submitted = gateway.submit("killer", "/", {"key": "k"})
     for death in range(1, 4):
         assert gateway.proc is not None
+        wait_for(lambda n=death: _calls(count_dir / "k") >= n, 90, "the call to be recorded")
+        with contextlib.suppress(ProcessLookupError):  # the app could not kill it itself
+            gateway.proc.kill()
         assert gateway.proc.wait(90) == -signal.SIGKILL
         gateway.stop()
         # The attempt was committed before dispatch: it is counted after the death.
