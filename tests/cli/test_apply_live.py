@@ -14,7 +14,9 @@ destroys it and checks that no process is left.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,8 +172,19 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
     assert bad.returncode == 1 and "--tail -1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(root: Path) -> None:
-    marker = root / "weights.bin"
+@pytest.fixture
+def readable_dir() -> Iterator[Path]:
+    """A folder runners can read: they may run as another user (skyform as root), who
+    cannot enter the test's own temp folder."""
+    with tempfile.TemporaryDirectory(prefix="skyform-live-") as path:
+        os.chmod(path, 0o755)
+        yield Path(path)
+
+
+def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(
+    root: Path, readable_dir: Path
+) -> None:
+    marker = readable_dir / "weights.bin"
     serving = versions(root, "warm", 1)
     write_app(root, "v3", str(marker))
     before = {r["id"] for app in live_apps(root).values() for r in app["runners"]}
