@@ -11,7 +11,9 @@ DEMO_VENV := .venv-demo
 DEMO_STAMP := $(DEMO_VENV)/.skyform-installed
 SOURCES := pyproject.toml README.md $(shell find declare state providers runtime -type f ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: demo test lint bench clean system-deps
+.PHONY: demo test lint bench bench-peers clean system-deps
+# bench/loadgen.py is the benches' wrk driver; bench/peers.py is opt-in (make bench-peers).
+BENCHES := $(filter-out bench/loadgen.py bench/peers.py,$(wildcard bench/*.py))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +45,14 @@ test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	bash scripts/bench-deps.sh
+	for b in $(BENCHES); do $(BIN)/python $$b || exit 1; done
+
+# Installs Ray Serve, BentoML and LitServe into venvs of their own under .bench/, then
+# compares them with bare FastAPI and skyform on the same endpoints (bench/peers.py).
+bench-peers: $(STAMP)
+	bash scripts/bench-deps.sh
+	$(BIN)/python bench/peers.py --install $(PEERS_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) .skyform build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) .skyform .bench build *.egg-info

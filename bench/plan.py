@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SKYFORM = [sys.executable, "-m", "skyform.cli"]
 TARGET_S = 3.0
+TARGET_SIZE = 1000
 
 APP = """from pydantic import BaseModel
 
@@ -113,10 +114,20 @@ def main() -> int:
             f"{size:>6} {plan_s:>8.2f} {plan_s / size * 1000:>8.2f} "
             f"{plan_s / base:>7.1f}x {apply_s:>8.1f}"
         )
-    largest = sizes[-1]
-    ok = results[largest][0] <= TARGET_S or largest < 1000
-    print(f"\ntarget: <= {TARGET_S:.0f} s at 1000 apps: {'met' if ok else 'MISSED'}")
-    return 0 if ok else 1
+    print()
+    print(target_line(results))
+    return 0 if results.get(TARGET_SIZE, (0.0,))[0] <= TARGET_S else 1
+
+
+def target_line(results: dict[int, tuple[float, float]]) -> str:
+    """The verdict on the target, only when the target's size was measured in this run."""
+    if TARGET_SIZE not in results:
+        return (
+            f"target: <= {TARGET_S:.0f} s at {TARGET_SIZE} apps: not measured "
+            f"(this run planned {', '.join(str(s) for s in sorted(results))} apps)"
+        )
+    met = results[TARGET_SIZE][0] <= TARGET_S
+    return f"target: <= {TARGET_S:.0f} s at {TARGET_SIZE} apps: {'met' if met else 'MISSED'}"
 
 
 if __name__ == "__main__":

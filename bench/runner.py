@@ -2,29 +2,33 @@
 
     .venv/bin/python bench/runner.py [--seconds 5] [--rounds 3] [--connections 16]
 
-Both servers run in their own process with the same uvicorn settings: loop
-and HTTP parser chosen the same way (uvloop and httptools when installed), no
-access log, no proxy-header rewriting, no server header, as the runner runs. One load generator
-(this file's `--load` mode: asyncio protocols over keep-alive connections, in
-a separate process) drives both, alternating rounds so that drift on a shared
-machine hits both sides alike; the median round counts. Server and load
-generator are pinned to one CPU each where the OS allows it.
+Three servers, each in its own process with the same uvicorn settings (loop
+and HTTP parser chosen the same way: uvloop and httptools when installed; no
+access log, no proxy-header rewriting, no server header, as the runner runs):
+
+- bare FastAPI + uvicorn, in this venv;
+- the skyform runner, in this venv;
+- the skyform runner in the environment skyform builds for an app with no
+  requirements (what `apply` really runs: it must be as fast as this venv's).
+
+The load generator is wrk (`bench/loadgen.py`), one thread, alternating
+rounds so drift on a shared machine hits every side alike; the median round
+counts. Server and wrk are pinned to one CPU each where the OS allows it.
 
 Measured:
-- throughput (requests/s) of a trivial sync and a trivial async endpoint, each
-  taking and returning a small pydantic model;
+- throughput (requests/s) and p50/p99 latency of a trivial sync and a trivial
+  async endpoint, each taking and returning a small pydantic model;
 - startup to ready: from spawning the process to the first 200 from /health
   (the runner's readiness route; a plain GET route on the bare app).
 
-Targets: runner >= 0.9x bare throughput, startup <= 1.5x bare.
+Targets: runner >= 0.9x bare throughput, built-environment runner >= 0.9x
+this venv's runner, startup <= 1.5x bare.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import os
 import socket
 import statistics
@@ -37,6 +41,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import loadgen
 
 ENDPOINTS = {"sync": "/sync", "async": "/async"}
 BODY = b'{"x": 21}'
@@ -97,87 +103,6 @@ async def async_double(req: In) -> Out:
 """
 
 
-# ---------------------------------------------------------------- load generator
-
-
-class _Connection(asyncio.Protocol):
-    """Sends one request, waits for its whole response, sends the next (keep-alive)."""
-
-    def __init__(self, request: bytes, stats: dict[str, int], stop_at: float) -> None:
-        self.request = request
-        self.stats = stats
-        self.stop_at = stop_at
-        self.buffer = b""
-        self.done = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = self.buffer[:head_end]
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            ok = head.startswith(b"HTTP/1.1 200")
-            self.stats["ok" if ok else "bad"] += 1
-            self.buffer = self.buffer[end:]
-            if time.monotonic() >= self.stop_at:
-                self.transport.close()
-                return
-            self.transport.write(self.request)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-async def _load(port: int, path: str, connections: int, seconds: float, warmup: float) -> dict:
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
-    loop = asyncio.get_running_loop()
-    warm = {"ok": 0, "bad": 0}
-    await _drive(loop, port, request, warm, connections, time.monotonic() + warmup)
-    stats = {"ok": 0, "bad": 0}
-    started = time.monotonic()
-    await _drive(loop, port, request, stats, connections, started + seconds)
-    elapsed = time.monotonic() - started
-    return {"rps": stats["ok"] / elapsed, "ok": stats["ok"], "bad": stats["bad"]}
-
-
-async def _drive(loop, port, request, stats, connections, stop_at) -> None:  # type: ignore[no-untyped-def]
-    protocols = []
-    for _ in range(connections):
-        _transport, protocol = await loop.create_connection(
-            lambda: _Connection(request, stats, stop_at), "127.0.0.1", port
-        )
-        protocols.append(protocol)
-    await asyncio.gather(*(p.done for p in protocols))
-
-
-def _load_main(argv: list[str]) -> None:
-    port, path, connections, seconds, warmup = argv
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    print(json.dumps(run(_load(int(port), path, int(connections), float(seconds), float(warmup)))))
-
-
 # ---------------------------------------------------------------- servers
 
 
@@ -195,9 +120,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _runner_command(bundle: Path, port: int) -> list[str]:
+def _runner_command(bundle: Path, port: int, python: str = sys.executable) -> list[str]:
     return [
-        sys.executable,
+        python,
         "-m",
         "skyform.runtime.runner",
         "--bundle",
@@ -255,22 +180,23 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], started: float) -> flo
     raise SystemExit("server never became ready")
 
 
-def _measure(port: int, path: str, args: argparse.Namespace) -> float:
-    command = [sys.executable, __file__, "--load", str(port), path, str(args.connections)]
-    command += [str(args.seconds), str(args.warmup)]
-    out = subprocess.run(
-        command, capture_output=True, text=True, check=True, preexec_fn=_pin(LOAD_CPU)
-    ).stdout
-    result = json.loads(out)
-    if result["bad"]:
-        raise SystemExit(f"{result['bad']} non-200 responses from {path}")
-    return float(result["rps"])
+def _measure(port: int, path: str, args: argparse.Namespace) -> dict[str, float]:
+    url = f"http://127.0.0.1:{port}{path}"
+    loadgen.run(url, body=BODY, connections=args.connections, seconds=args.warmup, cpu=LOAD_CPU)
+    return loadgen.run(
+        url, body=BODY, connections=args.connections, seconds=args.seconds, cpu=LOAD_CPU
+    )
+
+
+def _built_env_python() -> str:
+    """The Python of the environment skyform builds for an app without requirements."""
+    from skyform.providers.environments import ensure_environment
+
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return str(ensure_environment([], minor).python)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        _load_main(sys.argv[2:])
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per round")
@@ -278,6 +204,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     parser.add_argument("--starts", type=int, default=5, help="cold starts timed per server")
     args = parser.parse_args()
+    loadgen.ensure_wrk()
 
     from skyform.bundle import build_bundle
 
@@ -286,9 +213,11 @@ def main() -> None:
         (work / "bench_app.py").write_text(textwrap.dedent(APP_SOURCE))
         (work / "bare_app.py").write_text(textwrap.dedent(BARE_SOURCE))
         bundle = build_bundle("bench_app.py::Bench", work, KEY).write(work / "bench.skyb")
+        env_python = _built_env_python()
         servers = {
             "bare": lambda port: _bare_command(port),
             "runner": lambda port: _runner_command(bundle, port),
+            "built": lambda port: _runner_command(bundle, port, env_python),
         }
 
         starts: dict[str, list[float]] = {name: [] for name in servers}
@@ -297,7 +226,7 @@ def main() -> None:
                 with _server(command(_free_port()), work) as (_port, ready):
                     starts[name].append(ready)
 
-        rps: dict[tuple[str, str], list[float]] = {}
+        rps: dict[tuple[str, str], list[dict[str, float]]] = {}
         for _ in range(args.rounds):
             for name, command in servers.items():
                 with _server(command(_free_port()), work) as (port, _ready):
@@ -310,7 +239,7 @@ def main() -> None:
 def _report(
     args: argparse.Namespace,
     starts: dict[str, list[float]],
-    rps: dict[tuple[str, str], list[float]],
+    rps: dict[tuple[str, str], list[dict[str, float]]],
 ) -> None:
     try:
         import uvloop  # noqa: F401
@@ -324,21 +253,40 @@ def _report(
         f"server and load generator pinned to one CPU each"
     )
     print()
-    print("| measure | bare FastAPI + uvicorn | skyform runner | runner / bare | target |")
-    print("|---|---|---|---|---|")
+    print(
+        "| measure | bare FastAPI + uvicorn | skyform runner | runner / bare | "
+        "runner, built env | built / runner |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+
+    def median(name: str, kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in rps[(name, kind)])
+
     for kind in ENDPOINTS:
-        bare = statistics.median(rps[("bare", kind)])
-        runner = statistics.median(rps[("runner", kind)])
+        bare, runner, built = (median(n, kind, "rate") for n in ("bare", "runner", "built"))
         print(
-            f"| {kind} endpoint, requests/s | {bare:,.0f} | {runner:,.0f} | "
-            f"{runner / bare:.2f}x | >= 0.9x |"
+            f"| {kind} endpoint, req/s | {bare:,.0f} | {runner:,.0f} | {runner / bare:.2f}x "
+            f"(>= 0.9x: {_verdict(runner / bare >= 0.9)}) | {built:,.0f} | {built / runner:.2f}x "
+            f"(>= 0.9x: {_verdict(built / runner >= 0.9)}) |"
+        )
+        p50 = [median(n, kind, "p50_ms") for n in ("bare", "runner", "built")]
+        p99 = [median(n, kind, "p99_ms") for n in ("bare", "runner", "built")]
+        print(
+            f"| {kind} p50 / p99, ms | {p50[0]:.2f} / {p99[0]:.2f} | {p50[1]:.2f} / {p99[1]:.2f} "
+            f"| - | {p50[2]:.2f} / {p99[2]:.2f} | - |"
         )
     bare_start = statistics.median(starts["bare"])
     runner_start = statistics.median(starts["runner"])
+    built_start = statistics.median(starts["built"])
     print(
         f"| startup to ready, s | {bare_start:.2f} | {runner_start:.2f} | "
-        f"{runner_start / bare_start:.2f}x | <= 1.5x |"
+        f"{runner_start / bare_start:.2f}x (<= 1.5x: {_verdict(runner_start / bare_start <= 1.5)})"
+        f" | {built_start:.2f} | {built_start / runner_start:.2f}x |"
     )
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,6 +38,8 @@ class AppOptions(BaseModel):
     request_timeout: float = Field(120, gt=0)
     startup_timeout: float = Field(600, gt=0)
     auth: Literal["private", "public"] | None = None
+    # Largest request body the gateway accepts for this app (MiB); bigger ones get 413.
+    max_body_mb: float = Field(64, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> AppOptions:
@@ -67,23 +69,73 @@ class EndpointSpec:
     name: str
     path: str
     method: str = "POST"
+    websocket: bool = False
+    batch_size: int | None = None  # set: the handler takes list[In] and returns list[Out]
+    batch_wait_ms: float = 0.0
 
 
-def endpoint(path: str = "/", *, method: str = "POST") -> Callable[[F], F]:
-    """Expose an App method over HTTP at `path` (relative to the app's URL)."""
+def endpoint(
+    path: str = "/",
+    *,
+    method: str = "POST",
+    websocket: bool = False,
+    batch_size: int | None = None,
+    batch_wait_ms: float | None = None,
+) -> Callable[[F], F]:
+    """Expose an App method over HTTP at `path` (relative to the app's URL).
+
+    With `websocket=True` the method is `async def f(self, ws: WebSocket)` and
+    serves WebSocket connections at `path` instead.
+
+    With `batch_size=N` the method takes `list[In]` and returns `list[Out]`
+    (same order); callers still send one `In` and get one `Out`: the runner
+    gathers concurrent calls into batches of up to N, waiting at most
+    `batch_wait_ms` for a batch to fill (see `skyform.runtime.batching`).
+    """
     if not isinstance(path, str) or not path.startswith("/"):
         raise AppDefinitionError(f'endpoint path must be a string starting with "/", got {path!r}')
     method = method.upper()
     if method not in {"POST", "GET"}:
         raise AppDefinitionError(f"endpoint method must be POST or GET, got {method!r}")
+    if websocket:
+        if batch_size is not None:
+            raise AppDefinitionError("a websocket endpoint cannot be batched")
+        method = "WEBSOCKET"
+    wait_ms = _check_batching(batch_size, batch_wait_ms, method)
 
     def mark(func: F) -> F:
         if not callable(func):
             raise AppDefinitionError("@endpoint decorates a method")
-        setattr(func, ENDPOINT_ATTR, EndpointSpec(func.__name__, _normalise_path(path), method))
+        spec = EndpointSpec(
+            func.__name__,
+            _normalise_path(path),
+            method,
+            websocket=bool(websocket),
+            batch_size=batch_size,
+            batch_wait_ms=wait_ms,
+        )
+        setattr(func, ENDPOINT_ATTR, spec)
         return func
 
     return mark
+
+
+def _check_batching(batch_size: int | None, batch_wait_ms: float | None, method: str) -> float:
+    """Validate `@endpoint`'s batching arguments; the wait in ms (0 when not batched)."""
+    if batch_size is None:
+        if batch_wait_ms is not None:
+            raise AppDefinitionError("batch_wait_ms needs batch_size (the most items in a batch)")
+        return 0.0
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AppDefinitionError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if method != "POST":
+        raise AppDefinitionError("a batched endpoint takes a body: its method must be POST")
+    wait = 10.0 if batch_wait_ms is None else batch_wait_ms
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 60_000:
+        raise AppDefinitionError(
+            f"batch_wait_ms must be a number of milliseconds from 0 to 60000, got {batch_wait_ms!r}"
+        )
+    return float(wait)
 
 
 def _normalise_path(path: str) -> str:
@@ -101,6 +153,11 @@ class Endpoint:
     input_name: str | None
     output_type: Any
     is_async: bool
+    # "call" (one answer), "stream" (a generator: one SSE event per value) or "websocket".
+    kind: str = "call"
+    # The parameters after `self`, with resolved annotations: what FastAPI reads.
+    parameters: tuple[inspect.Parameter, ...] = ()
+    where: str = ""  # "file:line" of the method, for error messages
 
     @property
     def path(self) -> str:
@@ -109,6 +166,11 @@ class Endpoint:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def batched(self) -> bool:
+        """The handler takes a list of inputs; `input_model`/`output_type` are one item's."""
+        return self.spec.batch_size is not None
 
 
 class App:
@@ -123,6 +185,7 @@ class App:
     request_timeout: float = 120
     startup_timeout: float = 600
     auth: str | None = None
+    max_body_mb: float = 64
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -158,11 +221,25 @@ def app_options(cls: type[App], overrides: dict[str, Any] | None = None) -> AppO
     values = {name: getattr(cls, name) for name in OPTION_NAMES}
     values.update(overrides or {})
     try:
-        return AppOptions(**values)
+        options = AppOptions(**values)
     except ValidationError as exc:
         raise AppDefinitionError(f"{cls.__qualname__}: {_describe_validation(exc)}") from None
     except AppDefinitionError as exc:
         raise AppDefinitionError(f"{cls.__qualname__}: {exc}") from None
+    _check_batch_capacity(cls, options)
+    return options
+
+
+def _check_batch_capacity(cls: type, options: AppOptions) -> None:
+    """A batch forms from concurrent requests: a runner must take `batch_size` of them at once."""
+    for name in dir(cls):
+        spec: EndpointSpec | None = getattr(getattr(cls, name, None), ENDPOINT_ATTR, None)
+        if spec is not None and spec.batch_size and spec.batch_size > options.max_multiplexing:
+            raise AppDefinitionError(
+                f"{cls.__qualname__}.{name}: batch_size ({spec.batch_size}) is greater than "
+                f"max_multiplexing ({options.max_multiplexing}); a batch forms from concurrent "
+                f"requests, so set max_multiplexing to at least {spec.batch_size}"
+            )
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -190,6 +267,7 @@ def app_endpoints(cls: type[App], *, require: bool = True) -> list[Endpoint]:
                 f"{spec.method} {spec.path}; endpoint paths must be unique"
             )
         seen[key] = name
+        assert func is not None  # it carries the endpoint mark
         found.append(_resolve_endpoint(cls, spec, func))
     if require and not found:
         raise AppDefinitionError(
@@ -200,43 +278,96 @@ def app_endpoints(cls: type[App], *, require: bool = True) -> list[Endpoint]:
 
 
 def _resolve_endpoint(cls: type, spec: EndpointSpec, func: Callable[..., Any]) -> Endpoint:
+    """Check one endpoint's signature; FastAPI's own checks run when its routes are built.
+
+    Any signature a FastAPI route accepts is allowed (a pydantic body, query and
+    path parameters, `UploadFile`, `Form`, `Request`); `skyform.openapi` turns
+    what FastAPI refuses into one line naming the method, file and line.
+    """
     where = f"{cls.__qualname__}.{spec.name}"
+    location = source_location(func)
     params = list(inspect.signature(func).parameters.values())
     if not params or params[0].name != "self":
-        raise AppDefinitionError(f"{where}: an endpoint is a method; its first parameter is self")
-    params = params[1:]
-    if len(params) > 1:
         raise AppDefinitionError(
-            f"{where}: an endpoint takes at most one argument (a pydantic model), "
-            f"got {len(params)}: {', '.join(p.name for p in params)}"
+            f"{location}{where}: an endpoint is a method; its first parameter is self"
         )
+    params = params[1:]
     try:
-        hints = get_type_hints(func)
+        hints = get_type_hints(func, include_extras=True)
     except Exception as exc:
-        raise AppDefinitionError(f"{where}: cannot resolve type hints: {exc}") from None
+        raise AppDefinitionError(f"{location}{where}: cannot resolve type hints: {exc}") from None
     # Carry the resolved types, not their names: under `from __future__ import
     # annotations` the names would have to be looked up again on the runner,
     # where a by-value pickle keeps only the globals the code itself uses.
     _set_annotations(func, hints)
+    output_type = hints.get("return", Any)
+    if spec.batch_size is not None:
+        hints, output_type = _batched_types(f"{location}{where}", params, hints, output_type)
+    resolved = tuple(p.replace(annotation=hints.get(p.name, p.annotation)) for p in params)
+    is_gen = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
+    kind = "websocket" if spec.websocket else "stream" if is_gen else "call"
+    if kind == "websocket" and not inspect.iscoroutinefunction(func):
+        raise AppDefinitionError(
+            f"{location}{where}: a websocket endpoint is `async def {spec.name}(self, ws: "
+            "WebSocket)`"
+        )
     input_model: type[BaseModel] | None = None
     input_name: str | None = None
-    if params:
-        input_name = params[0].name
-        annotation = hints.get(input_name)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            raise AppDefinitionError(
-                f"{where}: argument {input_name!r} must be annotated with a pydantic model, "
-                f"got {annotation!r}"
-            )
-        input_model = annotation
+    models = [
+        p
+        for p in resolved
+        if isinstance(p.annotation, type) and issubclass(p.annotation, BaseModel)
+    ]
+    if len(models) == 1:
+        input_name, input_model = models[0].name, models[0].annotation
     return Endpoint(
         spec=spec,
         func=func,
         input_model=input_model,
         input_name=input_name,
-        output_type=hints.get("return", Any),
-        is_async=inspect.iscoroutinefunction(func),
+        output_type=output_type,
+        is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
+        kind=kind,
+        parameters=resolved,
+        where=location,
     )
+
+
+def source_location(func: Callable[..., Any]) -> str:
+    """`file:line: ` of a function's definition ("" when unknown), to prefix error messages."""
+    target = inspect.unwrap(getattr(func, "__func__", func))
+    code = getattr(target, "__code__", None)
+    if code is None:
+        return ""
+    return f"{code.co_filename}:{code.co_firstlineno}: "
+
+
+def _batched_types(
+    where: str, params: list[inspect.Parameter], hints: dict[str, Any], output: Any
+) -> tuple[dict[str, Any], Any]:
+    """One item's input and output types of a `list[In] -> list[Out]` batched handler."""
+    if len(params) != 1:
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint takes one argument, a list of pydantic models"
+        )
+    name = params[0].name
+    annotation = hints.get(name)
+    item = (
+        get_args(annotation)[0] if get_origin(annotation) is list and get_args(annotation) else None
+    )
+    if not (isinstance(item, type) and issubclass(item, BaseModel)):
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint's argument {name!r} must be annotated list[Model] "
+            f"with a pydantic model, got {annotation!r}"
+        )
+    if output is Any or output is inspect.Signature.empty:
+        return {**hints, name: item}, Any
+    if get_origin(output) is not list:
+        raise AppDefinitionError(
+            f"{where}: a batched endpoint returns a list (one result per input), got {output!r}"
+        )
+    args = get_args(output)
+    return {**hints, name: item}, (args[0] if args else Any)
 
 
 def _set_annotations(func: Callable[..., Any], hints: dict[str, Any]) -> None:

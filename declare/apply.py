@@ -43,6 +43,7 @@ from skyform.stackfile import Stack
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
+READY_POLL_S = 0.1  # how often apply asks the gateway whether min_runners are ready (a cheap GET)
 
 Report = Callable[[str], None]
 
@@ -62,6 +63,16 @@ class StackContext:
     def gateway_state_dir(self) -> Path:
         return self.runtime_dir / "gateway"
 
+    def gateway_ca_file(self) -> str | None:
+        """This machine's CA file for the stack's gateway (None: the system's CAs)."""
+        mode = self.stack.tls_mode
+        if mode == "auto":
+            from skyform.tls import tls_dir
+
+            return str(tls_dir(self.workdir, self.stack.name) / "ca.pem")
+        files = self.stack.tls_files()
+        return (files.ca or files.cert) if files is not None else None
+
     def gateway_credentials(self) -> dict[str, str]:
         """The keys the gateway starts with: on a pipe locally, never in its environment."""
         return {
@@ -69,7 +80,18 @@ class StackContext:
             "SKYFORM_RUNNER_TOKEN": self.keys["runner_token"],
             "SKYFORM_BUNDLE_KEY": self.keys["bundle_key"],
             "SKYFORM_API_KEY": self.keys["api_key"],
+            **self._webhook_env(),
         }
+
+    def _webhook_env(self) -> dict[str, str]:
+        """The webhook signing key and `gateway.webhook_hosts`, for the gateway process."""
+        env = {}
+        if self.keys.get("webhook_key"):
+            env["SKYFORM_WEBHOOK_KEY"] = self.keys["webhook_key"]
+        hosts = self.stack.model.gateway.webhook_hosts
+        if hosts is not None:
+            env["SKYFORM_WEBHOOK_HOSTS"] = ",".join(hosts)
+        return env
 
 
 def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
@@ -102,7 +124,7 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     from urllib.parse import urlsplit
 
     from skyform.providers.base import TLSMaterial
-    from skyform.tls import ensure_leaf, gateway_server_name
+    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
 
     stack = ctx.stack
     gw = stack.model.gateway
@@ -124,8 +146,6 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
         )
     if runner_tls_wanted(stack):
         leaf = ensure_leaf(ctx.workdir, stack.name, "runner", [])
-        from skyform.tls import runner_server_name
-
         out["runner_tls"] = TLSMaterial(
             leaf.cert, leaf.key, leaf.ca, runner_server_name(stack.name)
         )
@@ -165,7 +185,8 @@ def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) 
     update = address_update(ctx.stack, handle, before, now)
     if update is None:
         return
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=60.0) as client:
+    token = ctx.keys["admin_token"]
+    with GatewayClient.for_handle(handle, token, 60.0, ctx.gateway_ca_file()) as client:
         client.put_tls(
             now.decode(),
             gw_tls.key.read_text(),
@@ -405,7 +426,9 @@ class Applier:
         handle = self._handle()
         if handle is None:
             raise SkyformError("the gateway is not running; run apply without a saved plan")
-        return GatewayClient.for_handle(handle, self.ctx.keys["admin_token"], timeout=120.0)
+        return GatewayClient.for_handle(
+            handle, self.ctx.keys["admin_token"], 120.0, self.ctx.gateway_ca_file()
+        )
 
     def _stop_gateway(self, change: ResourceChange) -> None:
         self.report("gateway: stopping...")
@@ -424,9 +447,8 @@ class Applier:
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
         attrs = {k: spec.get(k) for k in GATEWAY_ATTRS if k != "limits" or k in spec}
-        known = tuple(
-            str(r["url"]) for r in (self.doc.resources.get(GATEWAY) or {},) if r.get("url")
-        )
+        prior = self.doc.resources.get(GATEWAY) or {}
+        known = (str(prior["url"]),) if prior.get("url") else ()  # e.g. a SkyPilot head IP
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
         stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
@@ -579,7 +601,7 @@ class Applier:
                             f"see `skyform logs {name}`"
                         )
                     return failed
-                time.sleep(0.25)
+                time.sleep(READY_POLL_S)
                 if self._interrupts is not None:
                     self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
                 live = client.list_apps()
@@ -651,17 +673,15 @@ class Applier:
         names = [a[len(APP_PREFIX) :] for a in self.doc.resources if a.startswith(APP_PREFIX)]
         if record.get("tls", "off") == "off":
             return stack_outputs(base, names)
-        return stack_outputs(base, names, ca_file=self._ca_file())
+        return stack_outputs(base, names, tls=True, ca_file=self._ca_file())
 
     def _ca_file(self) -> str | None:
         """The CA a client trusts the gateway through: the stack CA, or the user's `ca`."""
-        stack = self.ctx.stack
-        if stack.tls_mode == "auto":
-            from skyform.tls import tls_dir
-
-            return str((tls_dir(self.ctx.workdir, stack.name) / "ca.pem").resolve())
-        files = stack.tls_files()
-        return str(Path(files.ca).resolve()) if files and files.ca else None
+        files = self.ctx.stack.tls_files()
+        if files is not None and not files.ca:
+            return None  # a user's certificate alone: a public CA vouches for it
+        found = self.ctx.gateway_ca_file()
+        return str(Path(found).resolve()) if found else None
 
 
 QUEUE_FILES = ("gateway.sqlite3", "gateway.sqlite3-wal", "gateway.sqlite3-shm")

@@ -109,7 +109,10 @@ def bundle_loaded_app(
         "skyform_version": __version__,
         "requirements": list(options.requirements),
         "options": options_json,
-        "endpoints": [{"name": e.name, "path": e.path, "method": e.spec.method} for e in endpoints],
+        "endpoints": [
+            {"name": e.name, "path": e.path, "method": e.spec.method, "kind": e.kind}
+            for e in endpoints
+        ],
         "openapi": openapi_schema(cls),
         "by_value": modules,
         "by_reference": _by_reference(set(modules)),

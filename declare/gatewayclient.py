@@ -60,16 +60,29 @@ class GatewayClient:
 
     @classmethod
     def for_handle(
-        cls, handle: GatewayHandle, admin_token: str, timeout: float = 30.0
+        cls,
+        handle: GatewayHandle,
+        admin_token: str,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> GatewayClient:
-        """A client for the gateway a provider started, trusting what its handle records."""
-        ca_file = handle.info.get("ca_file")
+        """A client for the gateway a provider started, trusting what its handle records.
+
+        The recorded CA file is an absolute path of the machine that applied; on
+        another machine (a shared state, another CI runner) `ca_file`, this
+        machine's copy of the stack CA, is used instead.
+        """
+        from pathlib import Path
+
+        recorded = handle.info.get("ca_file")
+        if recorded and Path(str(recorded)).is_file():
+            ca_file = str(recorded)
         server_name = handle.info.get("tls_server_name")
         return cls(
             handle.url,
             admin_token,
             timeout,
-            ca_file=str(ca_file) if ca_file else None,
+            ca_file=ca_file,
             server_name=str(server_name) if server_name else None,
         )
 

@@ -20,6 +20,7 @@ ENV_NAMES: dict[str, str] = {
     "admin_token": "SKYFORM_ADMIN_TOKEN",  # the gateway's admin API
     "runner_token": "SKYFORM_RUNNER_TOKEN",  # gateway -> runner calls
     "api_key": "SKYFORM_API_KEY",  # callers of private apps
+    "webhook_key": "SKYFORM_WEBHOOK_KEY",  # signs the gateway's webhook POSTs
 }
 
 SKYFORM_DIR = ".skyform"

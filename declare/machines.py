@@ -42,6 +42,22 @@ MACHINE_TYPES: dict[str, MachineType] = {
 }
 
 
+# Accelerators that may stand in for another on one's own server: each is at
+# least as capable as the key (same or newer architecture, at least as much
+# memory, a superset of its features). Nothing else substitutes: an H100 app
+# never lands on an A100, and a B200 app never on an H100.
+CAPABLE_SUBSTITUTES: dict[str, tuple[str, ...]] = {
+    "H100": ("H200", "B200"),
+    "H200": ("B200",),
+    "B200": (),
+}
+
+
+def can_stand_in(offered: str, wanted: str) -> bool:
+    """Whether a GPU model `offered` may serve a machine type asking for `wanted`."""
+    return offered == wanted or offered in CAPABLE_SUBSTITUTES.get(wanted, ())
+
+
 def get_machine_type(name: str) -> MachineType:
     """Look a machine type up by name; unknown names suggest the nearest one."""
     try:

@@ -224,11 +224,11 @@ def app_urls(base: str, name: str) -> dict[str, str]:
 
 
 def stack_outputs(
-    base: str, apps: Iterable[str], ca_file: str | bool | None = False
+    base: str, apps: Iterable[str], tls: bool = False, ca_file: str | None = None
 ) -> dict[str, Any]:
     """DESIGN §4's output shape; with TLS also `ca_file` (None: the system's CAs vouch)."""
     out: dict[str, Any] = {"gateway_url": base}
-    if ca_file is not False:
+    if tls:
         out["ca_file"] = ca_file
     out["apps"] = {n: app_urls(base, n) for n in sorted(apps)}
     return out
@@ -249,10 +249,17 @@ def desired_gateway(stack: Stack, port: int | None = None) -> dict[str, Any]:
     limits = gw.limits.overrides()
     if limits:  # absent when unset, so that stacks without limits see no change
         want["limits"] = limits
+    if gw.webhook_hosts is not None:  # only when set: stacks without it see no change
+        want["webhook_hosts"] = list(gw.webhook_hosts)
     return want
 
 
-def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_token: str) -> Live:
+def refresh(
+    state_resources: dict[str, dict[str, Any]],
+    provider: Any,
+    admin_token: str,
+    ca_file: str | None = None,
+) -> Live:
     """Ask the provider whether the recorded gateway runs, and the gateway which apps it has."""
     from skyform.gatewayclient import GatewayClient, GatewayError
     from skyform.providers.base import GatewayHandle
@@ -273,7 +280,7 @@ def refresh(state_resources: dict[str, dict[str, Any]], provider: Any, admin_tok
             else "the gateway is not running: stopped outside skyform, or crashed"
         )
         return Live(False, gh.url, None, [{"address": GATEWAY, "reason": reason}])
-    with GatewayClient.for_handle(gh, admin_token) as client:
+    with GatewayClient.for_handle(gh, admin_token, ca_file=ca_file) as client:
         try:
             apps = client.list_apps()
         except GatewayError as exc:
@@ -517,7 +524,10 @@ def _check_local_gpus(
         and not c.is_noop
         and all(get_machine_type(m).needs_gpu for m in c.after["machine_type"])
     ]
-    if not gpu_apps or host_has_gpu():
+    if not gpu_apps:
+        return
+    if host_has_gpu():
+        _note_gpu_capacity(stack, changes, gpu_apps, notes)
         return
     allowed = mode == "run" or os.environ.get(ALLOW_CPU_FALLBACK, "") in {"1", "true", "yes"}
     name, types = gpu_apps[0]
@@ -529,6 +539,33 @@ def _check_local_gpus(
         )
     for name, types in gpu_apps:
         notes.append(f"app {name}: {types[0]} needs a GPU this host lacks; it runs on CPU here")
+
+
+def _note_gpu_capacity(
+    stack: Stack,
+    changes: dict[str, ResourceChange],
+    gpu_apps: list[tuple[str, list[str]]],
+    notes: list[str],
+) -> None:
+    """On a host with GPUs: how many runners of each GPU app it can hold, on which GPUs.
+
+    Each runner gets GPUs of its own (the local provider's placement), so
+    the host, not `max_runners`, may be what limits an app; and a GPU model
+    standing in for the one asked for is named.
+    """
+    from skyform.providers.gpus import capacity, inventory
+
+    gpus = inventory()
+    if not gpus:
+        return
+    for name, types in gpu_apps:
+        fits = capacity(types, gpus)
+        line = fits.describe(name)
+        after = changes[name].after or {}
+        wanted = int(after.get("max_runners", 1) or 1)
+        if 0 < fits.runners < wanted:
+            line += f"; max_runners is {wanted}, so at most {fits.runners} run at once here"
+        notes.append(line)
 
 
 def _python_version() -> str:

@@ -52,6 +52,20 @@ class StackFileError(SkyformError):
     """The stack file is missing, not YAML, or breaks the schema; names file:line:key."""
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(name: str) -> bool:
+    """True for a DNS name (letters, digits, '-', dots) or an IPv4/IPv6 address."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
 _BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 _SIZE_LIMITS = {
     "max_header_bytes",
@@ -161,6 +175,10 @@ class GatewayConfig(BaseModel):
         default_factory=list,
         description="IPs/CIDRs of TLS terminators whose X-Forwarded-Proto/-Host are honoured.",
     )
+    webhook_hosts: list[str] | None = Field(
+        default=None,
+        description="Hosts `?fal_webhook=` may call; unset: any host with public addresses only.",
+    )
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -200,37 +218,69 @@ class GatewayConfig(BaseModel):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
 
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _check_webhook_hosts(cls, value: list[str] | None) -> list[str] | None:
+        """Bare host names or IP addresses: a URL or a port here would never match a webhook."""
+        if value is None:
+            return None
+        out = []
+        for host in value:
+            name = host.strip().lower()
+            if not _is_host(name):
+                raise ValueError(
+                    f"{host!r} is not a host name or IP address (no scheme, port or path)"
+                )
+            out.append(name.strip("[]"))
+        return sorted(set(out))
+
+
+class _TLSKeyError(ValueError):
+    """A problem with one key of `gateway.tls: {cert, key, ca}` (`key` None: the mapping)."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(f"tls.{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
 
 def _check_tls_files(value: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """`{cert, key[, ca]}`: known keys, files that exist, and a key that fits the certificate."""
+    """`{cert, key[, ca]}`: known keys, files that exist, and a key that fits the certificate.
+
+    Runs twice: in `parse_stack`, where the failing key's own line is known,
+    and as the field's validator for stacks built in code.
+    """
+    import ssl
+
     from skyform.tls import TLSError, load_cert_chain
 
     for name in value:
         if name not in TLS_FILE_KEYS:
-            raise ValueError(
+            raise _TLSKeyError(
+                str(name),
                 f'unknown key "{name}"{did_you_mean(str(name), TLS_FILE_KEYS)}; '
-                f"valid keys: {', '.join(TLS_FILE_KEYS)}"
+                f"valid keys: {', '.join(TLS_FILE_KEYS)}",
             )
     for name in ("cert", "key"):
         if not isinstance(value.get(name), str) or not value[name]:
-            raise ValueError(f"tls.{name} (a PEM file path) is required with tls: {{cert, key}}")
+            raise _TLSKeyError(
+                None, f"{name} (a PEM file path) is required with tls: {{cert, key}}"
+            )
     if base_dir is None:
         return value
     paths = {k: Path(base_dir) / str(v) for k, v in value.items() if v is not None}
     for name, path in paths.items():
         if not path.is_file():
-            raise ValueError(f"tls.{name}: no such file {value[name]} (relative to the stack file)")
-    import ssl
-
+            raise _TLSKeyError(name, f"no such file {value[name]} (relative to the stack file)")
     try:
         load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), paths["cert"], paths["key"])
     except TLSError as exc:
-        raise ValueError(str(exc)) from None
+        raise _TLSKeyError("key", str(exc)) from None
     if "ca" in paths:
         try:
             ssl.create_default_context(cafile=str(paths["ca"]))
         except (OSError, ssl.SSLError):
-            raise ValueError(f"tls.ca: {value['ca']} is not a PEM certificate") from None
+            raise _TLSKeyError("ca", f"{value['ca']} is not a PEM certificate") from None
     return value
 
 
@@ -471,6 +521,7 @@ def parse_stack(
         raise StackFileError(
             f"{shown}:{node.start_mark.line + 1}: the stack file must be a mapping"
         )
+    _precheck_tls_files(data, path.parent, shown, lines)
     try:
         model = StackModel.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
@@ -479,6 +530,23 @@ def parse_stack(
         raise StackFileError(f"{shown}: {exc}") from None
     _check_plaintext_off_host(model, shown, lines)
     return Stack(model=model, path=path, lines=lines)
+
+
+def _precheck_tls_files(
+    data: dict[str, Any], base_dir: Path, shown: str, lines: dict[Path_, int]
+) -> None:
+    """`gateway.tls: {cert, key, ca}` checked where each key's line is known."""
+    gateway = data.get("gateway")
+    tls = gateway.get("tls") if isinstance(gateway, dict) else None
+    if not isinstance(tls, dict):
+        return
+    try:
+        _check_tls_files(tls, base_dir)
+    except _TLSKeyError as exc:
+        where: Path_ = ("gateway", "tls", exc.key) if exc.key else ("gateway", "tls")
+        raise StackFileError(
+            f"{shown}:{_line_of(lines, where)}: {_dotted(where)}: {exc.message}"
+        ) from None
 
 
 def _check_plaintext_off_host(model: StackModel, shown: str, lines: dict[Path_, int]) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from skyform.errors import SkyformError
+
 
 @dataclass(frozen=True)
 class TLSMaterial:
@@ -118,3 +120,11 @@ class Provider(Protocol):
     def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None: ...
 
     def price(self, machine_type: str) -> Price | None: ...
+
+
+class CapacityUnavailable(SkyformError):
+    """The provider has no room for this runner now (its GPUs are all in use).
+
+    Not a failed start: the caller keeps the work queued and tries again
+    later, and shows this message as why it waits.
+    """

@@ -73,6 +73,7 @@ from skyform.runtime.credentials import CREDENTIALS_FLAG, send_credentials
 
 if TYPE_CHECKING:
     from skyform.providers.environments import EnvUser
+    from skyform.providers.gpus import GpuLedger
 
 _PR_SET_PDEATHSIG = 1
 RUNNER_USER_ENV = "SKYFORM_RUNNER_USER"
@@ -194,6 +195,7 @@ class LocalProvider:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._handles: dict[str, RunnerHandle] = {}
         self._lock = threading.Lock()
+        self._gpus: GpuLedger | None = None  # the host's GPUs, read at the first runner
 
     # --- runners ----------------------------------------------------------
 
@@ -248,6 +250,8 @@ class LocalProvider:
             else:
                 # The runner's user cannot read `.skyform/`: the pair goes on the pipe.
                 tls_files = {"cert": tls.cert.read_text(), "key": tls.key.read_text()}
+        # Its own GPUs (CUDA_VISIBLE_DEVICES), or CapacityUnavailable: it waits.
+        env.update(self.gpu_ledger().claim(runner_id, spec.machine_types, self._runner_running))
 
         def spawn() -> subprocess.Popen[bytes]:
             # The bundle goes as an open fd: the runner's user may not open its path.
@@ -282,7 +286,11 @@ class LocalProvider:
             send_credentials(proc, credentials)
             return proc
 
-        proc = _get_spawner().run(spawn)
+        try:
+            proc = _get_spawner().run(spawn)
+        except BaseException:
+            self.gpu_ledger().release(runner_id)
+            raise
         handle = RunnerHandle(
             runner_id=runner_id,
             app=spec.app,
@@ -317,6 +325,19 @@ class LocalProvider:
         os.chown(home, user.uid, user.gid)
         return home
 
+    def gpu_ledger(self) -> GpuLedger:
+        """Which of the host's GPUs each runner holds (the inventory is read once)."""
+        with self._lock:
+            if self._gpus is None:
+                from skyform.providers.gpus import GpuLedger
+
+                self._gpus = GpuLedger()
+            return self._gpus
+
+    def _runner_running(self, runner_id: str) -> bool:
+        proc = self._procs.get(runner_id)
+        return proc is None or proc.poll() is None  # None: being started right now
+
     def prepare_runner(self, spec: RunnerSpec) -> None:
         """Build (or find cached) the environment runners of `spec` will run in."""
         runner_python(spec)
@@ -348,6 +369,8 @@ class LocalProvider:
         shutil.rmtree(self.homes_root() / handle.runner_id, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.homes_root().rmdir()  # the last one out (fails while others live there)
+        if self._gpus is not None:
+            self._gpus.release(handle.runner_id)
 
     def list_runners(self, stack: str) -> list[RunnerHandle]:
         if stack != self.stack:

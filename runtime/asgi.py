@@ -37,3 +37,13 @@ async def send_response(
 def dump(value: Any) -> bytes:
     """`value` as a JSON body."""
     return json.dumps(value).encode()
+
+
+def websocket_protocol() -> str:
+    """uvicorn's websocket implementation to use: the sans-I/O one where this uvicorn has it.
+
+    (It needs no deprecated `websockets` API; uvicorn before 0.35 only has the older one.)
+    """
+    from uvicorn.config import WS_PROTOCOLS
+
+    return "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"

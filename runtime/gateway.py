@@ -16,11 +16,13 @@ The provider comes from `<state-dir>/provider.json` (absent: local).
 Routes (DESIGN §7):
     POST /{app}/{path}                         synchronous call
     POST /queue/{app}/{path}                   202 {request_id, status_url, response_url, cancel_url}
-    GET  /queue/{app}/requests/{id}/status     IN_QUEUE (queue_position) / IN_PROGRESS / COMPLETED
+    GET  /queue/{app}/requests/{id}/status     202 IN_QUEUE (queue_position) / IN_PROGRESS, 200 COMPLETED
+    GET  /queue/{app}/requests/{id}/status/stream   the same, as server-sent events
     GET  /queue/{app}/requests/{id}            the result once COMPLETED
     PUT  /queue/{app}/requests/{id}/cancel     cancel while queued
     GET  /{app}/playground                     a page to try each endpoint
     /-/...                                     admin API (bearer SKYFORM_ADMIN_TOKEN)
+    /{stack}/{app}/..., /queue/{stack}/{app}/...   fal-style owner/alias ids (fal_compat)
     PUT  /-/tls                                a renewed certificate, and the public URL
 
 A plain ASGI callable rather than a framework: the proxy path is the hot path
@@ -33,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -42,28 +45,32 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.names import app_name_problem
 from skyform.providers.base import TLSMaterial
+from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
 from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
+    TIMEOUT_MARGIN_S,
     AppState,
     LiveRequest,
     RequestNotCancellable,
     Scheduler,
 )
 from skyform.runtime.gateway_urls import PublicURL, default_public_url
+from skyform.runtime.gateway_validation import BodyRefused, BodyRules, check_body
 from skyform.runtime.limits import BodyBudget, GatewayLimits
 from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.sealing import Sealer
+from skyform.runtime.webhooks import WebhookPolicy, WebhookRefused, WebhookSender
 from skyform.suggest import did_you_mean
 
 log = logging.getLogger("skyform.gateway")
@@ -76,6 +83,7 @@ IDEMPOTENCY_HEADER = b"x-skyform-idempotency-key"
 MAX_IDEMPOTENCY_KEY = 256
 RETRY_AFTER_S = 1  # what a caller refused for lack of room is told to wait
 PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
+STREAM_POLL_S = 0.25  # how often a status stream looks for a changed queue position
 
 
 class HTTPError(Exception):
@@ -107,6 +115,8 @@ class Gateway:
         admin_token: str,
         api_key: str,
         bundle_key: str,
+        webhook_key: bytes = b"",
+        webhook_hosts: frozenset[str] | None = None,
         limits: GatewayLimits | None = None,
         public_url: str = "",
         trusted_proxies: tuple[str, ...] = (),
@@ -139,13 +149,28 @@ class Gateway:
             limits=self.limits,
             runner_tls=runner_tls,
         )
+        self.webhook_policy = WebhookPolicy(webhook_hosts)
+        self.webhooks = WebhookSender(self.store, webhook_key, self.webhook_policy)
+        self.scheduler.on_webhook = self.webhooks.wake
         self.accepting = True
+        self._body_rules: dict[str, tuple[dict[str, Any], BodyRules]] = {}
 
     # --- ASGI ---------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            from skyform.runtime.ws_proxy import proxy_websocket, refuse
+
+            try:
+                app, path = self._websocket_target(scope)
+            except HTTPError as exc:
+                body = {"detail": exc.detail, "error_type": exc.error_type or "refused"}
+                await refuse(send, exc.status, dump(body))
+                return
+            await proxy_websocket(self, app, path, scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -171,6 +196,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.scheduler.start()
+                    self.webhooks.start()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -178,6 +204,7 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 self.accepting = False
                 await self.scheduler.close()
+                await self.webhooks.close()
                 self.store.close()
                 log.info("gateway stopped; unfinished requests stay queued for the next start")
                 await send({"type": "lifespan.shutdown.complete"})
@@ -194,7 +221,7 @@ class Gateway:
         if path.startswith("/queue/"):
             await self._queue(scope, receive, send, path[7:], method)
             return
-        name, _, rest = path[1:].partition("/")
+        name, rest, _prefix = fal_compat.split_app(path[1:], self.stack, self.scheduler.apps)
         app = self._app(name)
         rest = "/" + rest.strip("/")
         if rest == "/playground" and method == "GET" and app.endpoint_method(rest) is None:
@@ -209,11 +236,34 @@ class Gateway:
 
     # --- public routes ------------------------------------------------------
 
+    def _websocket_target(self, scope: Scope) -> tuple[AppState, str]:
+        """The app and `websocket=True` endpoint of `/{app}/{path}` or `/{stack}/{app}/{path}`."""
+        if not self.accepting:
+            raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
+        parts = scope["path"].strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == self.stack and parts[1] in self.scheduler.apps:
+            parts = parts[1:]
+        app = self._app(parts[0])
+        rest = "/" + "/".join(parts[1:])
+        ep = app.endpoint_of(rest)
+        if ep is None or ep.get("kind") != "websocket":
+            sockets = [
+                e["path"] for e in app.meta.get("endpoints", []) if e.get("kind") == "websocket"
+            ]
+            raise HTTPError(
+                404,
+                f"app {app.name!r} has no websocket endpoint {rest}; websocket endpoints: "
+                + (", ".join(sockets) or "none"),
+                "endpoint_not_found",
+            )
+        self._check_caller(scope, app)
+        return app, rest
+
     async def _sync_call(
         self, scope: Scope, receive: Receive, send: Send, app: AppState, path: str, method: str
     ) -> None:
         ep_method = self._endpoint(app, path, method)
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(scope, receive, app)
         # The body stays in memory until the call is answered: charged until then.
         try:
             req = self._submit(scope, app, path, ep_method, body, persist=False)
@@ -222,9 +272,13 @@ class Gateway:
                 async with asyncio.timeout(bound):
                     await req.done.wait()
             except TimeoutError:
+                req.waiting = False
                 self.scheduler.forget(req)
         finally:
             self.body_budget.release(len(body))
+        if req.stream is not None and req.released is not None:
+            await self._forward(send, receive, app, req)
+            return
         if req.status != "COMPLETED":
             raise HTTPError(
                 504,
@@ -234,44 +288,69 @@ class Gateway:
             )
         await self._send_result(send, req)
 
+    async def _forward(self, send: Send, receive: Receive, app: AppState, req: LiveRequest) -> None:
+        """Forward a streamed answer as it arrives (see `gateway_stream`); then free the slot."""
+        from skyform.runtime.gateway_client import StreamBroken
+        from skyform.runtime.gateway_stream import forward_stream
+
+        assert req.stream is not None and req.released is not None
+        idle = app.limits.request_timeout + TIMEOUT_MARGIN_S
+        try:
+            req.outcome = await forward_stream(
+                send, receive, req.stream, [(_REQUEST_ID, req.id.encode())], req.id, idle
+            )
+        except (StreamBroken, TimeoutError) as exc:
+            # Not an event stream: the body ends short, which the caller sees as an error.
+            log.warning("request %s: the runner's stream broke off: %s", req.id, exc)
+            req.outcome = "broken"
+        except BaseException:
+            req.outcome = "broken"
+            raise
+        finally:
+            req.released.set()
+
     async def _queue(
         self, scope: Scope, receive: Receive, send: Send, rest: str, method: str
     ) -> None:
-        name, _, tail = rest.partition("/")
+        name, tail, prefix = fal_compat.split_app(rest, self.stack, self.scheduler.apps)
         app = self._app(name)
         self._check_caller(scope, app)
         parts = tail.strip("/").split("/")
-        if len(parts) >= 2 and parts[0] == "requests" and len(parts) <= 3:
+        if len(parts) >= 2 and parts[0] == "requests" and len(parts) <= 4:
             request_id = parts[1]
-            action = parts[2] if len(parts) == 3 else ""
+            action = "/".join(parts[2:])
             if action == "" and method == "GET":
-                await self._result(send, scope, app, request_id)
+                await self._result(send, scope, app, request_id, prefix)
                 return
             if action == "status" and method == "GET":
-                await send_response(
-                    send, 200, dump(self._status(scope, self._request(app, request_id)))
-                )
+                shown = await self._status_of(scope, self._request(app, request_id), prefix)
+                status = 200 if shown["status"] == "COMPLETED" else 202  # as of the body
+                await send_response(send, status, dump(shown))
+                return
+            if action == "status/stream" and method == "GET":
+                await self._status_stream(scope, receive, send, app, request_id, prefix)
                 return
             if action == "cancel" and method in ("PUT", "POST"):
                 await self._cancel(send, app, request_id)
                 return
         path = "/" + tail.strip("/")
         ep_method = self._endpoint(app, path, method, queue=True)
+        webhook = await self._webhook(scope)
         key = _idempotency_key(scope)
         first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
         if first is None:
             self._check_queue_room(app, _content_length(scope) or 0)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, app)
             try:
                 # Looked up again: a twin submitted while this body streamed in wins.
                 first = self.scheduler.find_by_idempotency_key(app.name, key) if key else None
                 if first is None:
                     self._check_queue_room(app, len(body))
-                    first = self._submit(scope, app, path, ep_method, body, True, key)
+                    first = self._submit(scope, app, path, ep_method, body, True, key, webhook)
             finally:
                 # Stored now, and bounded by the app's queued bytes from here on.
                 self.body_budget.release(len(body))
-        await send_response(send, 202, dump(self._urls(scope, app.name, first.id)))
+        await send_response(send, 202, dump(self._urls(scope, prefix, first.id)))
 
     def _check_queue_room(self, app: AppState, size: int) -> None:
         """429 when `size` more body bytes would pass the app's queued-bytes bound."""
@@ -294,20 +373,67 @@ class Gateway:
         body: bytes,
         persist: bool,
         idem_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> LiveRequest:
-        """Hand the request to the scheduler (durable when `persist`)."""
+        """Check the body, hand the request to the scheduler (durable when `persist`).
+
+        Content type and (for the queue) the JSON schema are checked here, so a
+        body that cannot succeed is refused at once (`gateway_validation`).
+        """
+        content_type = _header(scope, b"content-type")
+        ep = app.endpoint_of(path)
+        rule = self._rules_of(app).rule(ep["path"], method) if ep is not None else None
+        try:
+            content_type = check_body(rule, content_type, body, validate=persist) or content_type
+        except BodyRefused as exc:
+            raise HTTPError(
+                exc.status, str(exc.detail), exc.error_type, extra={"detail": exc.detail}
+            ) from None
+        try:
+            start_timeout = fal_compat.request_timeout(
+                _header(scope, fal_compat.REQUEST_TIMEOUT_HEADER)
+            )
+            hint = fal_compat.runner_hint(_header(scope, fal_compat.RUNNER_HINT_HEADER))
+        except fal_compat.FalHeaderError as exc:
+            raise HTTPError(400, str(exc), "invalid_header") from None
         return self.scheduler.submit(
             app,
             _with_query(path, scope),
             method,
             body,
-            _header(scope, b"content-type") or "application/json",
+            content_type or "application/json",
             no_retry=_header(scope, NO_RETRY_HEADER) == "1",
             persist=persist,
             idem_key=idem_key,
+            hint=hint,
+            start_timeout=start_timeout,
+            webhook_url=webhook_url,
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _webhook(self, scope: Scope) -> str | None:
+        """The submit's `?fal_webhook=` URL, checked (400 when the gateway will not call it)."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        urls = query.get("fal_webhook")
+        if not urls:
+            return None
+        try:
+            await self.webhook_policy.check(urls[-1])
+        except WebhookRefused as exc:
+            raise HTTPError(400, str(exc), "webhook_refused") from None
+        return urls[-1]
+
+    def _rules_of(self, app: AppState) -> BodyRules:
+        """The body rules of `app`'s current bundle (built once per revision)."""
+        cached = self._body_rules.get(app.name)
+        if cached is None or cached[0] is not app.meta:
+            limit = float(app.options.get("max_body_mb") or 64)
+            cached = (app.meta, BodyRules(app.meta.get("openapi", {}), limit))
+            self._body_rules[app.name] = cached
+        return cached[1]
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, app: AppState | None = None
+    ) -> bytes:
         """The request body, read while charging the gateway-wide in-flight body budget.
 
         The declared length is checked (413) and charged (503 + Retry-After when
@@ -317,9 +443,17 @@ class Gateway:
         charge is released before raising.
         """
         limit = self.limits.max_body_bytes
+        too_large = _too_large(limit)
+        if app is not None and (rules := self._rules_of(app)).max_bytes < limit:
+            # The app's own max_body_mb is the tighter bound: the 413 names it.
+            refused = rules.too_large()
+            limit = rules.max_bytes
+            too_large = HTTPError(
+                413, str(refused.detail), refused.error_type, headers=[(b"connection", b"close")]
+            )
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            raise _too_large(limit)
+            raise too_large
         charged = 0
         try:
             if declared:
@@ -337,7 +471,7 @@ class Gateway:
                 chunk = message.get("body", b"")
                 end = size + len(chunk)
                 if end > limit:
-                    raise _too_large(limit)
+                    raise too_large
                 if end > charged:
                     if not self.body_budget.try_charge(end - charged):
                         raise _budget_spent(self.body_budget)
@@ -358,12 +492,64 @@ class Gateway:
             self.body_budget.release(charged - size)
         return bytes(buf) if size < 65536 else buf  # type: ignore[return-value]
 
-    async def _result(self, send: Send, scope: Scope, app: AppState, request_id: str) -> None:
+    async def _result(
+        self, send: Send, scope: Scope, app: AppState, request_id: str, prefix: str
+    ) -> None:
         req = self._request(app, request_id)
         if req.status != "COMPLETED":
-            await send_response(send, 202, dump(self._status(scope, req)))
+            # No logs asked for here, so this does not wait: the status is as of now.
+            await send_response(send, 202, dump(self._status(scope, req, prefix)))
             return
         await self._send_result(send, req)
+
+    async def _status_stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        app: AppState,
+        request_id: str,
+        prefix: str,
+    ) -> None:
+        """Each change of the status object as one server-sent event, until COMPLETED."""
+        req = self._request(app, request_id)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (_REQUEST_ID, req.id.encode()),
+                ],
+            }
+        )
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        last = b""
+        try:
+            while not gone.is_set():
+                req = self.scheduler.find(request_id) or req
+                body = dump(await self._status_of(scope, req, prefix))
+                if body != last:
+                    last = body
+                    event = fal_compat.sse_event(body)
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                if req.status == "COMPLETED":
+                    break
+                done = req.done if isinstance(req, LiveRequest) else gone
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STREAM_POLL_S):
+                        await done.wait()
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
 
     async def _cancel(self, send: Send, app: AppState, request_id: str) -> None:
         self._request(app, request_id)
@@ -382,31 +568,51 @@ class Gateway:
 
     async def _send_result(self, send: Send, req: StoredRequest) -> None:
         headers = [(_REQUEST_ID, req.id.encode())]
+        if req.error_type:
+            headers.append((fal_compat.ERROR_TYPE_HEADER, req.error_type.encode()))
+            if req.error_type == "request_timeout" and req.started is None:
+                headers.append(fal_compat.TIMEOUT_TYPE_HEADER)
         content_type = (req.result_type or "application/json").encode()
         await send_response(
             send, req.result_status or 200, req.result_body or b"", content_type, headers
         )
 
-    def _status(self, scope: Scope, req: StoredRequest) -> dict[str, Any]:
+    async def _status_of(self, scope: Scope, req: StoredRequest, prefix: str) -> dict[str, Any]:
+        """`_status`, with a running request's log lines so far when `?logs=1` asks for them."""
+        logs = None
+        if req.status == "IN_PROGRESS" and isinstance(req, LiveRequest):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if fal_compat.wants_logs(query):
+                logs = await req.live_logs()
+        return self._status(scope, req, prefix, logs)
+
+    def _status(
+        self,
+        scope: Scope,
+        req: StoredRequest,
+        prefix: str,
+        logs: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """fal's status object; `logs` always there, filled with `?logs=1` (or `true`)."""
         out: dict[str, Any] = {"status": req.status, "request_id": req.id}
         if req.status == "IN_QUEUE":
             position = self.scheduler.queue_position(req)
             out["queue_position"] = position if position is not None else 0
-        out.update(self._urls(scope, req.app, req.id))
+        out.update(self._urls(scope, prefix, req.id))
         out["attempts"] = req.attempts
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        wanted = fal_compat.wants_logs(query)
+        out["logs"] = (logs if logs is not None else list(req.logs or [])) if wanted else []
         if req.status == "COMPLETED":
             out["response_status"] = req.result_status
             if req.error_type:
                 out["error"] = req.error
                 out["error_type"] = req.error_type
-            if req.started is not None and req.completed is not None:
-                out["metrics"] = {
-                    "queue_seconds": round(req.started - req.created, 6),
-                    "run_seconds": round(req.completed - req.started, 6),
-                }
+            out["metrics"] = fal_compat.metrics(req.created, req.started, req.completed)
         return out
 
     def _urls(self, scope: Scope, app: str, request_id: str) -> dict[str, str]:
+        """The request's URLs, under the app id form (`app` or `stack/app`) the caller used."""
         base = f"{self._base_url(scope)}/queue/{app}/requests/{request_id}"
         return {
             "request_id": request_id,
@@ -639,6 +845,10 @@ class Gateway:
                 f"app {app.name!r} has no endpoint {path}; endpoints: {paths}",
                 "endpoint_not_found",
             )
+        if ep_method == "WEBSOCKET":
+            raise HTTPError(
+                405, f"{path} of {app.name!r} is a websocket endpoint: open a websocket to it"
+            )
         if not queue and method != ep_method:
             raise HTTPError(405, f"{path} of {app.name!r} takes {ep_method}, not {method}")
         if queue and method not in ("POST", ep_method):
@@ -752,6 +962,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def _with_query(path: str, scope: Scope) -> str:
     query = scope.get("query_string", b"")
+    if b"fal_webhook" in query:  # the gateway's, not the endpoint's
+        pairs = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+        pairs.pop("fal_webhook", None)
+        query = urlencode(pairs, doseq=True).encode("latin-1")
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
@@ -802,6 +1016,9 @@ def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     for path in given:
         if not path.is_file():
             raise SkyformError(f"no such file: {path}")
+    from skyform.tls import server_context
+
+    server_context(args.runner_cert, args.runner_key)  # runners would refuse to start with it
     return TLSMaterial(
         args.runner_cert.resolve(),
         args.runner_key.resolve(),
@@ -854,6 +1071,8 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         log.warning("SKYFORM_BUNDLE_KEY is not set: no bundle can be registered")
     if not environ.get("SKYFORM_API_KEY"):
         log.warning("SKYFORM_API_KEY is not set: private apps refuse every caller")
+    from skyform.runtime.webhooks import ENV_HOSTS, parse_hosts, webhook_key
+
     limits = GatewayLimits.from_environ(environ)
     return Gateway(
         state_dir=state_dir,
@@ -870,6 +1089,8 @@ def build_gateway(args: argparse.Namespace, environ: dict[str, str]) -> Gateway:
         runner_tls=runner_tls,
         tls_files=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None,
         public_url_configured=bool(args.public_url),
+        webhook_key=webhook_key(environ, state_dir),
+        webhook_hosts=parse_hosts(environ.get(ENV_HOSTS)),
     )
 
 

@@ -1,13 +1,24 @@
-"""A small HTTP/1.1 client with keep-alive, for gateway -> runner calls.
+"""An HTTP/1.1 client with keep-alive for gateway -> runner calls.
 
 The gateway forwards every request to a runner on 127.0.0.1 (or a private
-address); a general-purpose client adds more per-call overhead than the whole
-proxy budget allows, so this one does only what that hop needs: one request
-per connection at a time, `Content-Length` or chunked bodies, a pool of idle
-connections per runner.
+address). This client does only what that hop needs: one request per
+connection at a time, a pool of idle connections per runner, and responses
+that can be read whole (`request`) or chunk by chunk as the runner produces
+them (`open`, then `RunnerResponse.chunks`): a streaming endpoint's events
+reach the caller as they are yielded, and a caller that reads slowly slows
+the runner down (the next chunk is read only when the last one was sent on).
 
-It tells apart "the runner could not be reached / dropped the connection"
-(`RunnerConnectionError`: retried elsewhere) from a timeout (`TimeoutError`).
+Two parsers, each where it is best: the response head and `Content-Length`
+bodies (every non-streaming answer: the hot path) by a few lines here, which
+cost a third of what a general parser does per request; chunked and
+close-delimited bodies (streams) by h11, fed the head already read and then
+the socket's bytes as they come. Every connection opens through
+`open_connection`, the one place a TLS context would be passed.
+
+It tells apart "the runner could not be reached / dropped the connection
+before answering" (`RunnerConnectionError`: retried elsewhere) from a
+timeout (`TimeoutError`) and from a stream cut after its head arrived
+(`StreamBroken`: too late to retry).
 """
 
 from __future__ import annotations
@@ -16,12 +27,16 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable
+
+import h11
 
 # Idle connections older than this are not reused: the runner's server closes
 # idle keep-alive connections after a few seconds, and reusing one it is
 # closing would look like the runner dying mid-request.
 _MAX_IDLE_S = 2.0
 _MAX_POOL = 32
+_READ_SIZE = 65536
 
 
 class RunnerConnectionError(ConnectionError):
@@ -32,7 +47,34 @@ class RunnerTLSError(RunnerConnectionError):
     """The runner's certificate is not one the gateway trusts (not signed by the stack CA)."""
 
 
+class StreamBroken(ConnectionError):
+    """The runner's response stopped before its end (after its head had arrived)."""
+
+
 Response = tuple[int, dict[str, str], bytes]
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open one connection to a runner: TLS when `ssl_context` is given, the runner's
+    certificate verified by it against `server_hostname` (default: `host`)."""
+    try:
+        return await asyncio.open_connection(
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context is not None else None,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise RunnerTLSError(
+            f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}"
+        ) from None
+    except OSError as exc:
+        raise RunnerConnectionError(_describe(exc)) from None
 
 
 class _Conn:
@@ -46,6 +88,116 @@ class _Conn:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+class RunnerResponse:
+    """A response whose head has arrived; read its body whole or chunk by chunk.
+
+    Exactly one of `read()` or `chunks()` is used, then the response is
+    finished: the connection goes back to the pool if the body arrived whole
+    and the runner keeps it open, else it is closed (which is how a caller
+    that went away reaches the runner).
+    """
+
+    def __init__(
+        self,
+        client: RunnerClient,
+        conn: _Conn,
+        status: int,
+        headers: dict[str, str],
+        head: bytes,
+        keep: bool,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._client = client
+        self._conn: _Conn | None = conn
+        self._head = head
+        self._keep = keep
+
+    @property
+    def streaming(self) -> bool:
+        """True when the runner did not say the body's length up front (a stream)."""
+        return "content-length" not in self.headers and self.status not in (204, 304)
+
+    async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Each piece of the body as it arrives; `idle_timeout` bounds each wait."""
+        conn = self._conn
+        if conn is None:
+            return
+        ok = False
+        try:
+            if self.status in (204, 304):
+                ok = True
+            elif "content-length" in self.headers:
+                left = int(self.headers["content-length"])
+                while left > 0:
+                    data = await _wait(conn.reader.read(min(left, _READ_SIZE)), idle_timeout)
+                    if not data:
+                        raise StreamBroken("runner closed the connection mid-response")
+                    left -= len(data)
+                    yield data
+                ok = True
+            else:
+                async for data in self._framed(conn, idle_timeout):
+                    yield data
+                ok = True
+        except (OSError, h11.ProtocolError, ValueError) as exc:
+            raise StreamBroken(_describe(exc)) from None
+        finally:
+            self._finish(ok)
+
+    async def _framed(self, conn: _Conn, idle_timeout: float | None) -> AsyncIterator[bytes]:
+        """A chunked or close-delimited body, parsed by h11."""
+        parser = h11.Connection(h11.CLIENT)
+        # h11 follows the exchange from the request on; the real one was already sent.
+        parser.send(h11.Request(method="GET", target="/", headers=[("host", "runner")]))
+        parser.send(h11.EndOfMessage())
+        parser.receive_data(self._head)
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                parser.receive_data(await _wait(conn.reader.read(_READ_SIZE), idle_timeout))
+            elif isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._keep = self._keep and parser.their_state is h11.DONE
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                    raise StreamBroken("runner closed the connection mid-response")
+                self._keep = False
+                return  # the body ends with the connection (no length, not chunked)
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The whole body (within `timeout` in all)."""
+        conn = self._conn
+        if conn is not None and "content-length" in self.headers and self.status not in (204, 304):
+            # The hot path: one read of a known length.
+            ok = False
+            try:
+                async with asyncio.timeout(timeout):
+                    body = await conn.reader.readexactly(int(self.headers["content-length"]))
+                ok = True
+                return body
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                raise StreamBroken(_describe(exc)) from None
+            finally:
+                self._finish(ok)
+        parts = []
+        async with asyncio.timeout(timeout):
+            async for chunk in self.chunks():
+                parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Abandon the response: its connection is closed, so the runner sees the caller leave."""
+        self._finish(False)
+
+    def _finish(self, complete: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._release(conn, complete and self._keep)
 
 
 class RunnerClient:
@@ -65,8 +217,8 @@ class RunnerClient:
     ) -> None:
         self.host = host
         self.port = port
-        self._ssl = ssl
-        self._server_hostname = server_hostname if ssl is not None else None
+        self.ssl_context = ssl
+        self.server_hostname = server_hostname if ssl is not None else None
         self._idle: list[_Conn] = []
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._fixed = f"host: {host}:{port}\r\n{extra}".encode("latin-1")
@@ -80,15 +232,37 @@ class RunnerClient:
         timeout: float = 60.0,
     ) -> Response:
         """Send one request and return (status, lower-cased headers, body)."""
+        async with asyncio.timeout(timeout):
+            response = await self.open(method, path, body, headers)
+            try:
+                data = await response.read()
+            except StreamBroken as exc:
+                raise RunnerConnectionError(str(exc)) from None
+            finally:
+                response.close()
+        return response.status, response.headers, data
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunnerResponse:
+        """Send one request; return once the response's head has arrived (within `timeout`)."""
         head = self._head(method, path, body, headers)
         conn, reused = self._take()
         async with asyncio.timeout(timeout):
             while True:
                 if conn is None:
-                    conn = await self._connect()
+                    conn = _Conn(
+                        *await open_connection(
+                            self.host, self.port, self.ssl_context, self.server_hostname
+                        )
+                    )
                 try:
-                    result, keep = await _exchange(conn, head, body)
-                    break
+                    return await self._exchange(conn, head, body)
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                     conn.close()
                     if not reused:
@@ -99,12 +273,6 @@ class RunnerClient:
                 except BaseException:
                     conn.close()
                     raise
-        if keep and len(self._idle) < _MAX_POOL:
-            conn.used = time.monotonic()
-            self._idle.append(conn)
-        else:
-            conn.close()
-        return result
 
     def close(self) -> None:
         for conn in self._idle:
@@ -120,18 +288,12 @@ class RunnerClient:
             conn.close()
         return None, False
 
-    async def _connect(self) -> _Conn:
-        try:
-            reader, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise RunnerTLSError(
-                f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}"
-            ) from None
-        except OSError as exc:
-            raise RunnerConnectionError(_describe(exc)) from None
-        return _Conn(reader, writer)
+    def _release(self, conn: _Conn, reusable: bool) -> None:
+        if reusable and len(self._idle) < _MAX_POOL:
+            conn.used = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     def _head(self, method: str, path: str, body: bytes, headers: dict[str, str] | None) -> bytes:
         lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._fixed]
@@ -140,56 +302,42 @@ class RunnerClient:
         lines.append(b"content-length: %d\r\n\r\n" % len(body))
         return b"".join(lines)
 
-
-async def _exchange(conn: _Conn, head: bytes, body: bytes) -> tuple[Response, bool]:
-    conn.writer.write(head + body if len(body) < 65536 else head)
-    if len(body) >= 65536:
-        conn.writer.write(body)
-    await conn.writer.drain()
-    return await _read_response(conn.reader)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    version, status = parts[0], int(parts[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    if status in (204, 304) or 100 <= status < 200:
-        return (status, headers, b""), keep
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await _read_chunked(reader)
-    else:
-        body = await reader.read()
-        keep = False
-    return (status, headers, body), keep
+    async def _exchange(self, conn: _Conn, head: bytes, body: bytes) -> RunnerResponse:
+        """Write the request, read the response's head (1xx interim responses skipped)."""
+        conn.writer.write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            conn.writer.write(body)
+        await conn.writer.drain()
+        while True:
+            raw = await conn.reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            version, status = parts[0], int(parts[1])
+            if 100 <= status < 200:
+                continue
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+            return RunnerResponse(self, conn, status, headers, raw, keep)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            # trailers, until an empty line
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+async def _wait(read: Awaitable[bytes], timeout: float | None) -> bytes:
+    if timeout is None:
+        return await read
+    async with asyncio.timeout(timeout):
+        return await read
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.IncompleteReadError):
+    if isinstance(exc, asyncio.IncompleteReadError) or (
+        isinstance(exc, ConnectionResetError) and not str(exc)
+    ):
         return "runner closed the connection before answering"
     if isinstance(exc, ConnectionRefusedError):
         return "runner refused the connection"
+    if isinstance(exc, h11.RemoteProtocolError):
+        return f"runner broke the HTTP protocol: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import re
 import secrets
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +49,27 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
 from skyform.logformat import LINE_RE
-from skyform.providers.base import Provider, RunnerHandle, RunnerSpec, TLSMaterial
-from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerTLSError
+from skyform.providers.base import (
+    CapacityUnavailable,
+    Provider,
+    RunnerHandle,
+    RunnerSpec,
+    TLSMaterial,
+)
+from skyform.runtime.gateway_client import (
+    RunnerClient,
+    RunnerConnectionError,
+    RunnerResponse,
+    RunnerTLSError,
+)
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
+from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
+from skyform.runtime.webhooks import payload as webhook_payload
 
 log = logging.getLogger("skyform.gateway")
 
@@ -62,6 +78,8 @@ START_FAILURE_LIMIT = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTH_POLL_S = 0.05
+HEALTH_WAIT_S = 1.0
+CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
 RETIRED_KEPT = 20
@@ -69,6 +87,8 @@ PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
 COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
+MAX_HINTS = 256  # runner hints remembered per runner
+LIVE_LOGS_TIMEOUT_S = 2.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
 ERROR_STATUS = {
@@ -77,6 +97,7 @@ ERROR_STATUS = {
     "startup_failed": 503,
     "environment_build_failed": 503,
     "timeout": 504,
+    "request_timeout": 504,  # did not start within X-Fal-Request-Timeout
     "cancelled": 409,
     "app_removed": 410,
     "poisoned": 500,
@@ -96,6 +117,33 @@ class LiveRequest(StoredRequest):
     persist: bool = True  # queue requests are stored; synchronous ones live in memory
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_answer: str = ""
+    runner: Runner | None = None  # serving the current attempt
+    # "http", or "websocket": the caller is lent a runner slot while its socket is open.
+    kind: str = "http"
+    # A synchronous caller still waiting; False once it gave up (nobody to stream to).
+    waiting: bool = True
+    # Handed over to the synchronous caller: a streamed response (`stream`) or,
+    # for a websocket, the runner (`lent`). The caller sets `released` when done,
+    # with `outcome` saying how it ended; only then is the runner's slot free again.
+    stream: RunnerResponse | None = None
+    lent: Runner | None = None
+    released: asyncio.Event | None = None
+    outcome: str = ""
+
+    async def live_logs(self) -> list[dict[str, str]]:
+        """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
+        earlier = list(self.logs or [])
+        runner = self.runner
+        if self.status != "IN_PROGRESS" or runner is None or runner.client is None:
+            return earlier
+        try:
+            status, _h, body = await runner.client.request(
+                "GET", f"{LIVE_LOGS_PREFIX}{self.id}/logs", timeout=LIVE_LOGS_TIMEOUT_S
+            )
+            lines = json.loads(body).get("logs", []) if status == 200 else []
+        except (RunnerConnectionError, TimeoutError, ValueError, AttributeError):
+            lines = []
+        return earlier + [line for line in lines if isinstance(line, dict)]
 
 
 @dataclass(eq=False)
@@ -112,6 +160,8 @@ class Runner:
     idle_since: float = 0.0
     error: str | None = None
     served: int = 0
+    # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
+    hints: dict[str, None] = field(default_factory=dict)
     # Minted for this runner alone: it opens this runner and no other.
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
@@ -176,6 +226,7 @@ class AppState:
     next_start_at: float = 0.0
     last_error: str | None = None
     last_error_type: str | None = None
+    waiting: str | None = None  # why a runner cannot start yet (no free GPU), if it cannot
     kick_handle: asyncio.TimerHandle | None = None
     limits: AppLimits = field(default_factory=AppLimits)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
@@ -197,9 +248,19 @@ class AppState:
         return self.meta.get("options", {})
 
     def endpoint_method(self, path: str) -> str | None:
-        for ep in self.meta.get("endpoints", []):
+        ep = self.endpoint_of(path)
+        return str(ep.get("method", "POST")).upper() if ep is not None else None
+
+    def endpoint_of(self, path: str) -> dict[str, Any] | None:
+        """The bundle's record of the endpoint serving `path` (path parameters included)."""
+        endpoints = self.meta.get("endpoints", [])
+        for ep in endpoints:
             if ep.get("path") == path:
-                return str(ep.get("method", "POST")).upper()
+                return dict(ep)
+        for ep in endpoints:
+            pattern = _path_pattern(str(ep.get("path", "")))
+            if pattern is not None and pattern.fullmatch(path):
+                return dict(ep)
         return None
 
     def in_progress(self) -> int:
@@ -219,6 +280,7 @@ class AppState:
             "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
             "last_error": self.last_error,
             "last_error_type": self.last_error_type,
+            "waiting": self.waiting,
         }
 
 
@@ -264,6 +326,8 @@ class Scheduler:
         self._last_liveness = 0.0
         self._last_prune = 0.0
         self._last_compact = 0.0
+        # Called after a completed request queued a webhook POST (the sender wakes up).
+        self.on_webhook: Callable[[], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -439,8 +503,17 @@ class Scheduler:
         no_retry: bool,
         persist: bool,
         idem_key: str | None = None,
+        hint: str | None = None,
+        start_timeout: float | None = None,
+        webhook_url: str | None = None,
+        kind: str = "http",
     ) -> LiveRequest:
-        """Accept a request. With `persist`, it is durable when this returns."""
+        """Accept a request. With `persist`, it is durable when this returns.
+
+        `start_timeout` bounds the time until an attempt starts (queue wait and
+        retries); `hint` prefers a runner that served the same hint.
+        """
+        created = time.time()
         req = LiveRequest(
             id=_request_id(),
             app=app.name,
@@ -451,9 +524,13 @@ class Scheduler:
             no_retry=no_retry,
             status="IN_QUEUE",
             attempts=0,
-            created=time.time(),
+            created=created,
             persist=persist,
             idem_key=idem_key,
+            hint=hint,
+            start_deadline=created + start_timeout if start_timeout else None,
+            webhook_url=webhook_url,
+            kind=kind,
         )
         if persist:
             self.store.add_request(req)
@@ -513,20 +590,27 @@ class Scheduler:
             return
         slots = app.limits.max_multiplexing
         while app.pending:
-            runner = self._pick(app, slots)
+            req = app.pending[0]
+            if req.start_deadline is not None and time.time() >= req.start_deadline:
+                app.pending.popleft()
+                self._start_timed_out(req)
+                continue
+            runner = self._pick(app, slots, req.hint)
             if runner is None:
                 break
-            req = app.pending.popleft()
+            app.pending.popleft()
             runner.in_flight += 1
             self._spawn(self._attempt(app, req, runner))
         self._scale(app, slots)
 
-    def _pick(self, app: AppState, slots: int) -> Runner | None:
+    def _pick(self, app: AppState, slots: int, hint: str | None = None) -> Runner | None:
         best: Runner | None = None
         fallback: Runner | None = None
         for r in app.runners.values():
             if r.state != "ready" or r.in_flight >= slots:
                 continue
+            if hint is not None and hint in r.hints and r.generation == app.generation:
+                return r  # sticky: a free runner that served this hint before
             if r.generation == app.generation:
                 if best is None or r.in_flight < best.in_flight:
                     best = r
@@ -549,6 +633,7 @@ class Scheduler:
         target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
         missing = target - current
         if missing <= 0:
+            app.waiting = None  # no runner wanted that could be waiting
             return
         now = time.monotonic()
         if now < app.next_start_at:
@@ -571,31 +656,55 @@ class Scheduler:
         req.status = "IN_PROGRESS"
         if req.persist:
             self.store.start_attempt(req)  # committed before the runner sees it
+        req.runner = runner
+        if req.hint is not None:
+            runner.hints.pop(req.hint, None)
+            runner.hints[req.hint] = None
+            if len(runner.hints) > MAX_HINTS:
+                del runner.hints[next(iter(runner.hints))]
         timeout = app.limits.request_timeout
         headers = {"content-type": req.content_type, REQUEST_ID_HEADER: req.id}
         body = self.store.get_body(req.id) if req.persist else req.body
         reason = ""
         answer: tuple[int, dict[str, str], bytes] | None = None
         assert runner.client is not None
+        handed = False
         try:
-            # The runner enforces request_timeout itself (504, then it ends);
-            # the margin lets its answer arrive before the gateway gives up.
-            answer = await runner.client.request(
-                req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
-            )
+            if req.kind == "websocket":
+                handed = True
+                await self._lend(req, runner)
+            else:
+                # The runner enforces request_timeout itself (504, then it ends);
+                # the margin lets its answer arrive before the gateway gives up.
+                response = await runner.client.open(
+                    req.method, req.path, body, headers, timeout + TIMEOUT_MARGIN_S
+                )
+                if not response.streaming or response.status in (503, 504):
+                    answer = (response.status, response.headers, await _read(response, timeout))
+                elif not req.persist and req.waiting:
+                    handed = True
+                    await self._hand_over(app, req, runner, response)
+                else:
+                    answer = await self._read_stream(app, req, runner, response)
         except RunnerConnectionError as exc:
             reason = f"runner {runner.id} unreachable: {exc}"
         except TimeoutError:
             reason = "timeout"
         finally:
+            req.runner = None
             runner.in_flight -= 1
             runner.served += 1
             runner.idle_since = time.monotonic()
+        if handed:
+            self._pump(app)
+            return
         if self.closing and answer is None:
             # The gateway is stopping (not dying): the request stays queued in the store.
             if req.persist:
                 self.store.requeue(req)
             return
+        if answer is not None and LOGS_HEADER in answer[1]:
+            req.logs = [*(req.logs or []), *decode_logs(answer[1][LOGS_HEADER])]
         if answer is None and reason == "timeout":
             # A healthy runner answers a request that overruns with its own 504;
             # silence past that means it is wedged (a blocked event loop, say):
@@ -624,6 +733,70 @@ class Scheduler:
                 self._complete_answer(req, answer)
         self._pump(app)
 
+    async def _hand_over(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> None:
+        """Give a streamed response to its synchronous caller; wait until it is forwarded.
+
+        From here on the request is not retried (bytes reach the caller). The
+        runner keeps its slot until the stream ends.
+        """
+        req.stream, req.released = response, asyncio.Event()
+        req.done.set()  # wakes the caller; the request stays IN_PROGRESS meanwhile
+        try:
+            await req.released.wait()
+        finally:
+            response.close()
+            req.stream = None
+        if req.outcome == "broken":
+            self._runner_lost(app, runner, "failed", "the connection broke mid-stream")
+        req.result_status, req.result_type = response.status, response.headers.get("content-type")
+        self._finish(req, "success" if response.status < 400 else "app_error")
+
+    async def _read_stream(
+        self, app: AppState, req: LiveRequest, runner: Runner, response: RunnerResponse
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A streamed response read whole, for the queue (see `gateway_stream`)."""
+        body, broke = await read_stream(response, app.limits.request_timeout + TIMEOUT_MARGIN_S)
+        headers = dict(response.headers)
+        if broke is not None:
+            self._runner_lost(app, runner, "failed", broke)
+            if not is_event_stream(headers.get("content-type")):
+                return 502, {"content-type": "application/json"}, _error_json(broke, req.id)
+        if is_event_stream(headers.get("content-type")):
+            body = stored_events(body, broke)
+            headers["content-type"] = "application/json"
+        return response.status, headers, body
+
+    async def _lend(self, req: LiveRequest, runner: Runner) -> None:
+        """Lend `runner` to a websocket caller; wait until its socket closes."""
+        req.lent, req.released = runner, asyncio.Event()
+        req.done.set()
+        try:
+            await req.released.wait()
+        finally:
+            req.lent = None
+
+    def websocket_ended(self, req: LiveRequest, runner: Runner, outcome: str) -> None:
+        """A lent websocket closed; apply the runner-fate rules to how it ended.
+
+        `outcome`: "unreachable" (the runner could not be reached: retried on
+        another one), "unhealthy" (the runner closed with 1013: it is ending
+        itself), anything else: the runner is fine.
+        """
+        app = self.apps.get(req.app)
+        if app is None:
+            self._finish(req, "app_removed")
+            return
+        if outcome == "unreachable":
+            self._runner_lost(app, runner, "failed", "its websocket could not be opened")
+            req.done.clear()
+            self._retry(app, req, "unreachable", f"runner {runner.id} unreachable (websocket)")
+            return
+        if outcome == "unhealthy":
+            self._runner_lost(app, runner, "stopped", "closed a websocket with 1013: unhealthy")
+        self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
+
     def _retry(
         self,
         app: AppState,
@@ -644,6 +817,8 @@ class Scheduler:
             )
         elif self.apps.get(app.name) is not app:
             self._complete_error(req, "app_removed", f"app {app.name!r} was removed")
+        elif req.start_deadline is not None and time.time() >= req.start_deadline:
+            self._start_timed_out(req, f"; the last attempt: {detail}")
         else:
             self.metrics.retries.labels(app.name, reason).inc()
             req.status = "IN_QUEUE"
@@ -690,16 +865,42 @@ class Scheduler:
         ).encode()
         self._finish(req, error_type)
 
+    def _start_timed_out(self, req: LiveRequest, last: str = "") -> None:
+        """X-Fal-Request-Timeout ran out before an attempt started (fal answers 504)."""
+        assert req.start_deadline is not None
+        bound = req.start_deadline - req.created
+        self._complete_error(
+            req,
+            "request_timeout",
+            f"the request did not start within its X-Fal-Request-Timeout ({bound:g}s){last}",
+        )
+
+    def _expire_waiting(self, app: AppState) -> None:
+        """Fail queued requests whose X-Fal-Request-Timeout has run out."""
+        now = time.time()
+        expired = [
+            r for r in app.pending if r.start_deadline is not None and now >= r.start_deadline
+        ]
+        for req in expired:
+            with contextlib.suppress(ValueError):
+                app.pending.remove(req)
+            self._start_timed_out(req)
+
     def _finish(self, req: LiveRequest, outcome: str) -> None:
         req.status = "COMPLETED"
         req.completed = time.time()
         self.live.pop(req.id, None)
         if req.persist:
-            self.store.complete_request(req)
+            hook = None
+            if req.webhook_url:
+                hook = webhook_payload(req.id, req.result_status, req.result_body, req.error)
+            self.store.complete_request(req, hook)
             app = self.apps.get(req.app)
             if app is not None:
                 app.queued_bytes = max(0, app.queued_bytes - req.size)
             req.body = b""
+            if hook is not None and self.on_webhook is not None:
+                self.on_webhook()
         self.metrics.requests.labels(req.app, outcome).inc()
         req.done.set()
 
@@ -769,6 +970,9 @@ class Scheduler:
 
         try:
             handle = await asyncio.to_thread(start)
+        except CapacityUnavailable as exc:
+            self._wait_for_capacity(app, runner, str(exc))
+            return
         except Exception as exc:
             message = f"runner {runner.id} could not start: {exc}"
             self._start_failed(app, runner, _start_error_type(exc), message)
@@ -776,6 +980,7 @@ class Scheduler:
         if handle is None:  # removed or shut down meanwhile
             return
         runner.state = "starting"
+        app.waiting = None
         host, port = _host_port(handle.url)
         try:
             tls = self._tls_for(handle.url)
@@ -793,7 +998,11 @@ class Scheduler:
                 )
                 return
             try:
-                status, _h, _b = await runner.client.request("GET", "/health", timeout=2.0)
+                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
+                # is seen at once, with a request a second instead of twenty.
+                status, _h, _b = await runner.client.request(
+                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
+                )
                 if status == 200:
                     break
             except RunnerTLSError as exc:  # waiting longer will not make it trusted
@@ -829,6 +1038,22 @@ class Scheduler:
                     old.state = "draining"
                     self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
+
+    def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
+        """No room for the runner yet (its GPUs are in use): not a failure; try again soon.
+
+        Queued requests stay queued (others may serve them meanwhile), and the
+        app says why it waits (`waiting` in `/-/apps`, `skyform status`).
+        """
+        if app.waiting != message:
+            log.info("app %s: %s", app.name, message)
+        app.waiting = message
+        self._retire(app, runner, "stopped")
+        with contextlib.suppress(ValueError):
+            app.retired.remove(runner)  # it never ran: not a runner anyone needs to see
+        if self.apps.get(app.name) is app:
+            app.next_start_at = time.monotonic() + CAPACITY_RETRY_S
+            self._pump(app)
 
     def _start_failed(self, app: AppState, runner: Runner, error_type: str, message: str) -> None:
         log.warning("app %s: %s", app.name, message)
@@ -948,6 +1173,7 @@ class Scheduler:
                     break
                 current -= 1
                 self._spawn(self._drain_and_stop(app, r))
+            self._expire_waiting(app)
             self._pump(app)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -975,6 +1201,21 @@ class Scheduler:
         return out + list(self._orphans)
 
 
+@functools.cache
+def _path_pattern(template: str) -> re.Pattern[str] | None:
+    """A regex for a path with `{param}` parts (`{param:path}` spans slashes); None without."""
+    if "{" not in template:
+        return None
+    parts = re.split(r"\{([^}]+)\}", template)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.append(re.escape(part))
+        else:
+            out.append(".+" if part.endswith(":path") else "[^/]+")
+    return re.compile("".join(out))
+
+
 def _start_error_type(exc: BaseException) -> str:
     """The `error_type` of a provider's failure to prepare or start a runner."""
     if type(exc).__name__ == "EnvironmentBuildError":
@@ -999,6 +1240,20 @@ def _host_port(url: str) -> tuple[str, int]:
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def _read(response: RunnerResponse, timeout: float) -> bytes:
+    """A response's whole body; a connection cut mid-body is the runner lost (retried)."""
+    try:
+        return await response.read(timeout + TIMEOUT_MARGIN_S)
+    except (OSError, ValueError) as exc:
+        raise RunnerConnectionError(str(exc)) from None
+
+
+def _error_json(message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"detail": message, "error_type": "stream_broken", "request_id": request_id}
+    ).encode()
 
 
 def _error_detail(body: bytes) -> str:

@@ -13,7 +13,7 @@ Three adjustments to stock uvicorn:
   armed until a first response, so without this one caller can make the
   gateway hold a 60 MB header, or hundreds of connections that never finish one.
 
-With TLS, the certificate files are checked every few seconds and reloaded
+With TLS, the certificate files are checked every second and reloaded
 into the live context when they change: `apply` renews a certificate before
 it expires, and new connections get the new one without a restart.
 """
@@ -32,12 +32,13 @@ from typing import Any
 
 import uvicorn
 
+from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.limits import GatewayLimits
 
 log = logging.getLogger("skyform.gateway")
 
-# uvicorn ticks every 0.1 s; the certificate files are looked at every 5 s.
-_CERT_CHECK_TICKS = 50
+# uvicorn ticks every 0.1 s; the certificate files are looked at (two stats) every second.
+_CERT_CHECK_TICKS = 10
 
 
 class _CoalescingTransport:
@@ -268,6 +269,7 @@ def make_server(
         timeout_keep_alive=30,
         proxy_headers=False,
         server_header=False,
+        ws=websocket_protocol(),  # websocket endpoints (ws_proxy)
         h11_max_incomplete_event_size=limits.max_header_bytes,
         **options,
     )

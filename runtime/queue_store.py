@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,26 @@ CREATE TABLE IF NOT EXISTS bodies (
     seq INTEGER PRIMARY KEY,
     body BLOB NOT NULL
 );
+-- fal-compatible options and logs of a queued request (only for requests that have any)
+CREATE TABLE IF NOT EXISTS request_fal (
+    id TEXT PRIMARY KEY,
+    webhook_url TEXT,
+    hint TEXT,
+    start_deadline REAL,
+    logs TEXT
+);
+-- webhook POSTs still to make; written with the result they report
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_outbox(next_at) WHERE state = 'pending';
 """
 
 # Columns added after the first release: added to an older database on open.
@@ -116,6 +137,15 @@ class StoredRequest:
     deaths: int = 0
     idem_key: str | None = None
     size: int = 0  # the body's length, also while the body itself stays on disk
+    # fal-compatible extras, kept in `request_fal`
+    webhook_url: str | None = None
+    hint: str | None = None
+    start_deadline: float | None = None  # epoch seconds by which it must have started
+    logs: list[dict[str, str]] | None = None
+
+    @property
+    def has_fal_extras(self) -> bool:
+        return bool(self.webhook_url or self.hint or self.start_deadline or self.logs)
 
 
 _REQUEST_COLUMNS = (
@@ -247,20 +277,24 @@ class QueueStore:
             req.created,
             req.idem_key,
         )
-        if not streamed:
+        extras = req.has_fal_extras
+        if not streamed and not extras:
             self._db.execute(insert, values)
             return
-        view = memoryview(req.body)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rowid = self._db.execute(insert, values).lastrowid
             assert rowid is not None
-            self._db.execute(
-                "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
-            )
-            with self._db.blobopen("bodies", "body", rowid) as blob:
-                for start in range(0, size, BLOB_SLICE):
-                    blob.write(view[start : start + BLOB_SLICE])
+            if extras:
+                self._save_fal(req)
+            if streamed:
+                view = memoryview(req.body)
+                self._db.execute(
+                    "INSERT INTO bodies (seq, body) VALUES (?, zeroblob(?))", (rowid, size)
+                )
+                with self._db.blobopen("bodies", "body", rowid) as blob:
+                    for start in range(0, size, BLOB_SLICE):
+                        blob.write(view[start : start + BLOB_SLICE])
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -292,7 +326,22 @@ class QueueStore:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def complete_request(self, req: StoredRequest) -> None:
+    def complete_request(self, req: StoredRequest, webhook_body: bytes | None = None) -> None:
+        """Store the result; with `webhook_body`, queue its webhook POST in the same commit."""
+        if req.has_fal_extras or webhook_body is not None:
+            with self._transaction():
+                self._complete_request(req)
+                self._save_fal(req)
+                if webhook_body is not None and req.webhook_url:
+                    self._db.execute(
+                        "INSERT INTO webhook_outbox (request_id, url, body, next_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (req.id, req.webhook_url, webhook_body, time.time()),
+                    )
+        else:
+            self._complete_request(req)
+
+    def _complete_request(self, req: StoredRequest) -> None:
         self._db.execute(
             "UPDATE requests SET status = 'COMPLETED', attempts = ?, started = ?, completed = ?, "
             "result_status = ?, result_body = ?, result_type = ?, error = ?, error_type = ?, "
@@ -318,7 +367,7 @@ class QueueStore:
         row = self._db.execute(
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)
         ).fetchone()
-        return _request(row) if row else None
+        return self._with_fal(_request(row)) if row else None
 
     def open_requests(self) -> list[StoredRequest]:
         """Requests accepted but not completed, oldest first: what a restart must run.
@@ -335,7 +384,7 @@ class QueueStore:
         for row in rows:
             req = _request(row)
             req.size = row[-1] or 0
-            out.append(req)
+            out.append(self._with_fal(req))
         return out
 
     def get_body(self, request_id: str) -> bytes:
@@ -355,6 +404,10 @@ class QueueStore:
         self._db.execute(
             "DELETE FROM bodies WHERE seq NOT IN "
             "(SELECT seq FROM requests WHERE status != 'COMPLETED')"
+        )
+        self._db.execute("DELETE FROM request_fal WHERE id NOT IN (SELECT id FROM requests)")
+        self._db.execute(
+            "DELETE FROM webhook_outbox WHERE state != 'pending' AND next_at < ?", (older_than,)
         )
         return cur.rowcount
 
@@ -379,6 +432,77 @@ class QueueStore:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(f"{self.path}{suffix}")
         return total
+
+    # --- fal extras and the webhook outbox ----------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _save_fal(self, req: StoredRequest) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO request_fal (id, webhook_url, hint, start_deadline, logs) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                req.id,
+                req.webhook_url,
+                req.hint,
+                req.start_deadline,
+                json.dumps(req.logs) if req.logs else None,
+            ),
+        )
+
+    def _with_fal(self, req: StoredRequest) -> StoredRequest:
+        row = self._db.execute(
+            "SELECT webhook_url, hint, start_deadline, logs FROM request_fal WHERE id = ?",
+            (req.id,),
+        ).fetchone()
+        if row is not None:
+            req.webhook_url, req.hint, req.start_deadline = row[0], row[1], row[2]
+            req.logs = json.loads(row[3]) if row[3] else None
+        return req
+
+    def due_webhooks(self, now: float, limit: int = 50) -> list[tuple[int, str, str, bytes, int]]:
+        """Pending webhook POSTs due by `now`: (seq, request_id, url, body, attempts)."""
+        rows = self._db.execute(
+            "SELECT seq, request_id, url, body, attempts FROM webhook_outbox "
+            "WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def next_webhook_in(self, now: float) -> float | None:
+        """Seconds until the next pending webhook is due (None: none pending)."""
+        row = self._db.execute(
+            "SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else max(0.0, row[0] - now)
+
+    def webhook_delivered(self, seq: int) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET state = 'delivered', attempts = attempts + 1, "
+            "next_at = ?, body = x'' WHERE seq = ?",
+            (time.time(), seq),
+        )
+
+    def webhook_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
+            (attempts, next_at, error, seq),
+        )
+
+    def webhook_failed(self, seq: int, attempts: int, error: str) -> None:
+        self._db.execute(
+            "UPDATE webhook_outbox SET state = 'failed', attempts = ?, next_at = ?, "
+            "last_error = ? WHERE seq = ?",
+            (attempts, time.time(), error, seq),
+        )
 
 
 def _request(row: tuple[Any, ...]) -> StoredRequest:

@@ -51,6 +51,7 @@ import uvicorn
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
+from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
@@ -244,7 +245,10 @@ class Runner:
                 log_config=None,
                 server_header=False,
                 proxy_headers=False,
-                ws="none",
+                # Websocket endpoints need a server side (the `websockets` package).
+                ws=websocket_protocol()
+                if any(e.kind == "websocket" for e in endpoints)
+                else "none",
                 # uvicorn takes whole seconds: round up, never cutting the drain short.
                 timeout_graceful_shutdown=math.ceil(config.grace),
                 ssl_certfile=str(config.tls[0]) if config.tls else None,

@@ -12,11 +12,13 @@ per ASGI message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hmac
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from skyform.runtime.asgi import (
     send_response,
 )
 from skyform.runtime.metrics import Registry
+from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
     RequestContext,
@@ -45,6 +48,7 @@ log = logging.getLogger("skyform.runner")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _MAX_REQUEST_ID = 200
+_LOGS_HEADER = LOGS_HEADER.encode()
 
 
 class Phase(enum.Enum):
@@ -62,6 +66,7 @@ class RunnerState:
         self.revision = revision
         self.phase = Phase.STARTING
         self._on_fail = on_fail
+        self._settled = asyncio.Event()  # set once the runner leaves STARTING
         self._ready_body = json.dumps(
             {"status": "ready", "app": app_name, "revision": revision}
         ).encode()
@@ -69,16 +74,31 @@ class RunnerState:
     def mark_ready(self) -> None:
         if self.phase is Phase.STARTING:
             self.phase = Phase.READY
+        self._settled.set()
 
     def drain(self) -> None:
         if self.phase in (Phase.STARTING, Phase.READY):
             self.phase = Phase.DRAINING
+        self._settled.set()
 
     def fail(self, code: int, reason: str) -> None:
         if self.phase is Phase.EXITING:
             return
         self.phase = Phase.EXITING
+        self._settled.set()
         self._on_fail(code, reason)
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Return once the runner is past STARTING, or after `timeout` seconds.
+
+        Lets `GET /health?wait=S` answer the moment setup() ends: the gateway
+        learns of readiness at once without polling 20 times a second through
+        a long setup() (each poll costs the runner GIL time that the setup
+        thread, importing torch, would otherwise have).
+        """
+        if self.phase is Phase.STARTING and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout)
 
     def health(self) -> tuple[int, bytes]:
         if self.phase is Phase.READY:
@@ -134,6 +154,8 @@ class RunnerASGI:
         self.metrics = metrics
         self._paths = frozenset(endpoint_paths) | {"/openapi.json"}
         self._auth = f"Bearer {token}".encode() if token else None
+        # Requests being served, by id: the gateway reads their log lines so far.
+        self._active: dict[str, RequestContext] = {}
         # Generated ids: a random per-process prefix and a counter (32 hex digits, unique
         # across runners without a syscall per request).
         prefix, counter = secrets.token_hex(8), itertools.count(1)
@@ -143,9 +165,14 @@ class RunnerASGI:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
             return
         path = scope["path"]
         if path == "/health":
+            wait = _health_wait(scope.get("query_string", b""))
+            if wait:
+                await self.state.wait_settled(wait)
             status, body = self.state.health()
             await send_response(send, status, body)
             return
@@ -171,6 +198,11 @@ class RunnerASGI:
                 send, 200, self.metrics.registry.render().encode(), _PROMETHEUS, extra
             )
             return
+        if path.startswith(LIVE_LOGS_PREFIX) and scope["method"] == "GET":
+            ctx = self._active.get(path[len(LIVE_LOGS_PREFIX) :].removesuffix("/logs"))
+            status = 200 if ctx is not None else 404
+            await send_response(send, status, dump({"logs": (ctx.logs if ctx else None) or []}))
+            return
         if self.state.phase is not Phase.READY:
             detail = f"runner is {self.state.phase.value}, not taking requests"
             body = error_body(detail, "runner_not_ready", request_id)
@@ -189,6 +221,7 @@ class RunnerASGI:
     ) -> None:
         ctx = RequestContext(request_id)
         token = enter_request(ctx)
+        self._active[request_id] = ctx
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -196,6 +229,8 @@ class RunnerASGI:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if ctx.logs:
+                    message["headers"].append((_LOGS_HEADER, encode_logs(ctx.logs)))
             await send(message)
 
         started = time.perf_counter()
@@ -219,12 +254,42 @@ class RunnerASGI:
         finally:
             self.metrics.in_flight.value -= 1
             leave_request(token)
+            self._active.pop(request_id, None)
             label = path if path in self._paths else "other"
             self.metrics.observe(label, status, time.perf_counter() - started)
         if ctx.exit_code is not None:
             self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (request {request_id})")
         elif status == 503:
             self.state.fail(EXIT_UNHEALTHY, f"{path} answered 503 (request {request_id})")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket connection: the same token and readiness rules, close codes for refusals.
+
+        Refused before the handshake completes, the client sees HTTP 403 (wrong
+        token) or a close with 1013 (not ready: try again later).
+        """
+        request_id = authorization = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_BYTES:
+                request_id = _valid_request_id(value)
+            elif name == b"authorization":
+                authorization = value
+        if self._auth is not None and not _same(authorization, self._auth):
+            await send({"type": "websocket.close", "code": 1008, "reason": "runner token"})
+            return
+        if self.state.phase is not Phase.READY:
+            await send({"type": "websocket.close", "code": 1013, "reason": "runner not ready"})
+            return
+        ctx = RequestContext(request_id or self._new_request_id())
+        token = enter_request(ctx)
+        self.metrics.in_flight.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.metrics.in_flight.value -= 1
+            leave_request(token)
+        if ctx.exit_code is not None:
+            self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (websocket {ctx.request_id})")
 
 
 _PROMETHEUS = Registry.content_type.encode()
@@ -250,3 +315,19 @@ def _valid_request_id(value: bytes) -> str | None:
 
 def _same(given: bytes | None, expected: bytes) -> bool:
     return given is not None and hmac.compare_digest(given, expected)
+
+
+# The longest `GET /health?wait=S` may hold a request open.
+MAX_HEALTH_WAIT_S = 10.0
+
+
+def _health_wait(query: bytes) -> float:
+    """Seconds from `wait=S` in a /health query (0 when absent or malformed, capped)."""
+    for part in query.split(b"&"):
+        if part.startswith(b"wait="):
+            try:
+                value = float(part[5:])
+            except ValueError:
+                return 0.0
+            return min(max(value, 0.0), MAX_HEALTH_WAIT_S) if math.isfinite(value) else 0.0
+    return 0.0

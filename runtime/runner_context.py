@@ -17,7 +17,11 @@ from typing import TextIO
 
 from skyform.logformat import NO_REQUEST, log_line, utc_stamp
 
+# The module, not its names: request_logs imports this one back (current_request).
+from skyform.runtime import request_logs
+
 REQUEST_ID_HEADER = "x-skyform-request-id"
+_FAL_LEVEL = {"WARNING": "WARN"}  # printed lines' levels as fal's request logs spell them
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 log = logging.getLogger("skyform.runner")
@@ -30,6 +34,7 @@ class RequestContext:
     request_id: str
     exit_code: int | None = None
     exit_reason: str = ""
+    logs: list[dict[str, str]] | None = None  # this request's own log lines (request_logs)
 
     def end_runner(self, code: int, reason: str) -> None:
         if self.exit_code is None:
@@ -113,7 +118,11 @@ class StampedStream(io.TextIOBase):
             data = self._partial + text
             *whole, self._partial = data.split("\n")
             for line in whole:
-                self._target.write(stamp_line(self._name, self._level, line.rstrip("\r")) + "\n")
+                line = line.rstrip("\r")
+                if line.strip() and _current.get() is not None:
+                    level = _FAL_LEVEL.get(self._level, self._level)
+                    request_logs.record_line(line, level, self._name)
+                self._target.write(stamp_line(self._name, self._level, line) + "\n")
             if whole:
                 self._target.flush()
         return len(text)
@@ -143,6 +152,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    root.addHandler(request_logs.RequestLogHandler())  # each request's own lines (fal's `logs`)
     # uvicorn's own start/stop chatter is replaced by the runner's lines.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

@@ -19,15 +19,17 @@ this module supplies the `invoke` those routes call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from skyform.app import App, Endpoint
+from skyform.runtime.batching import batchers_for
 from skyform.runtime.runner_context import current_request
 from skyform.runtime.runner_errors import (
     ERROR_TYPE_HEADER,
@@ -64,10 +66,14 @@ class EndpointInvoker:
         self.executor = ThreadPoolExecutor(
             max_workers=max(1, max_threads), thread_name_prefix="skyform-endpoint"
         )
+        self._batchers = batchers_for(instance, endpoints, self.executor)
 
-    async def __call__(self, ep: Endpoint, body: BaseModel | None) -> Any:
+    async def __call__(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
         method = self._methods[ep.name]
-        args = () if body is None else (body,)
+        if ep.kind == "websocket":
+            # Open for as long as the client likes: no request_timeout.
+            await serve_websocket(ep, method, kwargs)
+            return None
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -75,10 +81,20 @@ class EndpointInvoker:
         if self._watchdog is None:
             self._watchdog = loop.create_task(self._watch())
         try:
+            if ep.batched:  # gathered with concurrent calls into one batch
+                (item,) = kwargs.values()
+                return await self._batchers[ep.name].submit(item)
+            if ep.kind == "stream":
+                # Up to the first event, a stream is a call like any other: its
+                # errors get their status (and a 503 its fate), request_timeout
+                # bounds the wait, and the gateway may still retry it.
+                return await self._open_stream(ep, method, kwargs)
             if ep.is_async:
-                return await method(*args)
+                return await method(**kwargs)
             context = contextvars.copy_context()
-            return await loop.run_in_executor(self.executor, context.run, method, *args)
+            return await loop.run_in_executor(
+                self.executor, functools.partial(context.run, method, **kwargs)
+            )
         except HTTPException:
             raise
         except asyncio.CancelledError:
@@ -94,6 +110,14 @@ class EndpointInvoker:
             if task in self._expired:  # the handler swallowed the cancellation
                 self._expired.discard(task)
                 task.uncancel()
+
+    async def _open_stream(self, ep: Endpoint, method: Any, kwargs: dict[str, Any]) -> Any:
+        """Run a generator endpoint up to its first value; the rest streams as SSE."""
+        from skyform.runtime.runner_stream import EventStream, sse_response
+
+        stream = EventStream(ep, method(**kwargs), self.executor)
+        first = await stream.first()
+        return sse_response(stream.events(first))
 
     async def _watch(self) -> None:
         """Cancel calls that run past their deadline (at most `interval` late)."""
@@ -143,8 +167,18 @@ def _timed_out(ep: Endpoint, timeout: float) -> JSONResponse:
 
 
 def _failed(ep: Endpoint, exc: BaseException) -> JSONResponse:
+    status, detail, error_type = failure_of(ep, exc)
     ctx = current_request()
-    request_id = ctx.request_id if ctx else None
+    return _json(status, detail, error_type, ctx.request_id if ctx else None)
+
+
+def failure_of(ep: Endpoint, exc: BaseException) -> tuple[int, str, str]:
+    """(status, detail, error_type) of an endpoint's exception; logs it, decides the fate.
+
+    CUDA failures, `SystemExit` and `KeyboardInterrupt` make the runner
+    unhealthy (503, then it ends itself); anything else is the app's error (500).
+    """
+    ctx = current_request()
     cuda = is_cuda_failure(exc)
     if cuda or isinstance(exc, (SystemExit, KeyboardInterrupt)):
         log.error(
@@ -155,14 +189,40 @@ def _failed(ep: Endpoint, exc: BaseException) -> JSONResponse:
         if ctx is not None:
             ctx.end_runner(EXIT_UNHEALTHY, f"{ep.name} raised {type(exc).__name__}")
         error_type = "cuda_error" if cuda else "runner_exit"
-        return _json(503, f"{type(exc).__name__}: {exc}", error_type, request_id)
+        return 503, f"{type(exc).__name__}: {exc}", error_type
     log.error("%s raised an exception\n%s", ep.name, user_traceback(exc))
-    return _json(
-        500,
-        f"internal error in {ep.name} ({type(exc).__name__}); the runner log has the traceback",
-        "internal_error",
-        request_id,
-    )
+    detail = f"internal error in {ep.name} ({type(exc).__name__}); the runner log has the traceback"
+    return 500, detail, "internal_error"
+
+
+async def serve_websocket(ep: Endpoint, method: Any, kwargs: dict[str, Any]) -> None:
+    """Run a websocket endpoint; its failures become close codes (the runner's fate rules).
+
+    A handler error closes with 1011 (the app's error; the runner keeps serving);
+    a CUDA failure or exit closes with 1013 ("try again later": the websocket
+    form of 503) and the runner ends itself.
+    """
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+    ws = next((v for v in kwargs.values() if isinstance(v, WebSocket)), None)
+    try:
+        await method(**kwargs)
+    except WebSocketDisconnect:
+        return
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        status, _detail, _type = failure_of(ep, exc)
+        if ws is not None and ws.application_state is not WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(WS_UNHEALTHY if status == 503 else WS_APP_ERROR)
+        return
+    if ws is not None and ws.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await ws.close(1000)
+
+
+# Close codes of websocket endpoints (RFC 6455): the runner-fate rules' websocket form.
+WS_APP_ERROR = 1011  # the handler raised: the app's error, runner fine (HTTP 500)
+WS_UNHEALTHY = 1013  # "try again later": the runner is unhealthy and ends itself (HTTP 503)
 
 
 def _json(status: int, detail: str, error_type: str, request_id: str | None) -> JSONResponse:

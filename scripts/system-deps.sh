@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite drives for real: PostgreSQL
-# (the postgres state backend), Chromium (the playground's browser test) and
-# rsync (SkyPilot's file mounts).
+# (the postgres state backend), Chromium (the playground's browser test),
+# rsync (SkyPilot's file mounts) and curl (the streaming example's test).
 set -euo pipefail
 
 have_postgres() {
@@ -18,6 +18,7 @@ missing=()
 have_postgres || missing+=(postgresql)
 have_chromium || missing+=(chromium)
 have rsync || missing+=(rsync)  # SkyPilot syncs file mounts with it, even in a dry run
+have curl || missing+=(curl)  # the streaming example's test calls it as the README does
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -147,7 +147,8 @@ def _stream_logs(ctx: Any) -> None:
     doc = ctx.backend.read()
     handle = GatewayHandle(**doc.resources[GATEWAY]["handle"])
     followers = {name: LogFollower() for name in ctx.stack.apps}
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"], timeout=10.0) as client:
+    token = ctx.keys["admin_token"]
+    with GatewayClient.for_handle(handle, token, 10.0, ctx.gateway_ca_file()) as client:
         while True:
             if not ctx.provider.gateway_alive(handle):
                 raise SkyformError("the gateway stopped unexpectedly (see its log above)")

@@ -110,7 +110,7 @@ def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> 
     from skyform.plan import build_plan, refresh
 
     with _status("Refreshing state...", quiet):
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     with _status("Building bundles...", quiet):
         return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
 
@@ -410,7 +410,7 @@ def status(
 
     ctx = open_context(load_stack(file))
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     gw_record = doc.resources.get(GATEWAY) or {}
     base = gw_record.get("url") or ""
     names = sorted(
@@ -437,6 +437,7 @@ def status(
                 "queue_depth": app.get("queue_depth"),
                 "last_error": app.get("last_error"),
                 "last_error_type": app.get("last_error_type"),
+                "waiting": app.get("waiting"),
                 **(app_urls(base, name) if base else {}),
             }
         )
@@ -476,6 +477,8 @@ def status(
         )
     console.print(table)
     for a in apps:
+        if a["waiting"]:
+            console.print(f"[yellow]app.{a['name']}:[/] {escape(str(a['waiting']))}")
         if a["tainted"]:
             console.print(
                 f"[red]app.{a['name']}: tainted[/] (the next apply replaces it): "
@@ -509,7 +512,7 @@ def logs(
     stack = load_stack(file)
     ctx = open_context(stack)
     doc = ctx.backend.read()
-    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"])
+    live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
     if not live.gateway_alive or live.apps is None:
         raise SkyformError(
             f"the gateway of stack {stack.name!r} is not running (run skyform apply)"
@@ -523,7 +526,9 @@ def logs(
 
     record = doc.resources.get(GATEWAY) or {}
     handle = GatewayHandle(**record["handle"])  # refresh found it alive, so it is recorded
-    with GatewayClient.for_handle(handle, ctx.keys["admin_token"]) as client:
+    with GatewayClient.for_handle(
+        handle, ctx.keys["admin_token"], ca_file=ctx.gateway_ca_file()
+    ) as client:
         follower = LogFollower()
         for line in follower.new_lines(client.logs(app_name, tail, every)):
             sys.stdout.write(line + "\n")

@@ -1,4 +1,6 @@
 // skyform playground: one form per endpoint, generated from the app's OpenAPI schema.
+// JSON and multipart (file) endpoints run through the queue; streaming endpoints
+// (x-skyform-stream) are called directly and show each event as it arrives.
 // A public app's schema comes embedded in the page; a private app's is fetched
 // with the API key the user pastes (the page itself shows nothing of the app).
 (function () {
@@ -40,7 +42,13 @@
     type.textContent = " " + (s.type || "json");
     label.appendChild(type);
     let input;
-    if (s.enum) {
+    const isFile = s.type === "string" && (s.format === "binary" || s.contentMediaType);
+    if (isFile) {
+      input = document.createElement("input");
+      input.type = "file";
+      input.dataset.kind = "file";
+      type.textContent = " file";
+    } else if (s.enum) {
       input = document.createElement("select");
       for (const v of s.enum) {
         const o = document.createElement("option");
@@ -84,6 +92,11 @@
     for (const input of form.querySelectorAll("[data-kind]")) {
       const kind = input.dataset.kind;
       const name = input.name;
+      if (kind === "file") {
+        if (input.files.length) body[name] = input.files[0];
+        else if (input.dataset.required) throw new Error(name + " is required (choose a file)");
+        continue;
+      }
       if (kind === "boolean") { body[name] = input.checked; continue; }
       if (input.value === "") {
         if (input.dataset.required) throw new Error(name + " is required");
@@ -99,15 +112,71 @@
     return body;
   }
 
-  function headers() {
-    const h = { "content-type": "application/json" };
+  function headers(json) {
+    const h = json === false ? {} : { "content-type": "application/json" };
     if (keyInput.value) h["authorization"] = "Bearer " + keyInput.value;
     return h;
   }
 
+  // The request body of a form: JSON, or FormData for multipart/form endpoints
+  // (the browser then sets the multipart content type itself).
+  function encodeBody(form, kind) {
+    const values = readForm(form);
+    if (kind !== "form") return JSON.stringify(values);
+    const data = new FormData();
+    for (const [name, value] of Object.entries(values)) {
+      data.append(name, value instanceof File ? value : (typeof value === "string" ? value : JSON.stringify(value)));
+    }
+    return data;
+  }
+
+  // Each SSE event of a streamed answer, shown as it arrives.
+  async function stream(form, url, body, kind) {
+    const statusBox = form.querySelector(".status");
+    const resultBox = form.querySelector(".result");
+    let r;
+    try {
+      r = await fetch(url, { method: "POST", headers: headers(kind === "json"), body: body });
+    } catch (e) { return { error: "the gateway did not answer: " + e.message }; }
+    if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
+      const text = await r.text();
+      return { status: r.status, text: text, error: r.ok ? null : "HTTP " + r.status };
+    }
+    form.dataset.state = "streaming";
+    statusBox.textContent = "STREAMING";
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let count = 0;
+    let failed = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (!data.length) continue;
+        if (name === "error") { failed = data.join("\n"); continue; }
+        count += 1;
+        form.dataset.events = String(count);
+        resultBox.textContent += data.join("\n") + "\n";
+        statusBox.textContent = "STREAMING (" + count + " events)";
+      }
+    }
+    return { status: r.status, streamed: count, error: failed };
+  }
+
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-  async function call(form, path, method, hasBody) {
+  async function call(form, path, method, kind, streaming) {
     const statusBox = form.querySelector(".status");
     const resultBox = form.querySelector(".result");
     resultBox.textContent = "";
@@ -119,14 +188,31 @@
       form.dataset.state = "error";
     };
     let body;
-    try { body = hasBody ? JSON.stringify(readForm(form)) : ""; }
+    try { body = kind ? encodeBody(form, kind) : ""; }
     catch (e) { fail(e.message); return; }
     form.dataset.state = "running";
     statusBox.textContent = "submitting…";
+    form.dataset.events = "0";
+    if (streaming) {
+      const url = "/" + encodeURIComponent(config.app) + (path === "/" ? "/" : path);
+      const out = await stream(form, url, body, kind);
+      if (out.error) {
+        const hint = out.status === 401 ? " (paste the API key above)" : "";
+        statusBox.textContent = "FAILED";
+        resultBox.classList.add("error");
+        resultBox.textContent += (out.text !== undefined ? "HTTP " + out.status + hint + "\n" + out.text : out.error);
+        form.dataset.state = "error";
+      } else {
+        statusBox.textContent = "DONE (" + (out.streamed || 0) + " events)";
+        if (out.text !== undefined) resultBox.textContent = out.text;
+        form.dataset.state = "done";
+      }
+      return;
+    }
     const base = "/queue/" + encodeURIComponent(config.app) + (path === "/" ? "/" : path);
     let submit;
     try {
-      const r = await fetch(base, { method: "POST", headers: headers(), body: body });
+      const r = await fetch(base, { method: "POST", headers: headers(kind === "json"), body: body });
       submit = { status: r.status, data: await r.json().catch(() => ({})) };
     } catch (e) { fail("the gateway did not answer: " + e.message); return; }
     if (submit.status !== 202) {
@@ -180,8 +266,13 @@
           p.textContent = op.description;
           form.appendChild(p);
         }
-        const content = ((op.requestBody || {}).content || {})["application/json"];
+        const contents = (op.requestBody || {}).content || {};
+        const formType = contents["multipart/form-data"] || contents["application/x-www-form-urlencoded"];
+        const content = contents["application/json"] || formType;
+        const kind = contents["application/json"] ? "json" : (formType ? "form" : null);
         const schema = content ? resolve(content.schema) : null;
+        const streaming = Boolean(op["x-skyform-stream"]);
+        if (streaming) form.dataset.stream = "1";
         if (schema) {
           const required = new Set(schema.required || []);
           const props = schema.properties || {};
@@ -199,7 +290,7 @@
         form.appendChild(result);
         form.addEventListener("submit", (ev) => {
           ev.preventDefault();
-          call(form, path, method.toUpperCase(), Boolean(schema));
+          call(form, path, method.toUpperCase(), schema ? kind : null, streaming);
         });
         root.appendChild(form);
       }

@@ -389,6 +389,33 @@ def test_cli_plan_formats_and_saved_plan_file(root: Path, tmp_path: Path) -> Non
     assert "cannot write the plan file" in nowhere.stderr
 
 
+def test_on_a_gpu_host_plan_says_how_many_runners_of_each_gpu_app_fit(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's GPUs are a recorded nvidia-smi inventory (this machine has none)."""
+    from skyform.providers import gpus
+
+    recorded = Path(__file__).resolve().parents[1] / "data" / "gpus" / "h200x1.csv"
+    monkeypatch.setattr("skyform.plan.host_has_gpu", lambda: True)
+    monkeypatch.setattr(gpus, "inventory", lambda: gpus.parse_nvidia_smi_csv(recorded.read_text()))
+    monkeypatch.delenv("SKYFORM_ALLOW_CPU_FALLBACK", raising=False)
+    set_apps(
+        root,
+        {
+            "hello": {"app": "app.py::Hello", "machine_type": "GPU-H100", "max_runners": 3},
+            "big": {"app": "app.py::Hello", "machine_type": "GPU-B200"},
+        },
+    )
+    plan = plan_for(root)  # apply's mode: a GPU host refuses nothing
+    assert plan.warnings == [
+        "app big: this host's GPUs cannot hold one runner (it would wait for GPUs)",
+        "app hello: this host can hold 1 runner(s) of GPU-H100 (1 H200 each); H200 stands in "
+        "for H100 (at least as capable, per the machine catalog); max_runners is 3, so at most "
+        "1 run at once here",
+    ]
+    assert "Warning: app hello: this host can hold 1 runner(s)" in render_text(plan)
+
+
 def test_gateway_limits_replace_the_gateway_and_reach_its_environment(root: Path) -> None:
     from skyform.apply import _limits_env
 

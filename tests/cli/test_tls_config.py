@@ -76,15 +76,15 @@ def test_user_certificate_paths_are_relative_to_the_stack_file(tmp_path: Path) -
         ),
         (
             "{tls: {crt: a.pem, key: b.pem}}",
-            'skyform.yaml:4: gateway.tls: unknown key "crt" (did you mean "cert"?)',
+            'skyform.yaml:4: gateway.tls.crt: unknown key "crt" (did you mean "cert"?)',
         ),
         (
             "{tls: {cert: missing.pem, key: missing.key}}",
-            "skyform.yaml:4: gateway.tls: tls.cert: no such file missing.pem (relative to the stack file)",
+            "skyform.yaml:4: gateway.tls.cert: no such file missing.pem (relative to the stack file)",
         ),
         (
             "{tls: {key: k.pem}}",
-            "skyform.yaml:4: gateway.tls: tls.cert (a PEM file path) is required",
+            "skyform.yaml:4: gateway.tls: cert (a PEM file path) is required",
         ),
         (
             "{trusted_proxies: [10.0.0.0/8, nope]}",
@@ -107,7 +107,24 @@ def test_a_key_that_does_not_fit_the_certificate(tmp_path: Path) -> None:
     _cert, other_key = issue_pair(tmp_path / "b")
     text = stack_text(f"{{tls: {{cert: {cert}, key: {other_key}}}}}")
     assert error_of(text, tmp_path) == (
-        f"skyform.yaml:4: gateway.tls: key {other_key} does not belong to certificate {cert}"
+        f"skyform.yaml:4: gateway.tls.key: key {other_key} does not belong to certificate {cert}"
+    )
+
+
+def test_a_tls_problem_names_the_line_of_its_key(tmp_path: Path) -> None:
+    cert, _key = issue_pair(tmp_path / "pki")
+    text = f"""\
+stack: demo
+provider: local
+gateway:
+  port: 9001
+  tls:
+    cert: {cert}
+    key: pki/missing.key
+apps: {{}}
+"""
+    assert error_of(text, tmp_path) == (
+        "skyform.yaml:7: gateway.tls.key: no such file pki/missing.key (relative to the stack file)"
     )
 
 

@@ -7,17 +7,20 @@ runners serve TLS too (`runner_tls: true`), outputs carry https URLs and
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import cleanup, processes_under, sky, state_of, write_project
+from cli_helpers import cleanup, processes_under, sky, state_of, wait_until, write_project
 
 from skyform.tls import client_context
 
@@ -67,6 +70,17 @@ def test_callers_verify_with_the_ca_file_and_runners_are_on_tls(root: Path) -> N
     assert answer.status_code == 200 and answer.json()["message"] == "Hello, tls!"
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.post(out["apps"]["hello"]["url"], json={}, trust_env=False)
+    # What fal-client relies on: an httpx client with SSL_CERT_FILE naming the CA file.
+    probe = "import httpx, sys; print(httpx.post(sys.argv[1], json={}).status_code)"
+    env = {**os.environ, "SSL_CERT_FILE": out["ca_file"]}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, out["apps"]["hello"]["url"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "200", done.stderr
     status = json.loads(sky(root, "status", "--json").stdout)  # the CLI verifies too
     (app,) = status["apps"]
     assert [r["url"][:8] for r in app["runners"]] == ["https://"]
@@ -113,3 +127,84 @@ def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
         f"{local.url}/queue/hello/", json={"name": "q"}, verify=verify, trust_env=False
     ).json()
     assert submitted["status_url"].startswith(f"{placed.url}/queue/hello/requests/")
+
+
+def test_another_machine_verifies_with_its_own_copy_of_the_ca(root: Path) -> None:
+    """The recorded CA path is the applying machine's; elsewhere the stack's own copy counts."""
+    from dataclasses import replace
+
+    from skyform.gatewayclient import GatewayClient
+    from skyform.providers.base import GatewayHandle
+
+    record = state_of(root)["resources"]["gateway"]
+    handle = GatewayHandle(**record["handle"])
+    moved = replace(handle, info={**handle.info, "ca_file": "/elsewhere/ca.pem"})
+    token = json.loads((root / ".skyform" / "demo.keys.json").read_text())["admin_token"]
+    mine = str(root / ".skyform" / "tls" / "demo" / "ca.pem")
+    with GatewayClient.for_handle(moved, token, ca_file=mine) as client:
+        assert client.healthy()
+    with GatewayClient.for_handle(moved, token) as client:  # no CA at all: not trusted
+        assert not client.healthy()
+
+
+def _served_expiry(port: int) -> dt.datetime:
+    from cryptography import x509
+
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+
+
+def test_apply_renews_a_certificate_close_to_expiry(root: Path) -> None:
+    from skyform.tls import LEAF_LIFETIME, RENEW_BEFORE, ensure_leaf
+
+    port = state_of(root)["resources"]["gateway"]["port"]
+    now = dt.datetime.now(dt.UTC)
+    # A certificate issued long ago: fewer days left than the renewal window.
+    ensure_leaf(
+        root, "demo", "gateway", ["old.example.test"], now=now - LEAF_LIFETIME + RENEW_BEFORE / 3
+    )
+    assert wait_until(lambda: _served_expiry(port) - now < RENEW_BEFORE, timeout=30)
+    done = sky(root, "apply", "--auto-approve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No changes." in done.stdout
+    # Renewed by apply; the running gateway picked the new files up by itself.
+    assert wait_until(lambda: _served_expiry(port) - now > LEAF_LIFETIME - RENEW_BEFORE, timeout=30)
+
+
+def test_destroy_stops_everything_over_tls(root: Path) -> None:
+    done = sky(root, "destroy", "--auto-approve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Destroy complete!" in done.stdout
+    assert processes_under(root) == []
+
+
+def test_a_user_certificate_through_apply(tmp_path: Path) -> None:
+    from skyform.tls import ensure_leaf
+
+    root = write_project(tmp_path / "proj", apps={})
+    # The user's own CA and certificate, kept beside the stack file.
+    mine = ensure_leaf(root / "certs", "corp", "gateway", [])
+    rel = {k: str(getattr(mine, k).relative_to(root)) for k in ("cert", "key", "ca")}
+    text = (
+        (root / "skyform.yaml")
+        .read_text()
+        .replace(
+            "gateway: {port:",
+            f"gateway: {{tls: {{cert: {rel['cert']}, key: {rel['key']}, ca: {rel['ca']}}}, port:",
+        )
+    )
+    (root / "skyform.yaml").write_text(text)
+    try:
+        done = sky(root, "apply", "--auto-approve")
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = json.loads(sky(root, "output", "--json").stdout)
+        assert out["gateway_url"].startswith("https://127.0.0.1:")
+        assert out["ca_file"] == str(mine.ca)
+        assert not (root / ".skyform" / "tls").exists()  # no stack CA was needed
+        health = httpx.get(
+            f"{out['gateway_url']}/-/health", verify=client_context(out["ca_file"]), trust_env=False
+        )
+        assert health.status_code == 401  # up, verified, and the admin API still wants its token
+        assert sky(root, "plan", "--detailed-exitcode").returncode == 0  # the CLI verifies too
+    finally:
+        cleanup(root)

@@ -34,6 +34,12 @@ def six_env(session_cache: Path):
     from skyform.providers.environments import ensure_environment
 
     lines: list[str] = []
-    with env_vars(SKYFORM_CACHE_DIR=str(session_cache), SKYFORM_ENV_INSTALLER=None):
+    # Built as a deployer who keeps bytecode out of their checkout would: the
+    # environment must still be compiled (see test_env_build).
+    with env_vars(
+        SKYFORM_CACHE_DIR=str(session_cache),
+        SKYFORM_ENV_INSTALLER=None,
+        PYTHONDONTWRITEBYTECODE="1",
+    ):
         env = ensure_environment([SMALL], PYTHON_VERSION, lines.append)
     return env, lines

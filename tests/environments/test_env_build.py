@@ -47,6 +47,27 @@ def test_environment_has_the_requirement_the_runtime_and_our_skyform(six_env) ->
     assert env.path.parent.parent == Path(os.environ["SKYFORM_CACHE_DIR"])
 
 
+# Imported by every runner: each must come with its bytecode, so no start recompiles it.
+COMPILED_PROBE = (
+    "import importlib.util, os, sys, six, uvicorn, uvloop, httptools, fastapi, skyform.runtime.runner;"
+    "missing = [m.__name__ for m in (six, uvicorn, uvloop, httptools, fastapi) "
+    "if not os.path.exists(importlib.util.cache_from_source(m.__file__))];"
+    "print(sys.flags.dont_write_bytecode, missing)"
+)
+
+
+def test_environment_has_uvloop_httptools_and_bytecode_despite_dontwritebytecode(
+    six_env,
+) -> None:
+    """Built under PYTHONDONTWRITEBYTECODE=1 (conftest), yet compiled, with the fast server parts."""
+    env, _ = six_env
+    with env_vars(PYTHONDONTWRITEBYTECODE="1"):  # nothing may get compiled now
+        probe = run_in(env.python, COMPILED_PROBE)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["1", "[]"], probe.stdout
+    assert json.loads((env.path / MARKER).read_text())["bytecode"] is True
+
+
 @pytest.mark.parametrize("module", DEPLOYER_ONLY)
 def test_deployer_only_packages_are_not_importable(six_env, module: str) -> None:
     env, _ = six_env
@@ -242,12 +263,18 @@ def test_an_app_pin_of_a_runtime_package_wins() -> None:
 
 
 def test_pip_fallback_builds_the_same_kind_of_environment(tmp_path: Path) -> None:
-    with env_vars(SKYFORM_CACHE_DIR=str(tmp_path / "cache"), SKYFORM_ENV_INSTALLER="pip"):
+    with env_vars(
+        SKYFORM_CACHE_DIR=str(tmp_path / "cache"),
+        SKYFORM_ENV_INSTALLER="pip",
+        PYTHONDONTWRITEBYTECODE="1",
+    ):
         lines: list[str] = []
         env = ensure_environment([SMALL], PYTHON_VERSION, lines.append)
         assert env.installer == "pip" and env.built
         assert any("pip" in line for line in lines[:1])
         assert run_in(env.python, "import six, skyform, fastapi").returncode == 0
+        compiled = run_in(env.python, COMPILED_PROBE)
+        assert compiled.returncode == 0 and compiled.stdout.split()[1:] == ["[]"], compiled
         assert run_in(env.python, "import deepdiff").returncode != 0
         with pytest.raises(EnvironmentBuildError) as info:
             ensure_environment(["six==0.0.0.1"], PYTHON_VERSION)

@@ -93,8 +93,15 @@ def test_bad_python_version_is_refused(bad: str) -> None:
 def test_runtime_requirements_come_from_skyforms_own_metadata() -> None:
     runtime = runtime_requirements()
     names = [r.split(">")[0].split("=")[0] for r in runtime]
-    assert names == ["pydantic", "cloudpickle", "fastapi", "uvicorn", "httpx", "pyyaml"]
-    assert all("<" not in r and "==" not in r for r in runtime), "no upper pins on the app"
+    assert names == [
+        *["pydantic", "cloudpickle", "fastapi", "uvicorn", "httpx", "pyyaml"],
+        "python-multipart",  # form and file endpoints
+        "websockets",  # websocket endpoints
+        *["uvloop", "httptools"],  # the fast event loop and parser, where they build
+    ]
+    assert all(";" in r for r in runtime[-2:]), "platform markers keep them optional"
+    versions = [r.split(";")[0] for r in runtime]
+    assert all("<" not in v and "==" not in v for v in versions), "no upper pins on the app"
     # CLI-side dependencies never go into an app's environment
     assert not {"typer", "rich", "deepdiff", "psycopg", "uv"} & set(names)
 

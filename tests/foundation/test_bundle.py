@@ -31,7 +31,7 @@ def test_bundle_metadata(hello_project: Path) -> None:
     assert meta["options"]["max_runners"] == 2
     assert meta["by_value"] == {"app": "app.py", "greeting": "greeting.py"}
     assert "pydantic" in meta["by_reference"] and "skyform" in meta["by_reference"]
-    assert meta["endpoints"] == [{"name": "hello", "path": "/", "method": "POST"}]
+    assert meta["endpoints"] == [{"name": "hello", "path": "/", "method": "POST", "kind": "call"}]
     schema = meta["openapi"]
     assert "/" in schema["paths"] and "HelloIn" in json.dumps(schema)
     assert len(bundle.fingerprint) == 64 and bundle.fingerprint != bundle.revision

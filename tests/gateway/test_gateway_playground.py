@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,6 +92,55 @@ def test_playground_calls_the_app_from_zero_runners(gateway: GatewayProc, bundle
         assert "planned 400" in status_form.locator(".result").inner_text()
         # GET endpoints get a form too.
         assert page.locator('form[data-endpoint="GET /version"]').count() == 1
+    finally:
+        page.close()
+
+
+def test_playground_uploads_files_and_shows_a_stream_as_it_arrives(
+    gateway: GatewayProc, browser
+) -> None:
+    bundle = build_bundle(str(APPS / "gw_stream.py") + "::Streamer", APPS, BUNDLE_KEY)
+    gateway.register("stream", bundle, auth="public")
+    page = browser.new_page()
+    try:
+        page.goto(f"{gateway.url}/stream/playground")
+        upload = page.locator('form[data-endpoint="POST /upload"]')
+        upload.locator('input[type="file"]').set_input_files(
+            files=[{"name": "a.txt", "mimeType": "text/plain", "buffer": b"hello"}]
+        )
+        upload.locator('input[name="note"]').fill("from the page")
+        upload.locator("button").click()
+        page.wait_for_function(
+            "['done', 'error'].includes(document.querySelector("
+            "'form[data-endpoint=\"POST /upload\"]').dataset.state)",
+            timeout=60_000,
+        )
+        assert upload.get_attribute("data-state") == "done", upload.locator(".result").inner_text()
+        shown = upload.locator(".result").inner_text()
+        assert '"size": 5' in shown and '"note": "from the page"' in shown
+
+        tokens = page.locator('form[data-endpoint="POST /tokens"]')
+        assert tokens.get_attribute("data-stream") == "1"
+        tokens.locator('input[name="key"]').fill("page")
+        tokens.locator('input[name="n"]').fill("3")
+        tokens.locator('input[name="gate"]').check()
+        tokens.locator("button").click()
+        # The first event is on the page while the handler waits for go1.
+        page.wait_for_function(
+            "document.querySelector('form[data-endpoint=\"POST /tokens\"]').dataset.events === '1'",
+            timeout=60_000,
+        )
+        assert not (gateway.count_dir / "page.go1").exists()
+        assert tokens.get_attribute("data-state") == "streaming"
+        assert '"token": "t0"' in tokens.locator(".result").inner_text()
+        for i in (1, 2):
+            (gateway.count_dir / f"page.go{i}").write_text("")
+        page.wait_for_function(
+            "document.querySelector('form[data-endpoint=\"POST /tokens\"]').dataset.state === 'done'",
+            timeout=60_000,
+        )
+        lines = tokens.locator(".result").inner_text().strip().splitlines()
+        assert [json.loads(line)["i"] for line in lines] == [0, 1, 2]
     finally:
         page.close()
 

@@ -77,6 +77,11 @@ def test_https_with_the_stack_ca_and_runners_behind_verified_tls(
     submitted = gw.submit("echo", "/", {"text": "q"})
     assert submitted["status_url"].startswith(f"https://127.0.0.1:{gw.port}/queue/echo/requests/")
     assert gw.wait_done(submitted)["response_status"] == 200
+    # The certificates pass strict X.509 checks too (the default of Python 3.13+ clients).
+    strict = client_context(pki["gateway"].ca)
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    page = httpx.get(f"{gw.url}/echo/playground", verify=strict, timeout=5, trust_env=False)
+    assert page.status_code == 200
     # Plain http to the same port gets no answer.
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{gw.port}/echo/playground", timeout=5, trust_env=False)
@@ -248,17 +253,24 @@ def test_bad_tls_arguments_are_one_line(tmp_path: Path, args: tuple, needle: str
     assert "Traceback" not in done.stderr
 
 
-def test_mismatched_key_is_named(tmp_path: Path, pki: dict[str, CertFiles]) -> None:
+@pytest.mark.parametrize("hop", ["gateway", "runner"])
+def test_mismatched_key_is_named(tmp_path: Path, pki: dict[str, CertFiles], hop: str) -> None:
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "skyform.runtime.gateway", "--port", "1"]
     command += ["--state-dir", str(tmp_path / "s")]
-    command += ["--tls-cert", str(pki["gateway"].cert), "--tls-key", str(pki["runner"].key)]
+    wrong = pki["foreign"].key
+    if hop == "gateway":
+        command += ["--tls-cert", str(pki["gateway"].cert), "--tls-key", str(wrong)]
+    else:
+        command += ["--runner-cert", str(pki["runner"].cert), "--runner-key", str(wrong)]
+        command += ["--runner-ca", str(pki["runner"].ca)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert f"error: key {pki['runner'].key} does not belong to certificate" in done.stderr
+    assert f"error: key {wrong} does not belong to certificate" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was made
 
 
 def _served_names(port: int) -> set[str]:

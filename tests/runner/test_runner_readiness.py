@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,28 @@ def test_health_is_503_starting_during_setup_then_200_ready(
         ready = runner.health().json()
         assert ready["status"] == "ready" and ready["app"] == "Probe" and ready["revision"]
         assert httpx.post(f"{runner.url}/", json={"x": 4}, timeout=5).json() == {"y": 8}
+
+
+def test_health_wait_is_held_until_setup_ends(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """`GET /health?wait=S` answers when setup() ends, so a gateway need not poll fast."""
+    env = runner_env(tmp_path, PROBE_SETUP="gate")
+    with running(bundles["probe"], tmp_path, env=env) as runner:
+        wait_for_file(tmp_path / "setup-started", runner)
+        short = httpx.get(f"{runner.url}/health?wait=0.1", timeout=10)
+        assert short.status_code == 503 and short.json() == {"status": "starting"}
+        bad = httpx.get(f"{runner.url}/health?wait=soon", timeout=10)
+        assert bad.status_code == 503  # not a number: answered at once, no error
+        held: list[httpx.Response] = []
+        waiter = threading.Thread(
+            target=lambda: held.append(httpx.get(f"{runner.url}/health?wait=10", timeout=30))
+        )
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not held, "held while setup() runs"
+        (tmp_path / "setup-gate").write_text("go")
+        waiter.join(30)
+        assert [r.status_code for r in held] == [200]
+        assert held[0].json()["status"] == "ready"
 
 
 def test_without_setup_ready_as_soon_as_up(bundles: dict[str, Path], tmp_path: Path) -> None:

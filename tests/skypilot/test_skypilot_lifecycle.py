@@ -153,7 +153,10 @@ def test_gateway_lifecycle_sweeps_runners(enabled, fake_cloud: FakeCloud, tmp_pa
         )
     )
     assert handle.info["cluster"] == "sf-demo--gateway"
-    assert handle.url.endswith(":8765")
+    assert handle.url.startswith("https://") and handle.url.endswith(":8765")
+    # The CLI verifies it against the stack CA by its fixed name (its IP was unknown at issue).
+    assert handle.info["tls_server_name"] == "gateway.demo.skyform.internal"
+    assert str(handle.info["ca_file"]).endswith("ca.pem")
     assert left_behind.info["cluster"] not in fake_cloud.clusters
     placed = dict(fake_cloud.launched)["sf-demo--gateway"]
     assert placed.accelerators is None and placed.instance_type.startswith("cpu_")
