@@ -55,6 +55,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -464,11 +465,13 @@ class LocalProvider:
         return None
 
 
+@dataclass(frozen=True)
 class RunnerUser:
     """The unprivileged account runners run as when skyform itself runs as root."""
 
-    def __init__(self, name: str, uid: int, gid: int) -> None:
-        self.name, self.uid, self.gid = name, uid, gid
+    name: str
+    uid: int
+    gid: int
 
 
 def runner_user() -> RunnerUser | None:
