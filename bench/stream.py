@@ -193,7 +193,7 @@ def main() -> None:
         workdir = Path(tmp)
         (workdir / "stream_app.py").write_text(textwrap.dedent(APP_SOURCE))
         bundle = build_bundle(str(workdir / "stream_app.py") + "::Streams", workdir, BUNDLE_KEY)
-        with _gateway(workdir) as url, _bare(workdir) as bare:
+        with _gateway(workdir) as (url, _pid), _bare(workdir) as bare:
             payload = {"bundle_b64": base64.b64encode(bundle.data).decode(), "auth": "public"}
             _admin(url, "PUT", "/-/apps/streams", {**payload, "env": {}})
             asyncio.run(_read_stream(url, "/streams/ticks", 1, 0.0))  # starts the runner

@@ -97,6 +97,8 @@ def isolated_build_command(src: Path, dist: Path) -> tuple[list[str], dict[str, 
     uv does not read pip's configuration, so the same sources pip would use are
     passed to it (see `skyform.providers.envconfig`).
     """
+    from skyform.providers.environments import _uv_binary  # one way to find uv
+
     uv = _uv_binary()
     if uv is None:
         return [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(src)], {}
@@ -133,15 +135,3 @@ def _build_args(install_args: list[str]) -> list[str]:
         if arg in _BUILD_OPTIONS:
             out += [_BUILD_OPTIONS[arg], value]
     return out
-
-
-def _uv_binary() -> str | None:
-    try:
-        import uv  # the PyPI package ships the binary
-
-        found = uv.find_uv_bin()
-        if found and os.path.exists(found):
-            return str(found)
-    except (ImportError, FileNotFoundError):
-        pass
-    return shutil.which("uv")

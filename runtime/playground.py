@@ -3,7 +3,9 @@
 Generated from the OpenAPI schema stored in the app's bundle, so it works while
 the app has no runner up (the first call it makes starts one). The page calls
 the app through the gateway's queue routes and shows queue position, result
-and errors. A private app's page holds nothing of the app but its name: the
+and errors; multipart endpoints get file inputs, and streaming endpoints
+(`x-skyform-stream` in the schema) are called on the synchronous route so each
+event shows as it arrives. A private app's page holds nothing of the app but its name: the
 user pastes the API key, and the page fetches the schema with it from
 `/{app}/openapi.json` (which needs the key, like every other route of the app).
 

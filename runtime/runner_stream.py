@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from pydantic_core import to_jsonable_python
 
 from skyform.app import Endpoint
 from skyform.runtime.runner_context import current_request
+
+log = logging.getLogger("skyform.runner")
 
 if TYPE_CHECKING:
     from starlette.responses import StreamingResponse
@@ -99,6 +102,7 @@ class EventStream:
     def _close(self) -> None:
         """The caller left mid-stream: close the generator (its cleanup code runs)."""
         self._done = True
+        log.info("%s: the caller went away; closing its stream", self.ep.name)
         if self._async:
             # A task of its own: the caller's cancellation must not cut the cleanup short.
             task = asyncio.ensure_future(_aclose(self._gen))

@@ -67,7 +67,7 @@ async def proxy_websocket(
             await refuse(send, 503, dump({"detail": reason, "error_type": req.error_type}))
             return
         try:
-            upstream = await _connect(gateway, runner, target, req.id, scope)
+            upstream = await _connect(runner, target, req.id, scope)
         except OSError as exc:
             log.warning("websocket %s: runner %s unreachable: %s", req.id, runner.id, exc)
             gateway.scheduler.websocket_ended(req, runner, "unreachable")
@@ -89,15 +89,13 @@ async def proxy_websocket(
         released.set()
 
 
-async def _connect(
-    gateway: Gateway, runner: Runner, target: str, request_id: str, scope: Scope
-) -> Any:
+async def _connect(runner: Runner, target: str, request_id: str, scope: Scope) -> Any:
     from websockets.asyncio.client import connect
 
     assert runner.client is not None
     headers = {REQUEST_ID_HEADER: request_id}
-    if gateway.scheduler.runner_token:
-        headers["authorization"] = f"Bearer {gateway.scheduler.runner_token}"
+    if runner.token:  # each runner has its own token
+        headers["authorization"] = f"Bearer {runner.token}"
     subprotocols = scope.get("subprotocols") or None
     client = runner.client
     tls = client.ssl_context is not None  # runners off this host are reached over TLS

@@ -29,12 +29,14 @@ import pytest
 import yaml
 from ci_helpers import EXAMPLES, REPO, free_port, fresh_checkout, kill_all_under, processes_under
 
+from skyform.keys import ENV_NAMES
 from skyform.state.pgtemp import temp_postgres
 
 WORKFLOW = EXAMPLES / "ci" / ".github" / "workflows" / "skyform.yml"
 # Steps GitHub performs, not skyform: the test does their part itself.
 SIMULATED = {"install", "upload", "comment", "download"}
-SECRETS = ("SKYFORM_BUNDLE_KEY", "SKYFORM_ADMIN_TOKEN", "SKYFORM_RUNNER_TOKEN", "SKYFORM_API_KEY")
+# Every key skyform would otherwise generate into .skyform/ (lost with the CI job).
+SECRETS = tuple(ENV_NAMES.values())
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

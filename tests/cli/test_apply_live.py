@@ -174,11 +174,11 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
 
 @pytest.fixture
 def readable_dir() -> Iterator[Path]:
-    """A folder runners can read: they may run as another user (skyform as root), who
-    cannot enter the test's own temp folder."""
-    with tempfile.TemporaryDirectory(prefix="skyform-live-") as path:
-        os.chmod(path, 0o755)
-        yield Path(path)
+    """A folder the runners can read: run as root, skyform drops them to another
+    user, who cannot enter the test's own (0700) temporary folders."""
+    with tempfile.TemporaryDirectory(prefix="skyform-weights-") as folder:
+        os.chmod(folder, 0o755)
+        yield Path(folder)
 
 
 def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(

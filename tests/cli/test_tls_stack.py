@@ -22,7 +22,7 @@ import httpx
 import pytest
 from cli_helpers import cleanup, processes_under, sky, state_of, wait_until, write_project
 
-from skyform.tls import client_context
+from skyform.tls import client_context, runner_server_name
 
 pytestmark = pytest.mark.slow
 
@@ -86,15 +86,16 @@ def test_callers_verify_with_the_ca_file_and_runners_are_on_tls(root: Path) -> N
     assert [r["url"][:8] for r in app["runners"]] == ["https://"]
     runners = [cmd for _pid, cmd in processes_under(root) if "skyform.runtime.runner" in cmd]
     assert runners
-    for cmd in runners:  # each serves TLS (its pair on the command line, or on its pipe)
-        port = int(cmd.split("--port ")[1].split()[0])
-        unverified = ssl.create_default_context()
-        unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    # Each runner answers TLS with a certificate the stack CA signed for the runners'
+    # name (the pair reaches it as files or, when it runs as another user, on its pipe).
+    for runner in app["runners"]:
+        url = httpx.URL(runner["url"])
+        context = ssl.create_default_context(cafile=out["ca_file"])
         with (
-            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-            unverified.wrap_socket(raw) as tls,
+            socket.create_connection((url.host, url.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=runner_server_name("demo")) as tls,
         ):
-            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            assert tls.version() is not None
 
 
 def test_plan_is_clean_and_keys_stay_private(root: Path) -> None:

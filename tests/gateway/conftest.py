@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, tagged_pids
+from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, assert_none_left
 
 from skyform.bundle import Bundle, build_bundle
 
@@ -67,18 +65,7 @@ def count_dir() -> Iterator[Path]:
 def no_leftovers(tag: str) -> Iterator[None]:
     """Fails the test if any process it started (gateway or runner) outlives it."""
     yield
-    _assert_none_left(tag, "the test")
-
-
-def _assert_none_left(tag: str, what: str) -> None:
-    """Wait a little for tagged processes to end; kill and report any that remain."""
-    deadline = time.monotonic() + 15
-    while tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = tagged_pids(tag)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after {what}: {left}"
+    assert_none_left(tag, "the test")
 
 
 @pytest.fixture
@@ -105,4 +92,4 @@ def shared_gateway(
         finally:
             gw.stop()
             gw.http.close()
-            _assert_none_left(tag, "the module")
+            assert_none_left(tag, "the module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,17 @@ def tagged_pids(tag: str) -> list[int]:
         if f"{TAG_VAR}={tag}".encode() in environ.split(b"\0") and ") Z" not in stat:
             found.append(int(entry.name))
     return found
+
+
+def assert_none_left(tag: str, what: str) -> None:
+    """Wait a little for tagged processes to end; kill and report any that remain."""
+    deadline = time.monotonic() + 15
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = tagged_pids(tag)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after {what}: {left}"
 
 
 def pid_alive(pid: int) -> bool:

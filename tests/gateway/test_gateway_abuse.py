@@ -7,7 +7,6 @@ client sends (huge or endless request heads).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import select
 import signal
@@ -64,20 +63,21 @@ def limited(tmp_path: Path, tag: str, count_dir: Path, no_leftovers: None) -> It
 # --- at-least-once delivery ------------------------------------------------------
 
 
-def _calls(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def test_request_that_kills_its_gateway_ends_poisoned(
     gateway: GatewayProc, abuse_bundles, count_dir: Path
 ) -> None:
     gateway.register("killer", abuse_bundles["killer"])
     submitted = gateway.submit("killer", "/", {"key": "k"})
+    counts = count_dir / "k"
     for death in range(1, 4):
         assert gateway.proc is not None
-        wait_for(lambda n=death: _calls(count_dir / "k") >= n, 90, "the call to be recorded")
-        with contextlib.suppress(ProcessLookupError):  # the app could not kill it itself
-            gateway.proc.kill()
+        # In flight (the handler has recorded this attempt): the gateway dies.
+        wait_for(
+            lambda n=death: counts.exists() and len(counts.read_text().splitlines()) == n,
+            90,
+            f"attempt {death} to run",
+        )
+        gateway.proc.send_signal(signal.SIGKILL)
         assert gateway.proc.wait(90) == -signal.SIGKILL
         gateway.stop()
         # The attempt was committed before dispatch: it is counted after the death.

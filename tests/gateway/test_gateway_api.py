@@ -144,7 +144,10 @@ def test_queue_submit_status_result(gw: GatewayProc) -> None:
 
 def test_queue_position_and_cancel(gw: GatewayProc) -> None:
     # Occupy both runners of `echo` (max_runners 2, one slot each), then queue more.
-    blockers = [gw.submit("echo", "/status", {"key": f"block{i}", "sleep": 1.5}) for i in range(2)]
+    # The blockers hold their runners until the test lets them go: the second
+    # runner may take as long as it likes to start.
+    hold = {"release": "queue-position-go"}
+    blockers = [gw.submit("echo", "/status", {"key": f"block{i}", **hold}) for i in range(2)]
     wait_for(
         lambda: all(
             gw.http.get(b["status_url"]).json()["status"] == "IN_PROGRESS" for b in blockers
@@ -163,6 +166,7 @@ def test_queue_position_and_cancel(gw: GatewayProc) -> None:
     assert status["status"] == "COMPLETED" and status["error_type"] == "cancelled"
     result = gw.http.get(queued[1]["response_url"])
     assert result.status_code == 409 and result.json()["error_type"] == "cancelled"
+    (gw.count_dir / hold["release"]).touch()
     for q in (queued[0], queued[2], *blockers):
         assert "error" not in gw.wait_done(q)
     again = gw.http.put(queued[0]["cancel_url"])

@@ -67,11 +67,17 @@ def test_keep_alive_stops_idle_runners_but_not_below_min(gateway: GatewayProc, b
         httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as client,
         ThreadPoolExecutor(6) as pool,
     ):
-        list(
-            pool.map(lambda i: client.post("/warm/busy", json={"key": "w", "sleep": 0.5}), range(6))
+        # Six calls held on the runners until a second runner is up: the queued
+        # work scales the app out, however long that runner takes to start.
+        body = {"key": "w", "release": "keep-alive-go"}
+        calls = [pool.submit(client.post, "/warm/busy", json=body) for _ in range(6)]
+        wait_for(
+            lambda: sum(r["state"] == "ready" for r in gateway.app("warm")["runners"]) >= 2,
+            60,
+            "a second runner for the queued work",
         )
-    app = gateway.app("warm")
-    assert len([r for r in app["runners"] if r["state"] in ("ready", "draining", "stopped")]) >= 2
+        (gateway.count_dir / body["release"]).touch()
+        assert [c.result().status_code for c in calls] == [200] * 6
     # Back to exactly min_runners once idle, and it stays there.
     wait_for(lambda: len(gateway.runners("warm")) == 1, 20, "scale-down to min_runners")
     wait_for(

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _assert_none_left
-from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc
+from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc, assert_none_left
 
 from skyform.bundle import build_bundle
 from skyform.tls import ensure_leaf
@@ -54,7 +53,7 @@ def tls_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
     finally:
         gw.stop()
         gw.http.close()
-        _assert_none_left(tag, "the module")
+        assert_none_left(tag, "the module")
 
 
 def _fal(gw: GatewayProc, ca: Path, script: str) -> str:

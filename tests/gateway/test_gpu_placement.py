@@ -125,8 +125,7 @@ def test_a_second_gpu_runner_waits_for_the_gpu_and_nothing_fails(tmp_path: Path)
             metrics=GatewayMetrics(),
             stack="t",
             state_dir=tmp_path,
-            runner_env={"SKYFORM_BUNDLE_KEY": BUNDLE_KEY},
-            runner_token="",
+            bundle_key=BUNDLE_KEY,
         )
         await scheduler.start()
         try:

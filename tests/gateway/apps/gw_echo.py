@@ -25,6 +25,16 @@ class StatusIn(BaseModel):
     code: int = 200
     fail_times: int = 0
     sleep: float = 0.0
+    # Hold the call until the test creates this file under $GW_COUNT_DIR (at
+    # most RELEASE_WAIT_S): what a test waits for then never races a timer.
+    release: str = ""
+
+
+RELEASE_WAIT_S = 15.0
+
+
+def _released(req: StatusIn) -> bool:
+    return not req.release or (Path(os.environ["GW_COUNT_DIR"]) / req.release).exists()
 
 
 def _record(key: str) -> int:
@@ -52,6 +62,9 @@ class Echo(App):
         n = _record(req.key)
         if req.sleep:
             time.sleep(req.sleep)
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while not _released(req) and time.monotonic() < deadline:
+            time.sleep(0.02)
         if n <= req.fail_times:
             raise HTTPException(status_code=req.code, detail=f"planned {req.code} (call {n})")
         return {"pid": os.getpid(), "calls": n}
@@ -63,6 +76,9 @@ class Echo(App):
         peak = Echo._in_flight
         try:
             await asyncio.sleep(req.sleep)
+            deadline = time.monotonic() + RELEASE_WAIT_S
+            while not _released(req) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             peak = max(peak, Echo._in_flight)
         finally:
             Echo._in_flight -= 1
