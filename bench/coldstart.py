@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -167,26 +167,30 @@ def first_200(root: Path) -> float:
     return time.time()
 
 
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
 def runner_marks(root: Path) -> dict[str, float]:
     """Wall-clock marks from the runner's log: serving, setup's phases, ready."""
+    from skyform.logformat import LINE_RE
+
     logs = sorted(root.glob(".skyform/runtime/**/runners/*.log"))
     marks: dict[str, float] = {}
     for line in logs[0].read_text(errors="replace").splitlines() if logs else []:
-        match = _STAMP.match(line)
+        match = LINE_RE.match(line)
         if not match:
             continue
-        when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if " serving " in line:
+        stamp = datetime.strptime(match.group("time"), "%Y-%m-%dT%H:%M:%S.%fZ")
+        when = stamp.replace(tzinfo=UTC).timestamp()
+        message = match.group("message")
+        if message.startswith("serving "):
             marks["serving"] = when
-        elif "setup on " in line:
+        elif message.startswith("setup on "):
             marks["setup_done"] = when
-            for name, value in re.findall(r"(imports|model load|warm-up) ([\d.]+)s", line):
+            for name, value in re.findall(r"(imports|model load|warm-up) ([\d.]+)s", message):
                 marks[name] = float(value)
-        elif line.endswith(" ready"):
+        elif message == "ready":
             marks["ready"] = when
+    missing = {"serving", "imports", "model load", "warm-up", "ready"} - set(marks)
+    if missing:
+        raise SystemExit(f"the runner log lacks {sorted(missing)}: {logs[:1]}")
     return marks
 
 
@@ -212,7 +216,9 @@ def run_apply() -> dict[str, float]:
         "setup: warm-up": marks["warm-up"],
         "setup: other": marks["ready"] - marks["serving"] - setup,
         "ready -> apply sees it": line_time(lines, "1/1 runners ready") - marks["ready"],
-        "apply exit, first call": done - line_time(lines, "1/1 runners ready"),
+        "apply's outputs and exit": line_time(lines, "<apply exited>")
+        - line_time(lines, "1/1 runners ready"),
+        "first call": done - line_time(lines, "<apply exited>"),
     }
 
 

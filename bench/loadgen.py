@@ -94,6 +94,8 @@ def run(
     if out.returncode != 0 or not result_line:
         raise SystemExit(f"wrk failed on {url}: {out.stderr.strip() or out.stdout.strip()}")
     raw = json.loads(result_line)
+    if raw["requests"] == 0:
+        raise SystemExit(f"{url}: no request completed in {seconds:g}s")
     if raw["status_errors"] or raw["socket_errors"]:
         raise SystemExit(
             f"{url}: {raw['status_errors']} error answers and {raw['socket_errors']} socket "

@@ -344,11 +344,15 @@ def _admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
 
 
 def measure(url: str, kind: str, args: argparse.Namespace, headers: dict | None = None) -> dict:
+    """One server's figures; a server that fails under load gets a row saying so."""
     body = BODIES[kind]
-    loadgen.run(url, body=body, headers=headers, connections=args.connections, seconds=1)
-    return loadgen.run(
-        url, body=body, headers=headers, connections=args.connections, seconds=args.seconds
-    )
+    try:
+        loadgen.run(url, body=body, headers=headers, connections=args.connections, seconds=1)
+        return loadgen.run(
+            url, body=body, headers=headers, connections=args.connections, seconds=args.seconds
+        )
+    except SystemExit as exc:
+        return {"error": str(exc)}
 
 
 def main() -> None:
@@ -385,7 +389,8 @@ def main() -> None:
             for name in [n for n in names if not n.startswith("skyform")]:
                 with peer(name, kind, work, free_port()) as url:
                     results[(name, kind)] = measure(url, kind, args)
-                print(f"{kind} {name}: {results[(name, kind)]['rate']:.0f} req/s", file=sys.stderr)
+                got = results[(name, kind)]
+                print(f"{kind} {name}: {got.get('rate', got.get('error'))}", file=sys.stderr)
     report(args, names, results)
 
 
@@ -396,17 +401,24 @@ def report(args: argparse.Namespace, names: list[str], results: dict) -> None:
     )
     print("| server | endpoint | req/s | p50 ms | p99 ms | vs bare FastAPI |")
     print("|---|---|---:|---:|---:|---:|")
+    failures = []
     for kind in args.kinds.split(","):
         bare = results.get(("bare", kind))
         for name in names:
             r = results.get((name, kind))
             if r is None:
                 continue
-            ratio = f"{r['rate'] / bare['rate']:.2f}x" if bare else "-"
+            if "error" in r:
+                print(f"| {name} | {kind} | failed (below) | - | - | - |")
+                failures.append(f"{name} {kind}: {r['error']}")
+                continue
+            ratio = f"{r['rate'] / bare['rate']:.2f}x" if bare and "rate" in bare else "-"
             print(
                 f"| {name} | {kind} | {r['rate']:,.0f} | {r['p50_ms']:.2f} | "
                 f"{r['p99_ms']:.2f} | {ratio} |"
             )
+    for line in failures:
+        print(f"\n{line}")
 
 
 if __name__ == "__main__":

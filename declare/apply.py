@@ -43,7 +43,9 @@ from skyform.stackfile import Stack
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
-READY_POLL_S = 0.1  # how often apply asks the gateway whether min_runners are ready (a cheap GET)
+# How often apply asks the gateway whether min_runners are ready. Each poll costs the
+# CLI and the gateway CPU that a runner importing torch on the same cores would use.
+READY_POLL_S = 0.25
 
 Report = Callable[[str], None]
 
@@ -309,6 +311,7 @@ class Applier:
         self.progress = progress
         self.done: dict[str, int] = {"add": 0, "change": 0, "destroy": 0}
         self._interrupts: _Interrupts | None = None
+        self._shown: set[str] = set()  # apps whose readiness progress has been shown
 
     # -- state bookkeeping ---------------------------------------------------------
 
@@ -524,12 +527,15 @@ class Applier:
                     c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
                 )
                 self.report(f"{c.address}: {verb}...")
+                # Forced (--replace) or tainted: the same revision, on fresh runners.
+                replace = c.reason == "--replace" or c.tainted is not None
                 answer = client.put_app(
                     c.name,
                     data,
                     after.get("auth") or "private",
                     dict(after.get("env", {})),
                     secrets.get(c.name, {}),
+                    replace=replace,
                 )
                 after["revision"] = answer.get("revision", after.get("revision"))
                 after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
@@ -623,12 +629,15 @@ class Applier:
         ]
         ready = [r for r in current if r.get("state") == "ready"]
         wanted = int(rec.get("min_runners") or 0)
-        if self.progress is not None and (wanted or old):
+        # An app shown waiting for its old runners' replacement is shown until it is done.
+        replacing = bool(old) or name in self._shown
+        if self.progress is not None and (wanted or replacing):
+            self._shown.add(name)
             states = Counter(str(r.get("state")) for r in current if r.get("state") != "ready")
             states = Counter({s: n for s, n in states.items() if s not in ("failed", "stopped")})
             if old:
                 states["of the old revision still serving"] = len(old)
-            self.progress(name, len(ready), max(wanted, 1 if old else 0), dict(states))
+            self.progress(name, len(ready), max(wanted, 1 if replacing else 0), dict(states))
         if len(ready) >= wanted and not old:
             return None
         if app.get("last_error_type") == "environment_build_failed":

@@ -115,17 +115,21 @@ class GatewayClient:
         auth: str,
         env: dict[str, str],
         secrets: dict[str, str] | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
         """Register (or update) an app revision; returns `{name, revision, fingerprint}`.
 
         `secrets` travel apart from `env`: the gateway stores them sealed.
+        `replace`: new runners even for the same revision (the old ones drain).
         """
-        payload = {
+        payload: dict[str, Any] = {
             "bundle_b64": base64.b64encode(bundle).decode(),
             "auth": auth,
             "env": env,
             "secrets": secrets or {},
         }
+        if replace:  # only when asked: a gateway of an older skyform refuses the field
+            payload["replace"] = True
         return self._call(
             "PUT", f"/-/apps/{_segment(name)}", f"register app {name!r}", json=payload
         ).json()

@@ -91,6 +91,9 @@ class GatewayLimitsConfig(BaseModel):
     header_timeout: float | None = Field(
         None, gt=0, description="Seconds to send a whole request head (slow ones are closed)."
     )
+    body_timeout: float | None = Field(
+        None, gt=0, description="Seconds a request body may stall while it is read (408)."
+    )
     max_body_bytes: ByteSize | None = Field(
         None, gt=0, description="One request's body (413 past it)."
     )

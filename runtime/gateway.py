@@ -84,6 +84,9 @@ NO_RETRY_HEADER = b"x-skyform-no-retry"
 IDEMPOTENCY_HEADER = b"x-skyform-idempotency-key"
 MAX_IDEMPOTENCY_KEY = 256
 RETRY_AFTER_S = 1  # what a caller refused for lack of room is told to wait
+# Bodies of the admin API (bundles): its caller holds the admin token, so the
+# callers' limits do not apply; this bound only catches a mistake.
+ADMIN_MAX_BODY = 1024 * 1024 * 1024
 PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
 STREAM_POLL_S = 0.25  # how often a status stream looks for a changed queue position
 
@@ -434,7 +437,7 @@ class Gateway:
         return cached[1]
 
     async def _read_body(
-        self, scope: Scope, receive: Receive, app: AppState | None = None
+        self, scope: Scope, receive: Receive, app: AppState | None = None, *, admin: bool = False
     ) -> bytes:
         """The request body, read while charging the gateway-wide in-flight body budget.
 
@@ -443,10 +446,14 @@ class Gateway:
         charged chunk by chunk as it streams in. The caller releases
         `len(body)` once it no longer holds the body; on an error here the
         charge is released before raising.
+
+        `admin` (a caller holding the admin token, registering a bundle): the
+        callers' limits do not apply, `ADMIN_MAX_BODY` does, and the body is
+        not charged (the caller has nothing to release).
         """
-        limit = self.limits.max_body_bytes
-        too_large = _too_large(limit)
-        if app is not None and (rules := self._rules_of(app)).max_bytes < limit:
+        limit = ADMIN_MAX_BODY if admin else self.limits.max_body_bytes
+        too_large = _too_large(limit, admin)
+        if app is not None and not admin and (rules := self._rules_of(app)).max_bytes < limit:
             # The app's own max_body_mb is the tighter bound: the 413 names it.
             refused = rules.too_large()
             limit = rules.max_bytes
@@ -458,7 +465,7 @@ class Gateway:
             raise too_large
         charged = 0
         try:
-            if declared:
+            if declared and not admin:
                 if not self.body_budget.try_charge(declared):
                     raise _budget_spent(self.body_budget)
                 charged = declared
@@ -467,14 +474,15 @@ class Gateway:
             buf = bytearray(declared or 0)
             size = 0
             while True:
+                # A stalled body is cut off by the server (body_timeout): a disconnect.
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    break
+                    raise HTTPError(400, "the caller went away before sending its whole body")
                 chunk = message.get("body", b"")
                 end = size + len(chunk)
                 if end > limit:
                     raise too_large
-                if end > charged:
+                if end > charged and not admin:
                     if not self.body_budget.try_charge(end - charged):
                         raise _budget_spent(self.body_budget)
                     charged = end
@@ -661,7 +669,7 @@ class Gateway:
             runners = [r.describe() for r in self.scheduler.all_runners()]
             await send_response(send, 200, dump({"runners": runners}))
         elif rest == "tls" and method == "PUT":
-            body = self._replace_certificate(await self._read_body(scope, receive))
+            body = self._replace_certificate(await self._read_body(scope, receive, admin=True))
             await send_response(send, 200, dump(body))
         elif rest == "apps" and method == "GET":
             apps = [a.describe() for a in self.scheduler.apps.values()]
@@ -688,11 +696,7 @@ class Gateway:
         elif method == "PUT":
             if not self.accepting:
                 raise HTTPError(503, "the gateway is shutting down", "gateway_stopping")
-            raw = await self._read_body(scope, receive)
-            try:
-                app = self._register(name, raw)
-            finally:
-                self.body_budget.release(len(raw))
+            app = self._register(name, await self._read_body(scope, receive, admin=True))
             body = {"name": app.name, "revision": app.revision, "fingerprint": app.fingerprint}
             await send_response(send, 200, dump(body))
         elif method == "DELETE":
@@ -763,11 +767,14 @@ class Gateway:
             raise HTTPError(400, "request body must be JSON") from None
         if not isinstance(payload, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        fields = ["bundle_b64", "auth", "env", "secrets"]
+        fields = ["bundle_b64", "auth", "env", "secrets", "replace"]
         unknown = set(payload) - set(fields)
         if unknown:
             key = sorted(unknown)[0]
             raise HTTPError(400, f"unknown field {key!r}{did_you_mean(key, fields)}")
+        replace = payload.get("replace", False)
+        if not isinstance(replace, bool):
+            raise HTTPError(400, "replace must be true or false")
         bundle_b64 = payload.get("bundle_b64")
         if not isinstance(bundle_b64, str) or not bundle_b64:
             raise HTTPError(400, "bundle_b64 (the base64 of a signed bundle) is required")
@@ -786,7 +793,7 @@ class Gateway:
         secrets = _string_map(payload, "secrets")
         if secrets and self.store.sealer is None:
             raise HTTPError(400, "this gateway has no bundle key to seal secrets with")
-        return self.scheduler.register(name, data, meta, auth, env, secrets)
+        return self.scheduler.register(name, data, meta, auth, env, secrets, replace=replace)
 
     def _logs(self, app: AppState, tail: int, every: bool = False) -> str:
         """The app's runner log lines, merged by time, the last `tail` of them in all.
@@ -920,11 +927,12 @@ def _content_length(scope: Scope) -> int | None:
     return value
 
 
-def _too_large(limit: int) -> HTTPError:
+def _too_large(limit: int, admin: bool = False) -> HTTPError:
     # connection: close -- the rest of the body is not read, so the connection cannot be reused.
+    where = "the admin API's bound" if admin else "gateway.limits.max_body_bytes"
     return HTTPError(
         413,
-        f"request body is larger than {limit} bytes (gateway.limits.max_body_bytes)",
+        f"request body is larger than {limit} bytes ({where})",
         "body_too_large",
         headers=[(b"connection", b"close")],
     )

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import ssl
@@ -426,14 +427,22 @@ class Scheduler:
         auth: str,
         env: dict[str, str],
         secrets: dict[str, str] | None = None,
+        replace: bool = False,
     ) -> AppState:
-        """Add or update an app. A new generation rolls; same generation updates in place."""
+        """Add or update an app. A new generation rolls; same generation updates in place.
+
+        `replace` (`plan --replace APP`) rolls even the same revision: its runners
+        are a new generation of their own, so the old ones drain like any other.
+        """
         secrets = dict(secrets or {})
         folder = private_dir(self.state_dir / "bundles" / name)
         path = folder / f"{meta['fingerprint']}.bundle"
         if not path.exists():
             write_atomic(path, data, mode=0o600)
         generation = generation_of(meta["revision"], env, secrets)
+        if replace:
+            salted = f"{generation}:{os.urandom(8).hex()}".encode()
+            generation = hashlib.sha256(salted).hexdigest()[:16]
         app = self.apps.get(name)
         fresh = app is None or app.generation != generation
         if app is None:

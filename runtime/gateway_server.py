@@ -7,11 +7,12 @@ Three adjustments to stock uvicorn:
   event-loop turn are coalesced into one.
 - SIGTERM/SIGINT stop the server and the process then exits 0 (uvicorn's own
   capture re-raises the signal after shutdown).
-- A request head (request line + headers) is bounded in size and in time
-  (`GatewayLimits.max_header_bytes`, `header_timeout`): httptools buffers a
-  header whole before uvicorn sees it, and uvicorn's keep-alive timeout is not
-  armed until a first response, so without this one caller can make the
-  gateway hold a 60 MB header, or hundreds of connections that never finish one.
+- A request head (request line + headers) is bounded in size and in time,
+  and a body in how long it may stall (`GatewayLimits.max_header_bytes`,
+  `header_timeout`, `body_timeout`): httptools buffers a header whole before
+  uvicorn sees it, and uvicorn's keep-alive timeout is not armed until a first
+  response, so without this one caller can make the gateway hold a 60 MB
+  header, or hundreds of connections that never finish a request.
 
 With TLS, the certificate files are checked every second and reloaded
 into the live context when they change: `apply` renews a certificate before
@@ -97,23 +98,35 @@ def coalescing_httptools_protocol() -> type[asyncio.Protocol] | None:
 # upload unread, makes the kernel reset the connection and the caller would
 # not see the refusal.
 LINGER_S = 1.0
+SWEEP_S = 0.5  # how often connections are checked against the time bounds
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+_SWEEPS: dict[int, asyncio.TimerHandle] = {}  # per server (its connections set)
+
+
 def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] | None:
-    """The coalescing httptools protocol, bounding request heads within `limits`;
-    None without httptools (the h11 fallback then bounds heads in size only)."""
+    """The coalescing httptools protocol, bounding what one connection can make
+    the gateway hold within `limits`; None without httptools (the h11 fallback
+    then bounds heads in size only).
+
+    - A request head larger than `max_header_bytes`: 431.
+    - A request head not complete `header_timeout` seconds after its first
+      byte (or the connection's start): 408 (slowloris).
+    - A request body that sends nothing for `body_timeout` seconds: 408.
+
+    Time bounds are checked by one sweep over the server's connections every
+    `SWEEP_S`, not by a timer per request: the per-request cost stays a few
+    attribute writes on the hot path.
+    """
     base = coalescing_httptools_protocol()
     if base is None:
         return None
 
     class GuardedHttpToolsProtocol(base):  # type: ignore[valid-type,misc]
-        """Refuses request heads larger than `max_header_bytes` (431) or slower than
-        `header_timeout` seconds (408), counted from the head's first byte (or the
-        connection's start)."""
-
         max_header_bytes = limits.max_header_bytes
         header_timeout = limits.header_timeout
+        body_timeout = limits.body_timeout
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
@@ -121,18 +134,18 @@ def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] 
             self._head_tail = b""
             self._awaiting_head = True
             self._refused = False
-            self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
-                self.header_timeout, self._head_timed_out
-            )
+            self._head_started: float | None = self.loop.time()
+            self._body_seen = 0.0
+            self._in_body = False
+            if id(self.connections) not in _SWEEPS:
+                _schedule_sweep(self.loop, self.connections)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return  # dropped while the refusal reaches the caller
             if self._awaiting_head:
-                if self._head_timer is None:
-                    self._head_timer = self.loop.call_later(
-                        self.header_timeout, self._head_timed_out
-                    )
+                if self._head_started is None:
+                    self._head_started = self.loop.time()
                 window = self._head_tail + data
                 end = window.find(b"\r\n\r\n")
                 self._head_bytes += len(data) if end < 0 else end + 4 - len(self._head_tail)
@@ -140,43 +153,57 @@ def guarded_httptools_protocol(limits: GatewayLimits) -> type[asyncio.Protocol] 
                     self._refuse(431, f"request head is larger than {self.max_header_bytes} bytes")
                     return
                 self._head_tail = window[-3:]
+            elif self._in_body:
+                self._body_seen = self.loop.time()
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
-            self._awaiting_head = False
-            self._cancel_head_timer()
+            self._awaiting_head, self._head_started = False, None
+            self._in_body, self._body_seen = True, self.loop.time()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
+            self._in_body = False
             self._awaiting_head, self._head_bytes, self._head_tail = True, 0, b""
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
-            super().connection_lost(exc)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._awaiting_head and not self._refused and not self.transport.is_closing():
+        def check_time(self, now: float) -> None:
+            if self._refused or self.transport is None or self.transport.is_closing():
+                return
+            started = self._head_started
+            if self._awaiting_head and started is not None and now - started > self.header_timeout:
                 self._refuse(408, f"request head not complete within {self.header_timeout:g}s")
+            elif self._in_body and now - self._body_seen > self.body_timeout:
+                cycle = self.cycle
+                if cycle is not None and cycle.response_started:
+                    self.transport.close()  # answered already; the caller just stopped sending
+                    return
+                if cycle is not None:
+                    cycle.disconnected = True  # the app's own answer goes nowhere
+                    cycle.message_event.set()
+                self._refuse(408, f"request body stalled for {self.body_timeout:g}s")
 
         def _refuse(self, status: int, detail: str) -> None:
             self._refused = True
-            self._cancel_head_timer()
             self._unset_keepalive_if_required()
-            body = json.dumps({"detail": detail, "error_type": "bad_request_head"}).encode()
+            body = json.dumps({"detail": detail, "error_type": "bad_request"}).encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (status, _REASONS[status], len(body), body)
             )
-            log.warning("refused a request head from %s: %s", self.client, detail)
+            log.warning("refused a request from %s: %s", self.client, detail)
             self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _schedule_sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        def sweep() -> None:
+            now = loop.time()
+            for conn in list(connections):
+                if isinstance(conn, GuardedHttpToolsProtocol):
+                    conn.check_time(now)
+            _SWEEPS[id(connections)] = loop.call_later(SWEEP_S, sweep)
+
+        _SWEEPS[id(connections)] = loop.call_later(SWEEP_S, sweep)
 
     return GuardedHttpToolsProtocol
 

@@ -33,6 +33,8 @@ class GatewayLimits:
     max_header_bytes: int = 64 * 1024
     # Seconds a connection may take to send a complete request head (slowloris); past it: closed.
     header_timeout: float = 10.0
+    # Seconds a request body may stall (no bytes) while it is read; past it: 408.
+    body_timeout: float = 30.0
     # One request's body; past it: 413.
     max_body_bytes: int = 64 * MIB
     # Body bytes held in memory across all requests being read or run; past it: 503 + Retry-After.

@@ -309,6 +309,8 @@ def _print_outputs(outputs: dict[str, Any]) -> None:
         return
     console.print("\nOutputs:\n")
     console.print(f"gateway_url = {outputs.get('gateway_url')}", markup=False)
+    if outputs.get("ca_file"):
+        console.print(f"ca_file     = {outputs['ca_file']}", markup=False)
     for name, urls in sorted((outputs.get("apps") or {}).items()):
         console.print(f"\napp.{name}:", markup=False)
         for key in ("url", "queue_url", "playground_url"):
@@ -358,6 +360,8 @@ def output(
         return
     value = _output_value(stack, outputs, name)
     if raw:
+        if value is None:
+            raise SkyformError(f"output {name} has no value in this stack")
         if not isinstance(value, str | int | float | bool):
             raise SkyformError(
                 f"output {name} is not a plain string or number; --raw cannot print it (use --json)"
@@ -530,9 +534,13 @@ def logs(
         handle, ctx.keys["admin_token"], ca_file=ctx.gateway_ca_file()
     ) as client:
         follower = LogFollower()
-        for line in follower.new_lines(client.logs(app_name, tail, every)):
+        first = follower.new_lines(client.logs(app_name, tail, every))
+        for line in first:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        if not first and tail:
+            which = "" if every else " of its current revision (--all shows older ones)"
+            print_warning(f"app {app_name}: no log lines from runners{which}")
         while follow:
             time.sleep(1.0)
             for line in follower.new_lines(client.logs(app_name, max(tail, 500), every)):

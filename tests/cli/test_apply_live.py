@@ -43,7 +43,7 @@ class Live(App):
 
     def setup(self) -> None:
         time.sleep(float(os.environ.get("SETUP_DELAY", "0")))
-        if MARKER and not os.path.exists(MARKER):
+        if MARKER and os.environ.get("NEEDS_WEIGHTS") and not os.path.exists(MARKER):
             raise RuntimeError(f"weights missing: {{MARKER}}")
 
     @endpoint("/")
@@ -56,7 +56,8 @@ class Live(App):
 APPS = {
     # Slower to start than warm: apply must wait for it too, though min_runners is 0.
     "cold": {"app": "live.py::Live", "min_runners": 0, "env": {"SETUP_DELAY": "2"}},
-    "warm": {"app": "live.py::Live", "min_runners": 1},
+    "warm": {"app": "live.py::Live", "min_runners": 1, "env": {"NEEDS_WEIGHTS": "1"}},
+    "idle": {"app": "live.py::Live", "min_runners": 0},  # never called: never has a runner
 }
 LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (cold|warm)-[0-9a-f]{8} [A-Z]+ \S+ "
@@ -138,7 +139,8 @@ def test_apply_returns_only_when_the_new_revision_serves_everything(root: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Apply complete!" in proc.stdout
     # Progress while it waited for the old runners to be replaced.
-    assert "app.cold: " in proc.stderr and "of the old revision still serving" in proc.stderr
+    assert "app.cold: 0/1 runners ready (1 of the old revision still serving" in proc.stderr
+    assert "app.cold: 1/1 runners ready\n" in proc.stderr  # shown until its replacement is done
     # No runner of the old revision takes requests any more when apply returns.
     apps = live_apps(root)
     for name in ("cold", "warm"):
@@ -152,9 +154,23 @@ def test_apply_returns_only_when_the_new_revision_serves_everything(root: Path) 
     assert versions(root, "cold", 20) == ["v2"] * 20
 
 
+def test_replace_rolls_the_same_revision_onto_new_runners(root: Path) -> None:
+    def ready(app: dict[str, Any]) -> set[str]:
+        return {r["id"] for r in app["runners"] if r["state"] == "ready"}
+
+    before = live_apps(root)["warm"]
+    proc = sky(root, "apply", "--auto-approve", "--replace", "warm")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "app.warm will get a new revision" in proc.stdout and "(--replace)" in proc.stdout
+    after = live_apps(root)["warm"]
+    assert after["revision"] == before["revision"]  # same code...
+    assert ready(after) and not ready(after) & ready(before)  # ...on fresh runners only
+    assert versions(root, "warm", 5) == [versions(root, "warm", 1)[0]] * 5
+
+
 def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path) -> None:
     answer = call(root, "warm")
-    request_id = answer.headers.get("x-skyform-request-id")
+    request_id = answer.headers["x-skyform-request-id"]  # the gateway's id for this call
     two = sky(root, "logs", "warm", "--tail", "2")
     assert two.returncode == 0, two.stderr
     lines = two.stdout.splitlines()
@@ -164,10 +180,12 @@ def test_logs_show_the_current_revision_with_time_runner_and_request(root: Path)
     assert not any("serving v1" in ln for ln in current)  # old revision's runner: not by default
     served = [ln for ln in current if "serving v2" in ln]
     assert served and all(re.search(r" \[[0-9a-f]{32}\] serving v2$", ln) for ln in served)
-    if request_id:
-        assert any(f"[{request_id}]" in ln for ln in current)
+    assert any(ln.endswith(f"[{request_id}] serving v2") for ln in current), request_id
     every = sky(root, "logs", "warm", "--all", "--tail", "1000").stdout.splitlines()
     assert any("serving v1" in ln for ln in every) and len(every) > len(current)
+    idle = sky(root, "logs", "idle")
+    assert idle.returncode == 0 and idle.stdout == ""
+    assert "no log lines from runners of its current revision" in idle.stderr
     bad = sky(root, "logs", "warm", "--tail", "-1")
     assert bad.returncode == 1 and "--tail -1" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -195,6 +213,7 @@ def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(
     assert len(error) == 1 and "weights missing" in error[0], proc.stderr
     # The error names a runner that just failed: one of this apply's, of the new revision.
     named = set(re.findall(r"runner ((?:cold|warm)-[0-9a-f]{8})", error[0]))
+    assert "app cold" not in error[0]  # its setup() needs no weights: it went live
     apps = live_apps(root)
     fresh_failed = {
         r["id"]
@@ -231,6 +250,7 @@ def test_failed_setup_taints_the_app_until_an_apply_makes_it_live(
 
     # Same code, cause fixed: applying the tainted app again makes it live and clears it.
     marker.write_text("ok")
+    marker.chmod(0o644)
     again = sky(root, "apply", "--auto-approve", timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "tainted" not in state_of(root)["resources"]["app.warm"]

@@ -17,22 +17,23 @@ from skyform.cli import main
 from skyform.errors import AppLoadError
 from skyform.loader import loaded_app
 
-COMMANDS = [
-    ["plan"],
-    ["apply"],
-    ["destroy"],
-    ["output"],
-    ["status"],
-    ["logs"],
-    ["schema"],
-    ["run"],
-    ["bundle"],
-    ["state", "list"],
-    ["state", "show"],
-    ["state", "unlock"],
-    ["env", "list"],
-    ["env", "prune"],
-]
+
+def _command_paths() -> list[list[str]]:
+    """Every command of the CLI as the words that call it, subcommands of groups included."""
+    from skyform.cli import command
+
+    out: list[list[str]] = []
+    todo: list[tuple[list[str], object]] = [([], command())]
+    while todo:
+        words, cmd = todo.pop()
+        subcommands = getattr(cmd, "commands", {})
+        if words:
+            out.append(words)
+        todo.extend(([*words, name], sub) for name, sub in subcommands.items())
+    return sorted(out)
+
+
+COMMANDS = _command_paths()
 
 
 def test_bare_skyform_prints_help_and_exits_0(tmp_path: Path) -> None:
@@ -40,6 +41,7 @@ def test_bare_skyform_prints_help_and_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: skyform [OPTIONS] COMMAND")
     assert "plan" in proc.stdout and "apply" in proc.stdout
+    assert ["state", "unlock"] in COMMANDS and ["status"] in COMMANDS  # the walk finds them
     assert proc.stderr == ""
     group = sky(tmp_path, "state")
     assert group.returncode == 0 and "unlock" in group.stdout and group.stderr == ""

@@ -193,6 +193,30 @@ def test_replace_forces_new_revision_and_gateway_replacement(root: Path) -> None
     assert '-/+ resource "gateway"' in render_text(plan)
 
 
+def test_tainted_app_is_replaced_with_its_reason(root: Path, tmp_path: Path) -> None:
+    doc, live = applied(plan_for(root))
+    record = {**doc.resources["app.hello"], "tainted": {"reason": "runner hello-1 failed"}}
+    doc = doc.evolve(resources={**doc.resources, "app.hello": record})
+    plan = plan_for(root, doc, live)
+    change = plan.change("app.hello")
+    assert change is not None and change.actions == ["create", "delete"]
+    assert change.tainted == "runner hello-1 failed" and change.changed == []
+    text = render_text(plan)
+    assert "  # app.hello is tainted, so it will get a new revision (rolling" in text
+    assert '\n  # tainted: runner hello-1 failed\n+/- resource "app" "hello" {' in text
+    assert "Plan: 1 to add, 0 to change, 1 to destroy." in text
+    body = next(c for c in plan.to_dict()["resource_changes"] if c["address"] == "app.hello")
+    assert body["action_reason"] == "replace_because_tainted"
+    assert body["tainted"] == "runner hello-1 failed"
+    assert "tainted" not in (body["before"] or {})  # bookkeeping, not an attribute
+    assert "tainted: runner hello-1 failed" in render_markdown(plan)
+    saved = save_plan(plan, tmp_path / "t.plan", KEYS["bundle_key"], "skyform.yaml")
+    assert load_plan(saved, KEYS["bundle_key"]).change("app.hello").tainted == change.tainted  # type: ignore[union-attr]
+    # Once an apply makes it live (the record without the mark), the plan is clean again.
+    doc = doc.evolve(resources={**doc.resources, "app.hello": {**record, "tainted": None}})
+    assert not plan_for(root, doc, live).has_changes
+
+
 def test_dead_gateway_recreates_everything(root: Path) -> None:
     doc, _live = applied(plan_for(root))
     stack = load_stack(root / "skyform.yaml")

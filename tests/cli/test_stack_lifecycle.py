@@ -309,6 +309,32 @@ def test_stray_app_registered_by_hand_is_removed_by_apply(root: Path) -> None:
     assert_all_accounted_for(root)
 
 
+def test_gateway_limits_from_the_stack_file_reach_the_gateway(root: Path) -> None:
+    stack_file = root / "skyform.yaml"
+    text = stack_file.read_text()
+    assert "gateway: {port: " in text
+    stack_file.write_text(
+        text.replace("gateway: {port: ", "gateway: {limits: {max_body_bytes: 1KiB}, port: ")
+    )
+    plan = sky(root, "plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "# gateway must be replaced" in plan.stdout and "max_body_bytes" in plan.stdout, (
+        plan.stdout
+    )
+    proc = sky(root, "apply", "--auto-approve")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    key = keys_of(root)["api_key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    big = httpx.post(
+        f"{gateway_url(root)}/hello/", json={"name": "x" * 2048}, headers=headers, timeout=60
+    )
+    assert big.status_code == 413 and "1024 bytes" in big.json()["detail"], big.text
+    small = httpx.post(f"{gateway_url(root)}/hello/", json={"name": "Ada"}, headers=headers)
+    assert small.status_code == 200, small.text
+    assert plan_exit(root) == 0
+    assert_all_accounted_for(root)
+
+
 def test_destroy_stops_everything_and_is_idempotent(root: Path) -> None:
     port = int(state_of(root)["resources"]["gateway"]["port"])
     proc = sky(root, "destroy", "--auto-approve")

@@ -61,6 +61,13 @@ def test_outputs_are_https_with_the_ca_file(root: Path) -> None:
     }
 
 
+def test_output_names_the_ca_file_for_scripts(root: Path) -> None:
+    ca_file = str(root / ".skyform" / "tls" / "demo" / "ca.pem")
+    assert f"ca_file     = {ca_file}" in sky(root, "output").stdout
+    raw = sky(root, "output", "--raw", "ca_file")  # curl --cacert "$(skyform output --raw ca_file)"
+    assert raw.returncode == 0 and raw.stdout == ca_file
+
+
 def test_callers_verify_with_the_ca_file_and_runners_are_on_tls(root: Path) -> None:
     out = json.loads(sky(root, "output", "--json").stdout)
     verify = client_context(out["ca_file"])

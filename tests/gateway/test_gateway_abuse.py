@@ -33,6 +33,7 @@ HEAD_TIMEOUT = 2.0
 LIMITS = {
     "max_header_bytes": HEAD_LIMIT,
     "header_timeout": HEAD_TIMEOUT,
+    "body_timeout": HEAD_TIMEOUT,
     "max_body_bytes": 64 * MB,
     "max_inflight_body_bytes": 100 * MB,
     "max_queued_bytes_per_app": 200 * MB,
@@ -341,6 +342,20 @@ def test_slowloris_connections_are_dropped_while_others_are_served(
     finally:
         for s in socks:
             s.close()
+
+
+def test_stalled_body_is_408_and_nothing_is_queued(limited: GatewayProc, bundles) -> None:
+    limited.register("echo", bundles["echo_public"])
+    with socket.create_connection(("127.0.0.1", limited.port)) as sock:
+        sock.sendall(
+            b"POST /queue/echo/ HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 1000\r\n\r\n{"text": "'
+        )
+        answer = _read_answer(sock, 30)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"body stalled" in answer
+    assert limited.app("echo")["queue_depth"] == 0
+    assert limited.http.post("/echo/", json={"text": "ok"}).status_code == 200
 
 
 def test_bad_limits_stop_the_gateway_with_one_line(tmp_path: Path, tag: str, count_dir) -> None:
