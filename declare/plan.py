@@ -20,21 +20,23 @@ stack fast.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.signing import sign
 from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from skyform.providers.base import Provider
 
 FORMAT_VERSION = "1"
 GATEWAY = "gateway"
@@ -332,7 +334,7 @@ def build_plan(
     live: Live,
     keys: dict[str, str],
     request: PlanRequest,
-    provider: Any = None,
+    provider: Provider | None = None,
     progress: Any = None,
 ) -> Plan:
     """Diff the stack file against the refreshed state. Builds bundles only for changed apps."""
@@ -513,9 +515,9 @@ def _check_local_gpus(
     `SKYFORM_ALLOW_CPU_FALLBACK=1` allows it under apply too (a CI box without GPUs).
     """
     from skyform.machines import get_machine_type
-    from skyform.providers import provider_name
+    from skyform.providers import provider_class
 
-    if provider_name(stack.model.provider) != "local":
+    if not provider_class(stack.model.provider).runs_on_this_host:
         return
     gpu_apps = [
         (name, c.after["machine_type"])
@@ -574,24 +576,18 @@ def _python_version() -> str:
     return PYTHON_VERSION
 
 
-def _environment_keys(provider: Any) -> Callable[[list[str]], str | None]:
+def _environment_keys(provider: Provider | None) -> Callable[[list[str]], str | None]:
     """How to name an app's environment: the key its runners' environment is built under.
 
-    A provider that builds environments its own way (SkyPilot ships a wheel whose
-    digest is part of the key) says so with `environment_key(requirements, python)`;
-    otherwise runners use the local recipe of `skyform.providers.environments`.
+    The provider says (`Provider.environment_key`: SkyPilot ships a wheel whose
+    digest is part of the key); without one, runners use the local recipe of
+    `skyform.providers.environments`.
     """
-    method = getattr(provider, "environment_key", None)
-    if callable(method):
-        return lambda requirements: str(method(requirements, _python_version()))
-    return lambda requirements: _local_environment_key(tuple(requirements))
+    from skyform.providers.base import local_environment_key
 
-
-@functools.lru_cache(maxsize=1024)
-def _local_environment_key(requirements: tuple[str, ...]) -> str:
-    from skyform.providers.environments import environment_key, skyform_version
-
-    return environment_key(list(requirements), _python_version(), skyform_version())
+    if provider is None:
+        return lambda requirements: local_environment_key(tuple(requirements), _python_version())
+    return lambda requirements: provider.environment_key(requirements, _python_version())
 
 
 def _secrets_digest(
@@ -779,20 +775,34 @@ def _resolve_names(
 
 
 def _costs(
-    stack: Stack, provider: Any, changes: dict[str, ResourceChange]
+    stack: Stack, provider: Provider | None, changes: dict[str, ResourceChange]
 ) -> dict[str, Any] | None:
-    """Hourly cost per app at min and max runners, where the provider can price machines."""
-    if provider is None or not hasattr(provider, "price"):
+    """The plan's cost section: each desired app's size, priced by the provider."""
+    if provider is None:
         return None
-    apps: dict[str, Any] = {}
-    total_min = total_max = 0.0
-    cache: dict[str, Any] = {}
+    sizes: dict[str, tuple[str, int, int]] = {}
     for name in sorted(stack.apps):
         change = changes.get(name)
         after = change.after if change else None
-        if not after:
-            continue
-        mt = after["machine_type"][0]
+        if after:
+            sizes[name] = (after["machine_type"][0], after["min_runners"], after["max_runners"])
+    return estimate_costs(provider, sizes)
+
+
+def estimate_costs(
+    provider: Provider, apps: Mapping[str, tuple[str, int, int]]
+) -> dict[str, Any] | None:
+    """Hourly cost per app at min and max runners, where the provider can price machines.
+
+    `apps` is {name: (machine type, min_runners, max_runners)}. An app whose
+    machine type the provider does not price (`Provider.price` is None, or
+    raises a user error) is left out; None when no app is priced. Pure given
+    the provider's prices, so it is tested without a cloud.
+    """
+    apps_out: dict[str, Any] = {}
+    total_min = total_max = 0.0
+    cache: dict[str, Any] = {}
+    for name, (mt, min_runners, max_runners) in sorted(apps.items()):
         if mt not in cache:
             try:
                 with warnings.catch_warnings():
@@ -803,11 +813,11 @@ def _costs(
         price = cache[mt]
         if price is None:
             continue
-        lo = price.hourly_usd * after["min_runners"]
-        hi = price.hourly_usd * after["max_runners"]
+        lo = price.hourly_usd * min_runners
+        hi = price.hourly_usd * max_runners
         total_min += lo
         total_max += hi
-        apps[name] = {
+        apps_out[name] = {
             "machine_type": mt,
             "instance_type": price.instance_type,
             "cloud": price.cloud,
@@ -816,10 +826,10 @@ def _costs(
             "hourly_usd_min": round(lo, 4),
             "hourly_usd_max": round(hi, 4),
         }
-    if not apps:
+    if not apps_out:
         return None
     return {
-        "apps": apps,
+        "apps": apps_out,
         "hourly_usd_min": round(total_min, 4),
         "hourly_usd_max": round(total_max, 4),
     }

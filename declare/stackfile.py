@@ -466,11 +466,11 @@ class Stack:
     @property
     def tls_mode(self) -> str:
         """The TLS mode, "auto", "off" or "files": the stack file's, else the provider's default."""
-        from skyform.providers import provider_name
+        from skyform.providers import provider_class
 
         tls = self.model.gateway.tls
         if tls is None:
-            return "off" if provider_name(self.model.provider) == "local" else "auto"
+            return "off" if provider_class(self.model.provider).runs_on_this_host else "auto"
         return tls if isinstance(tls, str) else "files"
 
     def tls_files(self) -> TLSFiles | None:
@@ -554,9 +554,9 @@ def _precheck_tls_files(
 
 def _check_plaintext_off_host(model: StackModel, shown: str, lines: dict[Path_, int]) -> None:
     """`tls: off` is refused where the gateway and runners are reached over a network."""
-    from skyform.providers import provider_name
+    from skyform.providers import provider_class, provider_name
 
-    if provider_name(model.provider) != "local" and model.gateway.tls == "off":
+    if not provider_class(model.provider).runs_on_this_host and model.gateway.tls == "off":
         raise StackFileError(
             f"{shown}:{_line_of(lines, ('gateway', 'tls'))}: gateway.tls: off is refused on the "
             f"{provider_name(model.provider)} provider: API keys and tokens would cross the "

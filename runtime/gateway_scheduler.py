@@ -473,11 +473,8 @@ class Scheduler:
         shows at once as the app's `last_error` (`skyform status`), not only when
         a request arrives.
         """
-        prepare = getattr(self.provider, "prepare_runner", None)
-        if not callable(prepare):
-            return
         try:
-            await asyncio.to_thread(prepare, self._runner_spec(app))
+            await asyncio.to_thread(self.provider.prepare_runner, self._runner_spec(app))
         except Exception as exc:
             if self.apps.get(app.name) is not app or app.generation != generation:
                 return
@@ -1280,7 +1277,7 @@ def _error_detail(body: bytes) -> str:
 
 
 def _startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
-    exit_code = getattr(provider, "runner_exit_code", lambda _h: None)(handle)
+    exit_code = provider.runner_exit_code(handle)
     status = f" (exit status {exit_code})" if exit_code is not None else ""
     message = f"runner {runner.id} exited during start-up{status}"
     log_path = handle.info.get("log")
