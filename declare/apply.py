@@ -574,7 +574,8 @@ class Applier:
         watched = {
             name: rec
             for name, rec in self._app_records().items()
-            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+            if name not in skip
+            and (name in registered or int(option_or_default(rec, "min_runners")) > 0)
         }
         if not watched:
             return {}
@@ -626,7 +627,7 @@ class Applier:
             and r.get("state") in ("building", "starting", "ready")
         ]
         ready = [r for r in current if r.get("state") == "ready"]
-        wanted = int(rec.get("min_runners") or 0)
+        wanted = int(option_or_default(rec, "min_runners"))
         # An app shown waiting for its old runners' replacement is shown until it is done.
         replacing = bool(old) or name in self._shown
         if self.progress is not None and (wanted or replacing):

@@ -33,6 +33,7 @@ from typing import Any
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.options import option_or_default
 from skyform.signing import sign
 from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
@@ -612,7 +613,7 @@ def _note_gpu_capacity(
         fits = capacity(types, gpus)
         line = fits.describe(name)
         after = changes[name].after or {}
-        wanted = int(after.get("max_runners", 1) or 1)
+        wanted = int(option_or_default(after, "max_runners"))
         if 0 < fits.runners < wanted:
             line += f"; max_runners is {wanted}, so at most {fits.runners} run at once here"
         notes.append(line)

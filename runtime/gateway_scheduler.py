@@ -940,7 +940,7 @@ class Scheduler:
 
     def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
         options = app.options
-        machine = options.get("machine_type", "CPU")
+        machine = option_or_default(options, "machine_type")
         env = {**app.env, "SKYFORM_APP_NAME": app.name}
         return RunnerSpec(
             stack=self.stack,
