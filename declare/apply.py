@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
+from skyform.options import option_or_default
 from skyform.plan import (
     APP_PREFIX,
     GATEWAY,
     GATEWAY_ATTRS,
+    Action,
     Plan,
     ResourceChange,
     app_address,
@@ -342,17 +344,17 @@ class Applier:
         with _Interrupts(self.report) as interrupts:
             self._interrupts = interrupts
             gw = self.plan.change(GATEWAY)
-            if gw is not None and "delete" in gw.actions:
+            if gw is not None and gw.action.deletes:
                 self._stop_gateway(gw)
                 interrupts.check()
-            if gw is not None and "create" in gw.actions:
+            if gw is not None and gw.action.creates:
                 self._start_gateway()
                 interrupts.check()
             elif self.plan.mode != "destroy" and GATEWAY in self.doc.resources:
                 self._renew_certificates()
             apps = [c for c in self.plan.changes if c.type == "app"]
-            deletes = [c for c in apps if c.actions == ["delete"]]
-            registers = [c for c in apps if c.actions != ["delete"]]
+            deletes = [c for c in apps if c.action is Action.DELETE]
+            registers = [c for c in apps if c.action is not Action.DELETE]
             if deletes and self.plan.mode != "destroy":
                 for batch in _batches(deletes):
                     self._delete_apps(batch)
@@ -528,8 +530,8 @@ class Applier:
                 read_bundle_meta(
                     data, self.ctx.keys["bundle_key"], check_python=False
                 )  # refuse a foreign bundle early
-                verb = {"create": "creating", "update": "updating"}.get(
-                    c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
+                verb = {Action.CREATE: "creating", Action.UPDATE: "updating"}.get(
+                    c.action, "rolling out a new revision"
                 )
                 self.report(f"{c.address}: {verb}...")
                 # Forced (--replace) or tainted: the same revision, on fresh runners.
@@ -545,13 +547,9 @@ class Applier:
                 after["revision"] = answer.get("revision", after.get("revision"))
                 after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
                 results[c.address] = after
-                acts = set(c.actions)
-                if "create" in acts:
-                    self.done["add"] += 1
-                if "delete" in acts:
-                    self.done["destroy"] += 1
-                if acts == {"update"}:
-                    self.done["change"] += 1
+                self.done["add"] += c.action.creates
+                self.done["destroy"] += c.action.deletes
+                self.done["change"] += c.action is Action.UPDATE
         self._write(results)
 
     def _runner_ids(self) -> set[str]:
@@ -581,7 +579,8 @@ class Applier:
         watched = {
             name: rec
             for name, rec in self._app_records().items()
-            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+            if name not in skip
+            and (name in registered or int(option_or_default(rec, "min_runners")) > 0)
         }
         if not watched:
             return {}
@@ -589,7 +588,7 @@ class Applier:
             live = client.list_apps()
             deadline = (
                 time.monotonic()
-                + max(float(r.get("startup_timeout") or 600) for r in watched.values())
+                + max(float(option_or_default(r, "startup_timeout")) for r in watched.values())
                 + READY_MARGIN
             )
             failed: dict[str, str] = {}
@@ -633,7 +632,7 @@ class Applier:
             and r.get("state") in ("building", "starting", "ready")
         ]
         ready = [r for r in current if r.get("state") == "ready"]
-        wanted = int(rec.get("min_runners") or 0)
+        wanted = int(option_or_default(rec, "min_runners"))
         # An app shown waiting for its old runners' replacement is shown until it is done.
         replacing = bool(old) or name in self._shown
         if self.progress is not None and (wanted or replacing):

@@ -26,11 +26,13 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.options import option_or_default
 from skyform.signing import sign
 from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
@@ -61,7 +63,55 @@ SCALING_OPTIONS = (
     "startup_timeout",
 )
 
-ADDED = ({"create"}, {"create", "delete"})
+
+class Action(Enum):
+    """What a plan does to one resource; `.actions` is its JSON `actions` list (DESIGN §4).
+
+    The order of a two-step action is the order apply carries it out in:
+    `replace` starts the new one before the old one goes (an app's rolling
+    revision), `recreate` removes the old one first (the gateway, whose port
+    cannot be held twice).
+    """
+
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"  # create-before-destroy
+    RECREATE = "recreate"  # delete-then-create
+    DELETE = "delete"
+    NOOP = "no-op"
+
+    @property
+    def actions(self) -> list[str]:
+        return list(_ACTION_LISTS[self])
+
+    @property
+    def creates(self) -> bool:
+        """Something new comes to exist (counted as one "to add")."""
+        return "create" in _ACTION_LISTS[self]
+
+    @property
+    def deletes(self) -> bool:
+        """Something existing goes (counted as one "to destroy")."""
+        return "delete" in _ACTION_LISTS[self]
+
+    @classmethod
+    def from_actions(cls, actions: Iterable[str]) -> Action:
+        """The action of a JSON `actions` list; an unknown list is a plan file this cannot read."""
+        key = tuple(actions)
+        for action, listed in _ACTION_LISTS.items():
+            if listed == key:
+                return action
+        raise SkyformError(f"unknown plan actions {list(key)!r}")
+
+
+_ACTION_LISTS: dict[Action, tuple[str, ...]] = {
+    Action.CREATE: ("create",),
+    Action.UPDATE: ("update",),
+    Action.REPLACE: ("create", "delete"),
+    Action.RECREATE: ("delete", "create"),
+    Action.DELETE: ("delete",),
+    Action.NOOP: ("no-op",),
+}
 
 
 def app_address(name: str) -> str:
@@ -75,7 +125,7 @@ class ResourceChange:
     address: str
     type: str  # "gateway" | "app"
     name: str
-    actions: list[str]
+    action: Action
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     changed: list[str] = field(default_factory=list)  # top-level attributes that differ
@@ -93,8 +143,13 @@ class ResourceChange:
         return None
 
     @property
+    def actions(self) -> list[str]:
+        """The JSON `actions` list of this change's action."""
+        return self.action.actions
+
+    @property
     def is_noop(self) -> bool:
-        return self.actions == ["no-op"]
+        return self.action is Action.NOOP
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,7 +172,7 @@ class ResourceChange:
             address=raw["address"],
             type=raw["type"],
             name=raw["name"],
-            actions=list(raw["actions"]),
+            action=Action.from_actions(raw["actions"]),
             before=raw.get("before"),
             after=raw.get("after"),
             changed=list(raw.get("changed", [])),
@@ -156,13 +211,9 @@ class Plan:
         """Terraform's summary: replacements count as one add and one destroy."""
         add = change = destroy = 0
         for c in self.changes:
-            acts = set(c.actions)
-            if "create" in acts:
-                add += 1
-            if "delete" in acts:
-                destroy += 1
-            if acts == {"update"}:
-                change += 1
+            add += c.action.creates
+            destroy += c.action.deletes
+            change += c.action is Action.UPDATE
         return {"add": add, "change": change, "destroy": destroy}
 
     def change(self, address: str) -> ResourceChange | None:
@@ -349,7 +400,7 @@ def build_plan(
     gw_want = desired_gateway(stack, request.port)
     gw_prior = _gateway_attrs(resources.get(GATEWAY)) if live.gateway_alive else None
     gw_change = _gateway_change(gw_prior, gw_want, GATEWAY in replace, live)
-    gateway_fresh = "create" in gw_change.actions  # every app must be registered anew
+    gateway_fresh = gw_change.action.creates  # every app must be registered anew
 
     desired_names = set(stack.apps)
     app_targets = targets - {GATEWAY}
@@ -395,7 +446,7 @@ def build_plan(
             app_address(name),
             "app",
             name,
-            ["delete"],
+            Action.DELETE,
             before,
             None,
             reason="not in the stack file any more",
@@ -407,7 +458,7 @@ def build_plan(
             "run a full plan before relying on it"
         )
     if targets and GATEWAY not in targets and not gateway_fresh:
-        gw_change.actions = ["no-op"]  # untargeted replacements wait for a full apply
+        gw_change.action = Action.NOOP  # untargeted replacements wait for a full apply
     changes = [gw_change, *(app_changes[n] for n in sorted(app_changes))]
     base = public_base(gw_want)
     return Plan(
@@ -435,10 +486,10 @@ def _destroy_plan(stack: Stack, state: Any, live: Live) -> Plan:
         before = _strip(resources.get(app_address(name))) or prior_app(
             None, (live.apps or {}).get(name)
         )
-        changes.append(ResourceChange(app_address(name), "app", name, ["delete"], before, None))
-    gw_actions = ["delete"] if record is not None else ["no-op"]
+        changes.append(ResourceChange(app_address(name), "app", name, Action.DELETE, before, None))
+    gw_action = Action.DELETE if record is not None else Action.NOOP
     changes.insert(
-        0, ResourceChange(GATEWAY, "gateway", "gateway", gw_actions, _gateway_attrs(record), None)
+        0, ResourceChange(GATEWAY, "gateway", "gateway", gw_action, _gateway_attrs(record), None)
     )
     return Plan(
         stack=stack.name,
@@ -564,7 +615,7 @@ def _note_gpu_capacity(
         fits = capacity(types, gpus)
         line = fits.describe(name)
         after = changes[name].after or {}
-        wanted = int(after.get("max_runners", 1) or 1)
+        wanted = int(option_or_default(after, "max_runners"))
         if 0 < fits.runners < wanted:
             line += f"; max_runners is {wanted}, so at most {fits.runners} run at once here"
         notes.append(line)
@@ -621,24 +672,26 @@ def _gateway_change(
     prior: dict[str, Any] | None, want: dict[str, Any] | None, force: bool, live: Live
 ) -> ResourceChange:
     if want is None:
-        return ResourceChange(GATEWAY, "gateway", "gateway", ["no-op"], prior, None)
+        return ResourceChange(GATEWAY, "gateway", "gateway", Action.NOOP, prior, None)
     if prior is None:
         reason = live.drift[0]["reason"] if live.drift else None
-        return ResourceChange(GATEWAY, "gateway", "gateway", ["create"], None, want, reason=reason)
+        return ResourceChange(
+            GATEWAY, "gateway", "gateway", Action.CREATE, None, want, reason=reason
+        )
     changed = _changed(prior, want)
     if force or changed:
         return ResourceChange(
             GATEWAY,
             "gateway",
             "gateway",
-            ["delete", "create"],
+            Action.RECREATE,
             prior,
             want,
             changed=changed,
             forces=changed,
             reason="--replace" if force and not changed else None,
         )
-    return ResourceChange(GATEWAY, "gateway", "gateway", ["no-op"], prior, want)
+    return ResourceChange(GATEWAY, "gateway", "gateway", Action.NOOP, prior, want)
 
 
 def _app_change(
@@ -657,7 +710,7 @@ def _app_change(
             reason = "the gateway is created again"
         elif record is not None and live.apps is not None:
             reason = "not registered at the gateway: removed outside skyform, or interrupted"
-        return ResourceChange(address, "app", name, ["create"], None, after, reason=reason)
+        return ResourceChange(address, "app", name, Action.CREATE, None, after, reason=reason)
     changed = _changed(prior, after)
     forces = [c for c in changed if c in FORCES_NEW_REVISION]
     tainted = tainted_reason(record)
@@ -666,7 +719,7 @@ def _app_change(
             address,
             "app",
             name,
-            ["create", "delete"],
+            Action.REPLACE,
             prior,
             after,
             changed=changed,
@@ -675,8 +728,8 @@ def _app_change(
             tainted=tainted,
         )
     if changed:
-        return ResourceChange(address, "app", name, ["update"], prior, after, changed=changed)
-    return ResourceChange(address, "app", name, ["no-op"], prior, after)
+        return ResourceChange(address, "app", name, Action.UPDATE, prior, after, changed=changed)
+    return ResourceChange(address, "app", name, Action.NOOP, prior, after)
 
 
 def tainted_reason(record: dict[str, Any] | None) -> str | None:
@@ -911,7 +964,10 @@ def load_plan(path: Path | str, key: str) -> Plan:
         )
     changes = []
     for rc in public["resource_changes"]:
-        change = ResourceChange.from_dict(rc)
+        try:
+            change = ResourceChange.from_dict(rc)
+        except SkyformError as exc:
+            raise SkyformError(f"{path}: {exc}") from None
         exact = private["before_after"].get(change.address, {})
         change.before, change.after = exact.get("before"), exact.get("after")
         changes.append(change)
