@@ -50,6 +50,7 @@ from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
 from skyform.logformat import LINE_RE
+from skyform.options import DEFAULTS, option_or_default
 from skyform.providers.base import (
     CapacityUnavailable,
     Provider,
@@ -193,22 +194,24 @@ class Runner:
 
 @dataclass(frozen=True)
 class AppLimits:
-    """An app's scaling and timing options, read once from its bundle's options."""
+    """An app's scaling and timing options, read once from its bundle's options.
 
-    min_runners: int = 0
-    max_runners: int = 1
-    max_multiplexing: int = 1
-    keep_alive: float = 300.0
-    request_timeout: float = 120.0
-    startup_timeout: float = 600.0
+    The defaults (for a bundle that lacks an option) are the App options' own.
+    """
+
+    min_runners: int = int(DEFAULTS.min_runners)
+    max_runners: int = int(DEFAULTS.max_runners)
+    max_multiplexing: int = int(DEFAULTS.max_multiplexing)
+    keep_alive: float = float(DEFAULTS.keep_alive)
+    request_timeout: float = float(DEFAULTS.request_timeout)
+    startup_timeout: float = float(DEFAULTS.startup_timeout)
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> AppLimits:
         options = meta.get("options") or {}
         values = {}
         for name, default in cls().__dict__.items():
-            value = options.get(name)
-            values[name] = type(default)(value) if value is not None else default
+            values[name] = type(default)(option_or_default(options, name))
         return cls(**values)
 
 
@@ -473,11 +476,8 @@ class Scheduler:
         shows at once as the app's `last_error` (`skyform status`), not only when
         a request arrives.
         """
-        prepare = getattr(self.provider, "prepare_runner", None)
-        if not callable(prepare):
-            return
         try:
-            await asyncio.to_thread(prepare, self._runner_spec(app))
+            await asyncio.to_thread(self.provider.prepare_runner, self._runner_spec(app))
         except Exception as exc:
             if self.apps.get(app.name) is not app or app.generation != generation:
                 return
@@ -937,7 +937,7 @@ class Scheduler:
 
     def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
         options = app.options
-        machine = options.get("machine_type", "CPU")
+        machine = option_or_default(options, "machine_type")
         env = {**app.env, "SKYFORM_APP_NAME": app.name}
         return RunnerSpec(
             stack=self.stack,
@@ -1280,7 +1280,7 @@ def _error_detail(body: bytes) -> str:
 
 
 def _startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
-    exit_code = getattr(provider, "runner_exit_code", lambda _h: None)(handle)
+    exit_code = provider.runner_exit_code(handle)
     status = f" (exit status {exit_code})" if exit_code is not None else ""
     message = f"runner {runner.id} exited during start-up{status}"
     log_path = handle.info.get("log")
