@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from skyform.state import StateBackend, open_backend
-from skyform.state.pgtemp import find_binaries, temp_postgres
+
+# The throwaway PostgreSQL server is test support (tests/support/pg.py), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.pg import find_binaries, temp_postgres
 
 SIZES = (10, 100, 1000)
 TARGET_MS = 100.0

@@ -1,4 +1,5 @@
-"""Suite-wide set-up: runner environments are built in a private cache, never the user's."""
+"""Suite-wide set-up: runner environments are built in a private cache, never the user's;
+the shared fixtures (support.fixtures) are registered here, once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+
+pytest_plugins = ["support.fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,10 +27,11 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from ci_helpers import EXAMPLES, REPO, free_port, fresh_checkout, kill_all_under, processes_under
+from ci_helpers import EXAMPLES, REPO, fresh_checkout
+from support.pg import temp_postgres
+from support.procs import free_port, kill_all_under, processes_under
 
 from skyform.keys import ENV_NAMES
-from skyform.state.pgtemp import temp_postgres
 
 WORKFLOW = EXAMPLES / "ci" / ".github" / "workflows" / "skyform.yml"
 # Steps GitHub performs, not skyform: the test does their part itself.

@@ -22,20 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ci_helpers import REPO, free_port, fresh_checkout, kill_all_under, processes_under
+from ci_helpers import REPO, fresh_checkout
+from support.procs import free_port, kill_all_under, processes_under
+from support.skypilot import SKY_ENV, catalog_rows, make_sky_home
 
 from skyform.providers.envconfig import uv_install_config
 from skyform.providers.environments import _uv_binary
 from skyform.providers.wheel import build_wheel
 
-sys.path.insert(0, str(REPO / "tests" / "skypilot"))
-from skypilot_helpers import SKY_ENV, catalog_rows, make_sky_home
-
 pytestmark = pytest.mark.slow
 
 SEED_CLOUDS = (
-    f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'skypilot')!r}); "
-    "from skypilot_helpers import seed_enabled_clouds; seed_enabled_clouds()"
+    f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+    "from support.skypilot import seed_enabled_clouds; seed_enabled_clouds()"
 )
 
 

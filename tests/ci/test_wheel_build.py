@@ -63,3 +63,6 @@ def test_wheel_holds_the_package_and_not_the_checkout_leftovers(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "skyform/runtime/gateway_server.py" in names
     assert not [n for n in names if "__pycache__" in n]
+    # Test support (the throwaway PostgreSQL server among it) is not part of the product.
+    assert "skyform/state/pgtemp.py" not in names
+    assert not [n for n in names if n.startswith(("support/", "tests/"))]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import keys_of, processes_under, sky, write_project
+from support.cli import keys_of, sky, write_project
+from support.procs import processes_under
 
 pytestmark = pytest.mark.slow
 

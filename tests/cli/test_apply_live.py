@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cli_helpers import cleanup, keys_of, processes_under, sky, state_of, write_project
+from support.cli import cleanup, keys_of, sky, state_of, write_project
+from support.procs import processes_under
 
 pytestmark = pytest.mark.slow
 

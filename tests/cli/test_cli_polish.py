@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_helpers import sky, write_project
+from support.cli import sky, write_project
 
 from skyform import __version__
 from skyform.cli import main

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import cleanup, free_port, keys_of, processes_under, sky, state_of
+from support.cli import cleanup, keys_of, sky, state_of
+from support.procs import free_port, processes_under
 
 pytestmark = pytest.mark.slow
 

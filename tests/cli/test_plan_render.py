@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import SKYFORM, cli_env, write_project
 from rich.text import Text
+from support.cli import SKYFORM, cli_env, write_project
 
 from skyform.errors import SkyformError
 from skyform.plan import Action, Plan, ResourceChange

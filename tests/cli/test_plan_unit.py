@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import set_apps, sky, write_project
+from support.cli import set_apps, sky, write_project
 
 from skyform.apply import check_plan_current
 from skyform.errors import SkyformError

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import (
-    cli_env,
-    descendants,
-    free_port,
-    kill_all_under,
-    pid_alive,
-    port_free,
-    start_sky,
-    wait_until,
-    write_project,
-)
+from support.cli import cli_env, start_sky, write_project
+from support.procs import descendants, free_port, kill_all_under, pid_alive, port_free
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

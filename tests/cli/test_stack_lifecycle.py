@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import (
-    cleanup,
-    keys_of,
-    kill_all_under,
-    pid_alive,
-    port_free,
-    processes_under,
-    set_apps,
-    sky,
-    start_sky,
-    state_of,
-    wait_until,
-    write_project,
-)
+from support.cli import cleanup, keys_of, set_apps, sky, start_sky, state_of, write_project
+from support.procs import kill_all_under, pid_alive, port_free, processes_under
+from support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -264,13 +251,21 @@ def test_drift_killed_gateway_is_planned_and_repaired(root: Path) -> None:
     assert_all_accounted_for(root)  # the old gateway's runners died with it
 
 
+def _pending(root: Path) -> bool:
+    """Whether the stored state holds a change an apply has started and not finished."""
+    return any("pending" in record for record in state_of(root).get("resources", {}).values())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_apply_converges(root: Path, sig: signal.Signals) -> None:
     # A code change: a new revision to roll out, and the gateway replaced too.
     (root / "greeting.py").write_text((root / "greeting.py").read_text() + f"\n# {sig.name}\n")
     proc = start_sky(root, "apply", "--auto-approve", "--replace", "gateway")
     try:
-        time.sleep(random.uniform(0.6, 2.5))
+        # Interrupt mid-way, at an observable point: the apply has recorded a pending
+        # change and its provider call is in flight (no random or fixed sleep).
+        wait_for(lambda: _pending(root) or proc.poll() is not None, 120, "a pending change")
+        assert proc.poll() is None, "the apply finished before it recorded a pending change"
         proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import sky, write_project
+from support.cli import sky, write_project
 
 from skyform.stackfile import StackFileError, load_stack, parse_stack
 

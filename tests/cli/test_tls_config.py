@@ -15,8 +15,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from cli_helpers import sky, write_project
 from cryptography import x509
+from support.cli import sky, write_project
 
 from skyform.stackfile import StackFileError, load_stack, parse_stack
 from skyform.tls import RENEW_BEFORE, ensure_leaf, gateway_server_name, runner_server_name

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import cleanup, processes_under, sky, state_of, wait_until, write_project
+from support.cli import cleanup, sky, state_of, write_project
+from support.procs import processes_under
+from support.waiting import wait_until
 
 from skyform.tls import client_context, runner_server_name
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from envhelpers import PYTHON_VERSION, SMALL, env_vars
+from support.envs import PYTHON_VERSION, SMALL, env_vars
 
 
 @pytest.fixture(scope="session")

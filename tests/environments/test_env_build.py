@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from envhelpers import PYTHON_VERSION, REPO, SMALL, env_vars, make_wheel, run_in
+from support.envs import PYTHON_VERSION, REPO, SMALL, env_vars, make_wheel, run_in
+from support.procs import free_port
 
 from skyform.bundle import build_bundle
 from skyform.errors import SkyformError
@@ -100,7 +100,7 @@ def test_runner_side_cannot_load_an_app_that_needs_a_deployer_only_package(
     )
     for module, name in (("six_app", "UsesSix"), ("deepdiff_app", "UsesDeepdiff")):
         build_bundle(f"{module}.py::{name}", tmp_path, "k").write(tmp_path / f"{name}.skyb")
-    port = _free_port()
+    port = free_port()
     env_vars_for_runner = {
         **{k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}},
         "SKYFORM_BUNDLE_KEY": "k",
@@ -140,12 +140,6 @@ def test_runner_side_cannot_load_an_app_that_needs_a_deployer_only_package(
             bad.communicate()
     assert bad.returncode != 0
     assert "deepdiff" in out and "requirements" in out, out
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _call_when_ready(proc: subprocess.Popen[str], url: str) -> dict:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from envhelpers import PYTHON_VERSION, reaped
+from support.envs import PYTHON_VERSION, reaped
 
 from skyform.providers.environments import EnvUser, ensure_environment
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from envhelpers import PYTHON_VERSION, ensure_in_subprocess, reaped, run_in
+from support.envs import PYTHON_VERSION, ensure_in_subprocess, reaped, run_in
 
 from skyform.providers.environments import (
     MARKER,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from envhelpers import PYTHON_VERSION, REPO, run_in
+from support.envs import PYTHON_VERSION, REPO, run_in
 
 from skyform.providers.environments import (
     MARKER,

@@ -1,26 +1,20 @@
 """Fixtures for the fal wire-compatibility tests: a TLS gateway with real runners.
 
-The gateway tests' helpers are reused (their folder is put on the path); every
+The gateway process driver is the shared one (support.gateway); every
 process a test starts carries a tag, and none may outlive its test or module.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "gateway"))
-
 from fal_helpers import APPS, TLSGateway, make_tls
-from gateway_helpers import BUNDLE_KEY, tagged_pids
+from support.gateway import BUNDLE_KEY
+from support.procs import assert_none_left
 
 from skyform.bundle import Bundle, build_bundle
 
@@ -42,16 +36,6 @@ def fal_bundles() -> dict[str, Bundle]:
         "pair": build(min_runners=2, max_runners=2, keep_alive=60),
         "cold": build(min_runners=0, max_runners=1),
     }
-
-
-def assert_none_left(tag: str, what: str) -> None:
-    deadline = time.monotonic() + 15
-    while tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = tagged_pids(tag)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after {what}: {left}"
 
 
 def start_gateway(root: Path, tls: tuple[Path, Path, Path], **env: str) -> TLSGateway:

@@ -21,15 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from gateway_helpers import (
-    ADMIN,
-    API_KEY,
-    BUNDLE_KEY,
-    RUNNER_TOKEN,
-    TAG_VAR,
-    GatewayProc,
-    wait_for,
-)
+from support.gateway import ADMIN, API_KEY, BUNDLE_KEY, RUNNER_TOKEN, GatewayProc
+from support.procs import TAG_VAR
+from support.waiting import wait_for
 
 HERE = Path(__file__).parent
 APPS = HERE / "apps"

@@ -9,18 +9,14 @@ host is refused.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from fal_helpers import WebhookReceiver, run_fal
-from gateway_helpers import wait_for
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "cli"))
-
-from cli_helpers import cleanup, sky, write_project
+from support.cli import cleanup, sky, write_project
+from support.waiting import wait_for
 
 from skyform.keys import webhook_key
 from skyform.runtime.webhooks import SIGNATURE_HEADER, verify_signature

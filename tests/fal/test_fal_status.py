@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from fal_helpers import STACK, TLSGateway, run_fal
-from gateway_helpers import API_KEY, wait_for
+from support.gateway import API_KEY
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

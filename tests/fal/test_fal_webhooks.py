@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from fal_helpers import STACK, WEBHOOK_KEY, TLSGateway, WebhookReceiver, run_fal
-from gateway_helpers import API_KEY, wait_for
+from support.gateway import API_KEY
+from support.waiting import wait_for
 
 from skyform.providers.local import free_port
 from skyform.runtime.webhooks import SIGNATURE_HEADER, sign, verify_signature

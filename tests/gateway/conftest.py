@@ -1,22 +1,20 @@
 """Fixtures for the gateway tests: real gateway processes, real runners, real HTTP.
 
-Every process a test starts carries a tag in its environment (runners inherit
-it from their gateway); after each test, `no_leftovers` checks that no tagged
-process is still alive, kills any it finds and fails the test.
+The `tag`, `count_dir` and `no_leftovers` fixtures are the shared ones
+(support.fixtures): no process a test starts may outlive it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, assert_none_left
+from support.fixtures import counts_folder
+from support.gateway import APPS, BUNDLE_KEY, GatewayProc
+from support.procs import assert_none_left
 
 from skyform.bundle import Bundle, build_bundle
 
@@ -42,33 +40,6 @@ def bundles() -> dict[str, Bundle]:
 
 
 @pytest.fixture
-def tag() -> str:
-    return uuid.uuid4().hex
-
-
-@contextlib.contextmanager
-def _counts_folder() -> Iterator[Path]:
-    """Where test apps record their calls: writable by runners, which may run as another
-    user (pytest's own temp folders are private to the user running the tests)."""
-    with tempfile.TemporaryDirectory(prefix="skyform-gw-counts-") as path:
-        os.chmod(path, 0o1777)
-        yield Path(path)
-
-
-@pytest.fixture
-def count_dir() -> Iterator[Path]:
-    with _counts_folder() as path:
-        yield path
-
-
-@pytest.fixture
-def no_leftovers(tag: str) -> Iterator[None]:
-    """Fails the test if any process it started (gateway or runner) outlives it."""
-    yield
-    assert_none_left(tag, "the test")
-
-
-@pytest.fixture
 def gateway(tmp_path: Path, tag: str, count_dir: Path, no_leftovers: None) -> Iterator[GatewayProc]:
     gw = GatewayProc(tmp_path / "state", tag, count_dir)
     try:
@@ -85,7 +56,7 @@ def shared_gateway(
     """One gateway for a whole module (tests that only need an app up)."""
     tag = uuid.uuid4().hex
     root = tmp_path_factory.mktemp("gw")
-    with _counts_folder() as counts:
+    with counts_folder() as counts:
         gw = GatewayProc(root / "state", tag, counts)
         try:
             yield gw.start()

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_helpers import ADMIN, APPS, BUNDLE_KEY, GatewayProc, wait_for
+from support.gateway import ADMIN, APPS, BUNDLE_KEY, GatewayProc
+from support.waiting import wait_for
 
 from skyform.bundle import Bundle, build_bundle
 

@@ -6,7 +6,9 @@ import base64
 import re
 
 import pytest
-from gateway_helpers import ADMIN, API_KEY, APPS, GatewayProc, pid_alive, wait_for
+from support.gateway import ADMIN, API_KEY, APPS, GatewayProc
+from support.procs import pid_alive
+from support.waiting import wait_for
 
 from skyform.bundle import build_bundle
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc
+from support.gateway import APPS, BUNDLE_KEY, GatewayProc
 
 from skyform.bundle import build_bundle
 

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, pid_alive, tagged_pids, wait_for
+from support.gateway import APPS, BUNDLE_KEY, GatewayProc
+from support.procs import pid_alive, tagged_pids
+from support.waiting import wait_for
 
 from skyform.bundle import build_bundle
 

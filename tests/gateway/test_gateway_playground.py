@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc
+from support.gateway import API_KEY, APPS, BUNDLE_KEY, GatewayProc
 
 from skyform.bundle import build_bundle, read_bundle_meta
 

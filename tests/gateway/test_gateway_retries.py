@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from gateway_helpers import GatewayProc, pid_alive, wait_for
+from support.gateway import GatewayProc
+from support.procs import pid_alive
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from gateway_helpers import GatewayProc, wait_for
+from support.gateway import GatewayProc
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

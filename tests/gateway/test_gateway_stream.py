@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY, GatewayProc, wait_for
+from support.gateway import APPS, BUNDLE_KEY, GatewayProc
+from support.waiting import wait_for
 
 from skyform.bundle import build_bundle
 

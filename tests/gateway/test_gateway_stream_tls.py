@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc, assert_none_left
+from support.gateway import API_KEY, APPS, BUNDLE_KEY, GatewayProc
+from support.procs import assert_none_left
 
 from skyform.bundle import build_bundle
 from skyform.tls import ensure_leaf

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_helpers import GatewayProc, wait_for
+from support.gateway import GatewayProc
+from support.waiting import wait_for
 
 from skyform.tls import CertFiles, client_context, ensure_leaf
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_helpers import API_KEY, APPS, BUNDLE_KEY, GatewayProc, wait_for
+from support.gateway import API_KEY, APPS, BUNDLE_KEY, GatewayProc
+from support.waiting import wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 

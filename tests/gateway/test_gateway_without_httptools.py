@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from gateway_helpers import GatewayProc
+from support.gateway import GatewayProc
 
 
 @pytest.fixture

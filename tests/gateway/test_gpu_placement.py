@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gateway_helpers import APPS, BUNDLE_KEY
+from support.gateway import APPS, BUNDLE_KEY
 
 from skyform.bundle import build_bundle
 from skyform.machines import can_stand_in

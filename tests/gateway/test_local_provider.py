@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_helpers import ADMIN, BUNDLE_KEY, RUNNER_TOKEN, TAG_VAR, pid_alive, wait_for
+from support.gateway import ADMIN, BUNDLE_KEY, RUNNER_TOKEN
+from support.procs import TAG_VAR, pid_alive
+from support.waiting import wait_for
 
 from skyform.errors import SkyformError
 from skyform.providers import create_provider

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cli_helpers import free_port, keys_of, stack_yaml, state_of
+from support.cli import keys_of, stack_yaml, state_of
+from support.procs import free_port
 
 PROBE = Path(__file__).parent / "apps" / "probe.py"
 MY_SECRET = "my-5ecret-value-only-for-priv-7731"

@@ -13,8 +13,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cli_helpers import descendants, pid_alive, wait_until
-from envhelpers import PYTHON_VERSION, ensure_in_subprocess, reaped
+from support.envs import PYTHON_VERSION, ensure_in_subprocess, reaped
+from support.procs import descendants, pid_alive
+from support.waiting import wait_until
 
 from skyform.providers.environments import environment_key, key_lock, skyform_version
 

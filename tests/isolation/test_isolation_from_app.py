@@ -20,15 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import (
-    cleanup,
-    keys_of,
-    pid_alive,
-    processes_under,
-    sky,
-    state_of,
-    wait_until,
-)
 from isolation_helpers import (
     CI_CREDENTIAL,
     MY_SECRET,
@@ -42,6 +33,9 @@ from isolation_helpers import (
     runner_urls,
     write_probe_project,
 )
+from support.cli import cleanup, keys_of, sky, state_of
+from support.procs import pid_alive, processes_under
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

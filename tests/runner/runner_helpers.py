@@ -15,17 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from support.procs import free_port
 
 from skyform.bundle import build_bundle
 
 APPS_DIR = Path(__file__).resolve().parent / "runner_apps"
 KEY = "runner-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_bundle(out: Path, cls: str = "Probe", overrides: dict[str, Any] | None = None) -> Path:

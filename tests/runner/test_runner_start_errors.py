@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import KEY, free_port, runner_env, running
+from runner_helpers import KEY, runner_env, running
+from support.procs import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from skypilot_helpers import SKY_ENV, FakeCloud, make_sky_home, seed_enabled_clouds
+from support.skypilot import SKY_ENV, FakeCloud, make_sky_home, seed_enabled_clouds
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from skypilot_helpers import seed_enabled_clouds, stack_tls
+# A script of its own (not under pytest): the shared test support is under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.skypilot import seed_enabled_clouds, stack_tls
 
 
 def main(out_path: str, work: str) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from skypilot_helpers import SKY_ENV, make_sky_home
+from support.skypilot import SKY_ENV, make_sky_home
 
 pytestmark = [pytest.mark.skypilot, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from skypilot_helpers import SKY_ENV, catalog_rows
+from support.skypilot import SKY_ENV, catalog_rows
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from skypilot_helpers import FakeCloud, stack_tls
+from support.skypilot import FakeCloud, stack_tls
 
 from skyform.providers.base import GatewaySpec, RunnerSpec
 from skyform.providers.skypilot import ProvisioningError, SkyPilotProvider

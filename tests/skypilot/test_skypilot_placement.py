@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from skypilot_helpers import catalog_rows
+from support.skypilot import catalog_rows
 
 from skyform.errors import SkyformError
 from skyform.plan import estimate_costs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from skypilot_helpers import stack_tls
+from support.skypilot import stack_tls
 
 from skyform import __version__
 from skyform.errors import SkyformError

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 from state_helpers import Worker
+from support.pg import temp_postgres
 
 from skyform.state import StateBackend, StateError, open_backend
-from skyform.state.pgtemp import temp_postgres
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server from the system's binaries, for tests and benchmarks.
+"""A throwaway PostgreSQL server from the system's binaries, for tests and benchmarks only (not shipped).
 
 The postgres backend is only trustworthy if it is tested against a real
 server, and CI cannot be assumed to have one running. This starts one in a

@@ -1,74 +1,26 @@
-"""Helpers for the gateway tests: a gateway process driver, waits, process checks."""
+"""The gateway process driver, shared by the gateway and fal tests: start, register, call, stop."""
 
 from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from skyform.bundle import Bundle
-from skyform.providers.local import free_port
 from skyform.tls import client_context
+from support.procs import TAG_VAR, free_port
+from support.waiting import wait_for
 
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).resolve().parents[1] / "gateway" / "apps"
 BUNDLE_KEY = "gateway-test-bundle-key-0123456789abcdef"
 ADMIN = "gateway-test-admin-token"
 API_KEY = "gateway-test-api-key"
 RUNNER_TOKEN = "gateway-test-runner-token"
-TAG_VAR = "SKYFORM_GATEWAY_TEST_TAG"
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Processes of this user whose environment carries `tag`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if f"{TAG_VAR}={tag}".encode() in environ.split(b"\0") and ") Z" not in stat:
-            found.append(int(entry.name))
-    return found
-
-
-def assert_none_left(tag: str, what: str) -> None:
-    """Wait a little for tagged processes to end; kill and report any that remain."""
-    deadline = time.monotonic() + 15
-    while tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = tagged_pids(tag)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after {what}: {left}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class GatewayProc:

@@ -1,4 +1,4 @@
-"""Helpers shared by the environment tests (a uniquely named module, importable from tests)."""
+"""Environment-build helpers, shared by the environment and isolation tests."""
 
 from __future__ import annotations
 

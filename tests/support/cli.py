@@ -1,17 +1,15 @@
-"""Helpers for the stack-file and Terraform-style CLI tests: projects, the CLI, processes."""
+"""Projects and the CLI as a subprocess, shared by the CLI and isolation tests."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from support.procs import free_port, kill_all_under
 
 SKYFORM = [sys.executable, "-m", "skyform.cli"]
 
@@ -55,12 +53,6 @@ class Other(App):
     def ping(self) -> dict:
         return {"pong": True}
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stack_yaml(name: str, port: int, apps: dict[str, dict[str, Any]]) -> str:
@@ -145,80 +137,6 @@ def state_of(root: Path, stack: str = "demo") -> dict[str, Any]:
 
 def keys_of(root: Path, stack: str = "demo") -> dict[str, str]:
     return json.loads((root / ".skyform" / f"{stack}.keys.json").read_text())
-
-
-def processes_under(root: Path) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line mentions `root`: gateways and runners."""
-    target = str(root)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if target in cmdline and "skyform.runtime" in cmdline and state not in ("Z", "X"):
-            found.append((int(entry.name), cmdline.strip()))
-    return found
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` in the process tree."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] in ("Z", "X"):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def kill_all_under(root: Path) -> None:
-    """Last-resort cleanup for a failed test: nothing a test started may outlive it."""
-    for pid, _cmd in processes_under(root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def cleanup(root: Path) -> None:
