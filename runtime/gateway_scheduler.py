@@ -29,20 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +64,26 @@ from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
-from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
+from skyform.runtime.request_logs import LOGS_HEADER, decode_logs
+from skyform.runtime.retry import MAX_ATTEMPTS, Action, Decision, Outcome, RunnerFate, decide
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 from skyform.runtime.webhooks import payload as webhook_payload
 
+# Relative, so that the type checker sees these classes (it cannot follow the
+# package-dir mapping behind `skyform.runtime`).
+from .gateway_model import (
+    ACTIVE,
+    AppLimits,
+    AppState,
+    LiveRequest,
+    Runner,
+    RunnerState,
+    generation_of,
+)
+
 log = logging.getLogger("skyform.gateway")
 
-MAX_ATTEMPTS = 10
 START_FAILURE_LIMIT = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -83,13 +92,11 @@ HEALTH_WAIT_S = 1.0
 CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
 STOP_GRACE_S = 10.0
-RETIRED_KEPT = 20
 PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
 COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
 MAX_HINTS = 256  # runner hints remembered per runner
-LIVE_LOGS_TIMEOUT_S = 2.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
 ERROR_STATUS = {
@@ -104,191 +111,9 @@ ERROR_STATUS = {
     "poisoned": 500,
 }
 
-ACTIVE = ("building", "starting", "ready")
-
 
 class RequestNotCancellable(SkyformError):
     """The request is already running or finished."""
-
-
-@dataclass(eq=False)
-class LiveRequest(StoredRequest):
-    """A request the gateway is working on (queued, running or just finished)."""
-
-    persist: bool = True  # queue requests are stored; synchronous ones live in memory
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    last_answer: str = ""
-    runner: Runner | None = None  # serving the current attempt
-    # "http", or "websocket": the caller is lent a runner slot while its socket is open.
-    kind: str = "http"
-    # A synchronous caller still waiting; False once it gave up (nobody to stream to).
-    waiting: bool = True
-    # Handed over to the synchronous caller: a streamed response (`stream`) or,
-    # for a websocket, the runner (`lent`). The caller sets `released` when done,
-    # with `outcome` saying how it ended; only then is the runner's slot free again.
-    stream: RunnerResponse | None = None
-    lent: Runner | None = None
-    released: asyncio.Event | None = None
-    outcome: str = ""
-
-    async def live_logs(self) -> list[dict[str, str]]:
-        """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
-        earlier = list(self.logs or [])
-        runner = self.runner
-        if self.status != "IN_PROGRESS" or runner is None or runner.client is None:
-            return earlier
-        try:
-            status, _h, body = await runner.client.request(
-                "GET", f"{LIVE_LOGS_PREFIX}{self.id}/logs", timeout=LIVE_LOGS_TIMEOUT_S
-            )
-            lines = json.loads(body).get("logs", []) if status == 200 else []
-        except (RunnerConnectionError, TimeoutError, ValueError, AttributeError):
-            lines = []
-        return earlier + [line for line in lines if isinstance(line, dict)]
-
-
-@dataclass(eq=False)
-class Runner:
-    id: str
-    app: str
-    revision: str
-    generation: str
-    state: str
-    started: float
-    handle: RunnerHandle | None = None
-    client: RunnerClient | None = None
-    in_flight: int = 0
-    idle_since: float = 0.0
-    error: str | None = None
-    served: int = 0
-    # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
-    hints: dict[str, None] = field(default_factory=dict)
-    # Minted for this runner alone: it opens this runner and no other.
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-
-    @property
-    def url(self) -> str | None:
-        return self.handle.url if self.handle else None
-
-    @property
-    def pid(self) -> int | None:
-        pid = self.handle.info.get("pid") if self.handle else None
-        return pid if isinstance(pid, int) else None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "app": self.app,
-            "state": self.state,
-            "revision": self.revision,
-            "generation": self.generation,
-            "url": self.url,
-            "pid": self.pid,
-            "started": self.started,
-            "in_flight": self.in_flight,
-            "served": self.served,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class AppLimits:
-    """An app's scaling and timing options, read once from its bundle's options."""
-
-    min_runners: int = 0
-    max_runners: int = 1
-    max_multiplexing: int = 1
-    keep_alive: float = 300.0
-    request_timeout: float = 120.0
-    startup_timeout: float = 600.0
-
-    @classmethod
-    def of(cls, meta: dict[str, Any]) -> AppLimits:
-        options = meta.get("options") or {}
-        values = {}
-        for name, default in cls().__dict__.items():
-            value = options.get(name)
-            values[name] = type(default)(value) if value is not None else default
-        return cls(**values)
-
-
-@dataclass(eq=False)
-class AppState:
-    name: str
-    meta: dict[str, Any]
-    auth: str
-    env: dict[str, str]
-    bundle_path: Path
-    generation: str
-    pending: deque[LiveRequest] = field(default_factory=deque)
-    runners: dict[str, Runner] = field(default_factory=dict)
-    retired: deque[Runner] = field(default_factory=lambda: deque(maxlen=RETIRED_KEPT))
-    failures: int = 0
-    next_start_at: float = 0.0
-    last_error: str | None = None
-    last_error_type: str | None = None
-    waiting: str | None = None  # why a runner cannot start yet (no free GPU), if it cannot
-    kick_handle: asyncio.TimerHandle | None = None
-    limits: AppLimits = field(default_factory=AppLimits)
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)
-    queued_bytes: int = 0  # bodies of its accepted, unfinished queue requests
-
-    def __post_init__(self) -> None:
-        self.limits = AppLimits.of(self.meta)
-
-    @property
-    def revision(self) -> str:
-        return self.meta["revision"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self.meta.get("options", {})
-
-    def endpoint_method(self, path: str) -> str | None:
-        ep = self.endpoint_of(path)
-        return str(ep.get("method", "POST")).upper() if ep is not None else None
-
-    def endpoint_of(self, path: str) -> dict[str, Any] | None:
-        """The bundle's record of the endpoint serving `path` (path parameters included)."""
-        endpoints = self.meta.get("endpoints", [])
-        for ep in endpoints:
-            if ep.get("path") == path:
-                return dict(ep)
-        for ep in endpoints:
-            pattern = _path_pattern(str(ep.get("path", "")))
-            if pattern is not None and pattern.fullmatch(path):
-                return dict(ep)
-        return None
-
-    def in_progress(self) -> int:
-        return sum(r.in_flight for r in self.runners.values())
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "fingerprint": self.fingerprint,
-            "generation": self.generation,
-            "auth": self.auth,
-            "options": self.options,
-            "endpoints": self.meta.get("endpoints", []),
-            "queue_depth": len(self.pending),
-            "in_progress": self.in_progress(),
-            "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
-            "last_error": self.last_error,
-            "last_error_type": self.last_error_type,
-            "waiting": self.waiting,
-        }
-
-
-def generation_of(revision: str, env: dict[str, str], secrets: dict[str, str] | None = None) -> str:
-    """What decides whether runners must be replaced: the code revision, env and secrets."""
-    raw = json.dumps({"revision": revision, "env": env, "secrets": secrets or {}}, sort_keys=True)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class Scheduler:
@@ -407,7 +232,9 @@ class Scheduler:
                 app.kick_handle.cancel()
         runners = [r for app in self.apps.values() for r in app.runners.values()]
         runners += list(self._orphans)
-        await asyncio.gather(*(self._stop(r, "stopped") for r in runners), return_exceptions=True)
+        await asyncio.gather(
+            *(self._stop(r, RunnerState.STOPPED) for r in runners), return_exceptions=True
+        )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -616,7 +443,7 @@ class Scheduler:
         best: Runner | None = None
         fallback: Runner | None = None
         for r in app.runners.values():
-            if r.state != "ready" or r.in_flight >= slots:
+            if r.state != RunnerState.READY or r.in_flight >= slots:
                 continue
             if hint is not None and hint in r.hints and r.generation == app.generation:
                 return r  # sticky: a free runner that served this hint before
@@ -636,7 +463,7 @@ class Scheduler:
                     outdated += 1
                 else:
                     current += 1
-                    booting += r.state != "ready"
+                    booting += r.state != RunnerState.READY
         waiting = len(app.pending) - booting * slots
         target = current + (-(-waiting // slots) if waiting > 0 else 0)
         target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
@@ -714,32 +541,22 @@ class Scheduler:
             return
         if answer is not None and LOGS_HEADER in answer[1]:
             req.logs = [*(req.logs or []), *decode_logs(answer[1][LOGS_HEADER])]
+        status = answer[0] if answer is not None else None
+        error_type = answer[1].get(ERROR_TYPE_HEADER) if answer is not None else None
+        outcome = Outcome(status, error_type, answer is None and reason == "timeout")
+        decision = decide(replace(outcome, attempts=req.attempts, no_retry=req.no_retry))
         if answer is None and reason == "timeout":
-            # A healthy runner answers a request that overruns with its own 504;
-            # silence past that means it is wedged (a blocked event loop, say):
-            # it gets no more work. The request is not retried: it would wedge the next one.
-            self._runner_lost(app, runner, "failed", "no answer past request_timeout: wedged")
-            self._complete_error(
-                req,
-                "timeout",
-                f"the endpoint did not answer within request_timeout ({timeout:g}s)",
-            )
+            reason = "no answer past request_timeout: wedged"
+            detail = f"the endpoint did not answer within request_timeout ({timeout:g}s)"
         elif answer is None:
-            self._runner_lost(app, runner, "failed", reason)
-            self._retry(app, req, "unreachable", reason)
-        elif answer[0] == 504 and answer[1].get(ERROR_TYPE_HEADER) == "request_timeout":
-            # The endpoint overran request_timeout: the runner ends itself.
-            # Running it again would overrun again, so the caller gets it.
-            self._runner_lost(app, runner, "stopped", "a request overran request_timeout")
-            self._complete_error(req, "timeout", _error_detail(answer[2]) or "request timed out")
+            detail = reason
+        elif decision.error_type == "timeout":
+            reason = "a request overran request_timeout"
+            detail = _error_detail(answer[2]) or "request timed out"
         else:
-            status = answer[0]
-            if status == 503:
-                self._runner_lost(app, runner, "stopped", "answered 503: unhealthy, ending itself")
-            if status in (503, 504) and not req.no_retry:
-                self._retry(app, req, str(status), f"runner {runner.id} answered {status}", answer)
-            else:
-                self._complete_answer(req, answer)
+            reason = "answered 503: unhealthy, ending itself"
+            detail = f"runner {runner.id} answered {status}"
+        self._carry_out(app, req, runner, decision, reason, detail, answer)
         self._pump(app)
 
     async def _hand_over(
@@ -757,8 +574,13 @@ class Scheduler:
         finally:
             response.close()
             req.stream = None
-        if req.outcome == "broken":
-            self._runner_lost(app, runner, "failed", "the connection broke mid-stream")
+        decision = decide(
+            Outcome(None if req.outcome == "broken" else response.status, streamed=True)
+        )
+        if decision.runner is not RunnerFate.KEEP:
+            self._runner_lost(
+                app, runner, RunnerState(decision.runner), "the connection broke mid-stream"
+            )
         req.result_status, req.result_type = response.status, response.headers.get("content-type")
         self._finish(req, "success" if response.status < 400 else "app_error")
 
@@ -769,7 +591,7 @@ class Scheduler:
         body, broke = await read_stream(response, app.limits.request_timeout + TIMEOUT_MARGIN_S)
         headers = dict(response.headers)
         if broke is not None:
-            self._runner_lost(app, runner, "failed", broke)
+            self._runner_lost(app, runner, RunnerState.FAILED, broke)
             if not is_event_stream(headers.get("content-type")):
                 return 502, {"content-type": "application/json"}, _error_json(broke, req.id)
         if is_event_stream(headers.get("content-type")):
@@ -798,26 +620,47 @@ class Scheduler:
             self._finish(req, "app_removed")
             return
         if outcome == "unreachable":
-            self._runner_lost(app, runner, "failed", "its websocket could not be opened")
+            decision = decide(Outcome(None, attempts=req.attempts, no_retry=req.no_retry))
             req.done.clear()
-            self._retry(app, req, "unreachable", f"runner {runner.id} unreachable (websocket)")
+            detail = f"runner {runner.id} unreachable (websocket)"
+            self._carry_out(app, req, runner, decision, "its websocket could not be opened", detail)
             return
+        # The socket was open: bytes reached the caller, so it is never retried.
+        decision = decide(Outcome(503 if outcome == "unhealthy" else None, streamed=True))
         if outcome == "unhealthy":
-            self._runner_lost(app, runner, "stopped", "closed a websocket with 1013: unhealthy")
+            self._runner_lost(
+                app, runner, RunnerState(decision.runner), "closed a websocket with 1013: unhealthy"
+            )
         self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
 
-    def _retry(
+    def _carry_out(
         self,
         app: AppState,
         req: LiveRequest,
-        reason: str,
+        runner: Runner,
+        decision: Decision,
+        why: str,
         detail: str,
         answer: tuple[int, dict[str, str], bytes] | None = None,
     ) -> None:
+        """Do what the retry policy decided: the runner's fate first, then the request's.
+
+        `why`: the runner's fate in words (logged, kept as its error); `detail`:
+        the attempt's end in words (the request's error if it fails).
+        """
+        if decision.runner is not RunnerFate.KEEP:
+            self._runner_lost(app, runner, RunnerState(decision.runner), why)
+        if decision.error_type == "timeout":
+            self._complete_error(req, "timeout", detail)
+            return
+        if decision.action is Action.RETURN:
+            assert answer is not None
+            self._complete_answer(req, answer)
+            return
         req.last_answer = detail
-        if req.no_retry:
+        if decision.error_type == "runner_unavailable":
             self._complete_error(req, "runner_unavailable", f"{detail} (retries are off)")
-        elif req.attempts >= MAX_ATTEMPTS:
+        elif decision.error_type == "max_attempts_exceeded":
             self._complete_error(
                 req,
                 "max_attempts_exceeded",
@@ -829,7 +672,7 @@ class Scheduler:
         elif req.start_deadline is not None and time.time() >= req.start_deadline:
             self._start_timed_out(req, f"; the last attempt: {detail}")
         else:
-            self.metrics.retries.labels(app.name, reason).inc()
+            self.metrics.retries.labels(app.name, decision.reason).inc()
             req.status = "IN_QUEUE"
             if req.persist:
                 req.deaths = 0  # this attempt ended with the gateway alive
@@ -915,7 +758,7 @@ class Scheduler:
 
     def _fail_waiting(self, app: AppState, error_type: str, message: str) -> None:
         """Fail every queued request of `app` that no ready runner could serve."""
-        if any(r.state == "ready" for r in app.runners.values()):
+        if any(r.state == RunnerState.READY for r in app.runners.values()):
             return
         while app.pending:
             self._complete_error(app.pending.popleft(), error_type, message)
@@ -928,7 +771,7 @@ class Scheduler:
             app=app.name,
             revision=app.revision,
             generation=app.generation,
-            state="building",
+            state=RunnerState.BUILDING,
             started=time.time(),
         )
         app.runners[runner.id] = runner
@@ -971,7 +814,7 @@ class Scheduler:
             # or a removal (the awaiting task is gone by then) is still stopped.
             handle = self.provider.start_runner(spec)
             with self._handover:
-                if not self.closing and runner.state == "building":
+                if not self.closing and runner.state == RunnerState.BUILDING:
                     runner.handle = handle
                     return handle
             self.provider.stop_runner(handle, 2.0)
@@ -988,7 +831,7 @@ class Scheduler:
             return
         if handle is None:  # removed or shut down meanwhile
             return
-        runner.state = "starting"
+        runner.state = RunnerState.STARTING
         app.waiting = None
         host, port = _host_port(handle.url)
         try:
@@ -999,7 +842,7 @@ class Scheduler:
         runner.client = RunnerClient(host, port, {"authorization": f"Bearer {runner.token}"}, **tls)
         deadline = time.monotonic() + app.limits.startup_timeout + 10.0
         polls = 0
-        while runner.state == "starting":
+        while runner.state == RunnerState.STARTING:
             polls += 1
             if polls % 5 == 1 and not await asyncio.to_thread(self.provider.runner_alive, handle):
                 self._start_failed(
@@ -1029,9 +872,9 @@ class Scheduler:
                 )
                 return
             await asyncio.sleep(HEALTH_POLL_S)
-        if runner.state != "starting":
+        if runner.state != RunnerState.STARTING:
             return
-        runner.state = "ready"
+        runner.state = RunnerState.READY
         runner.idle_since = time.monotonic()
         self.metrics.runner_starts.labels(app.name, "ready").inc()
         log.info("runner %s of %s is ready at %s", runner.id, app.name, runner.url)
@@ -1044,7 +887,7 @@ class Scheduler:
                 if old.generation != app.generation and old.state in ACTIVE:
                     # Draining from this moment, not from when the task first runs:
                     # once a new runner is ready no request may reach an old one.
-                    old.state = "draining"
+                    old.state = RunnerState.DRAINING
                     self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
 
@@ -1057,7 +900,7 @@ class Scheduler:
         if app.waiting != message:
             log.info("app %s: %s", app.name, message)
         app.waiting = message
-        self._retire(app, runner, "stopped")
+        self._retire(app, runner, RunnerState.STOPPED)
         with contextlib.suppress(ValueError):
             app.retired.remove(runner)  # it never ran: not a runner anyone needs to see
         if self.apps.get(app.name) is app:
@@ -1069,7 +912,7 @@ class Scheduler:
         self.metrics.runner_starts.labels(app.name, error_type).inc()
         runner.error = message
         handle = runner.handle
-        self._retire(app, runner, "failed")
+        self._retire(app, runner, RunnerState.FAILED)
         if handle is not None:
             self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, 2.0))
         if self.apps.get(app.name) is not app or runner.generation != app.generation:
@@ -1085,17 +928,17 @@ class Scheduler:
             self._fail_waiting(app, error_type, detail)
         self._pump(app)
 
-    def _runner_lost(self, app: AppState, runner: Runner, state: str, reason: str) -> None:
-        if runner.state in ("stopped", "failed"):
+    def _runner_lost(self, app: AppState, runner: Runner, state: RunnerState, reason: str) -> None:
+        if runner.state in (RunnerState.STOPPED, RunnerState.FAILED):
             return
         log.warning("runner %s of %s: %s", runner.id, app.name, reason)
-        runner.error = reason if state == "failed" else None
+        runner.error = reason if state == RunnerState.FAILED else None
         handle = runner.handle
         self._retire(app, runner, state)
         if handle is not None:
             self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S))
 
-    def _retire(self, app: AppState, runner: Runner, state: str) -> None:
+    def _retire(self, app: AppState, runner: Runner, state: RunnerState) -> None:
         runner.state = state
         if runner.client is not None:
             runner.client.close()
@@ -1109,20 +952,20 @@ class Scheduler:
         `marked`: the caller already set it draining (so no request was handed to
         it between that decision and this task's first step).
         """
-        if runner.state not in ACTIVE and not (marked and runner.state == "draining"):
+        if runner.state not in ACTIVE and not (marked and runner.state == RunnerState.DRAINING):
             return
-        runner.state = "draining"
+        runner.state = RunnerState.DRAINING
         bound = time.monotonic() + app.limits.request_timeout + 5.0
         while runner.in_flight > 0 and time.monotonic() < bound:
             await asyncio.sleep(0.02)
-        await self._stop(runner, "stopped", app)
+        await self._stop(runner, RunnerState.STOPPED, app)
 
-    async def _stop(self, runner: Runner, state: str, app: AppState | None = None) -> None:
+    async def _stop(self, runner: Runner, state: RunnerState, app: AppState | None = None) -> None:
         with self._handover:
             handle = runner.handle
-            if runner.state in ("stopped", "failed"):
+            if runner.state in (RunnerState.STOPPED, RunnerState.FAILED):
                 return
-            runner.state = "draining"
+            runner.state = RunnerState.DRAINING
         if handle is not None:
             await asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S)
         app = app or self.apps.get(runner.app)
@@ -1160,14 +1003,16 @@ class Scheduler:
             ready = [
                 r
                 for r in app.runners.values()
-                if r.state == "ready" and r.generation == app.generation
+                if r.state == RunnerState.READY and r.generation == app.generation
             ]
             if check_alive:
                 for r in ready:
                     assert r.handle is not None
                     if not await asyncio.to_thread(self.provider.runner_alive, r.handle):
-                        self._runner_lost(app, r, "failed", "runner process exited unexpectedly")
-                ready = [r for r in ready if r.state == "ready"]
+                        self._runner_lost(
+                            app, r, RunnerState.FAILED, "runner process exited unexpectedly"
+                        )
+                ready = [r for r in ready if r.state == RunnerState.READY]
             current = sum(
                 1
                 for r in app.runners.values()
@@ -1208,21 +1053,6 @@ class Scheduler:
     def all_runners(self) -> list[Runner]:
         out = [r for app in self.apps.values() for r in app.runners.values()]
         return out + list(self._orphans)
-
-
-@functools.cache
-def _path_pattern(template: str) -> re.Pattern[str] | None:
-    """A regex for a path with `{param}` parts (`{param:path}` spans slashes); None without."""
-    if "{" not in template:
-        return None
-    parts = re.split(r"\{([^}]+)\}", template)
-    out = []
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            out.append(re.escape(part))
-        else:
-            out.append(".+" if part.endswith(":path") else "[^/]+")
-    return re.compile("".join(out))
 
 
 def _start_error_type(exc: BaseException) -> str:
