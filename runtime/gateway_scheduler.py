@@ -70,8 +70,6 @@ from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 from skyform.runtime.webhooks import payload as webhook_payload
 
-# Relative, so that the type checker sees these classes (it cannot follow the
-# package-dir mapping behind `skyform.runtime`).
 from .gateway_model import (
     ACTIVE,
     AppLimits,
@@ -82,11 +80,12 @@ from .gateway_model import (
     generation_of,
 )
 
+# Relative, so that the type checker sees these classes (it cannot follow the
+# package-dir mapping behind `skyform.runtime`).
+from .scaling import gives_up, idle_to_stop, pick, scale_up, start_backoff, to_drain
+
 log = logging.getLogger("skyform.gateway")
 
-START_FAILURE_LIMIT = 3
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
 HEALTH_POLL_S = 0.05
 HEALTH_WAIT_S = 1.0
 CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
@@ -431,52 +430,32 @@ class Scheduler:
                 app.pending.popleft()
                 self._start_timed_out(req)
                 continue
-            runner = self._pick(app, slots, req.hint)
+            runner = pick(app.runners.values(), app.generation, slots, req.hint)
             if runner is None:
                 break
             app.pending.popleft()
             runner.in_flight += 1
             self._spawn(self._attempt(app, req, runner))
-        self._scale(app, slots)
+        self._scale(app)
 
-    def _pick(self, app: AppState, slots: int, hint: str | None = None) -> Runner | None:
-        best: Runner | None = None
-        fallback: Runner | None = None
-        for r in app.runners.values():
-            if r.state != RunnerState.READY or r.in_flight >= slots:
-                continue
-            if hint is not None and hint in r.hints and r.generation == app.generation:
-                return r  # sticky: a free runner that served this hint before
-            if r.generation == app.generation:
-                if best is None or r.in_flight < best.in_flight:
-                    best = r
-            elif fallback is None or r.in_flight < fallback.in_flight:
-                fallback = r
-        return best or fallback
-
-    def _scale(self, app: AppState, slots: int) -> None:
-        generation = app.generation
-        current = booting = outdated = 0
-        for r in app.runners.values():
-            if r.state in ACTIVE:
-                if r.generation != generation:
-                    outdated += 1
-                else:
-                    current += 1
-                    booting += r.state != RunnerState.READY
-        waiting = len(app.pending) - booting * slots
-        target = current + (-(-waiting // slots) if waiting > 0 else 0)
-        target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
-        missing = target - current
-        if missing <= 0:
-            app.waiting = None  # no runner wanted that could be waiting
-            return
+    def _scale(self, app: AppState) -> None:
+        """Start the runners the scaling policy asks for (or come back when its backoff ends)."""
         now = time.monotonic()
-        if now < app.next_start_at:
-            self._kick_later(app, app.next_start_at - now)
-            return
-        for _ in range(missing):
-            self._start_runner(app)
+        decision = scale_up(
+            app.runners.values(),
+            app.generation,
+            len(app.pending),
+            app.limits,
+            now,
+            app.next_start_at,
+        )
+        if decision.count <= 0:
+            app.waiting = None  # no runner wanted that could be waiting
+        elif decision.after > 0:
+            self._kick_later(app, decision.after)
+        else:
+            for _ in range(decision.count):
+                self._start_runner(app)
 
     def _kick_later(self, app: AppState, delay: float) -> None:
         if app.kick_handle is not None and not app.kick_handle.cancelled():
@@ -883,12 +862,11 @@ class Scheduler:
             return
         if runner.generation == app.generation:
             app.failures = 0
-            for old in list(app.runners.values()):
-                if old.generation != app.generation and old.state in ACTIVE:
-                    # Draining from this moment, not from when the task first runs:
-                    # once a new runner is ready no request may reach an old one.
-                    old.state = RunnerState.DRAINING
-                    self._spawn(self._drain_and_stop(app, old, marked=True))
+            for old in to_drain(app.runners.values(), app.generation):
+                # Draining from this moment, not from when the task first runs:
+                # once a new runner is ready no request may reach an old one.
+                old.state = RunnerState.DRAINING
+                self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
 
     def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
@@ -919,9 +897,8 @@ class Scheduler:
             return
         app.failures += 1
         app.last_error, app.last_error_type = message, error_type
-        backoff = min(BACKOFF_BASE_S * 2 ** (app.failures - 1), BACKOFF_MAX_S)
-        app.next_start_at = time.monotonic() + backoff
-        if error_type == "environment_build_failed" or app.failures >= START_FAILURE_LIMIT:
+        app.next_start_at = time.monotonic() + start_backoff(app.failures)
+        if gives_up(app.failures, error_type):
             detail = message
             if app.failures > 1:
                 detail = f"{message} ({app.failures} failed starts in a row)"
@@ -998,34 +975,22 @@ class Scheduler:
         if check_alive:
             self._last_liveness = now
         for app in list(self.apps.values()):
-            keep_alive = app.limits.keep_alive
-            min_runners = app.limits.min_runners
-            ready = [
-                r
-                for r in app.runners.values()
-                if r.state == RunnerState.READY and r.generation == app.generation
-            ]
             if check_alive:
+                ready = [
+                    r
+                    for r in app.runners.values()
+                    if r.state == RunnerState.READY and r.generation == app.generation
+                ]
                 for r in ready:
                     assert r.handle is not None
                     if not await asyncio.to_thread(self.provider.runner_alive, r.handle):
                         self._runner_lost(
                             app, r, RunnerState.FAILED, "runner process exited unexpectedly"
                         )
-                ready = [r for r in ready if r.state == RunnerState.READY]
-            current = sum(
-                1
-                for r in app.runners.values()
-                if r.generation == app.generation and r.state in ACTIVE
-            )
-            idle = sorted(
-                (r for r in ready if r.in_flight == 0 and now - r.idle_since >= keep_alive),
-                key=lambda r: r.idle_since,
+            idle = idle_to_stop(
+                app.runners.values(), app.generation, len(app.pending), app.limits, now
             )
             for r in idle:
-                if current <= min_runners or app.pending:
-                    break
-                current -= 1
                 self._spawn(self._drain_and_stop(app, r))
             self._expire_waiting(app)
             self._pump(app)
