@@ -87,9 +87,9 @@ class StackContext:
 
     def _webhook_env(self) -> dict[str, str]:
         """The webhook signing key and `gateway.webhook_hosts`, for the gateway process."""
-        env = {}
-        if self.keys.get("webhook_key"):
-            env["SKYFORM_WEBHOOK_KEY"] = self.keys["webhook_key"]
+        from skyform.keys import WEBHOOK_KEY_ENV, webhook_key
+
+        env = {WEBHOOK_KEY_ENV: webhook_key(self.keys)}
         hosts = self.stack.model.gateway.webhook_hosts
         if hosts is not None:
             env["SKYFORM_WEBHOOK_HOSTS"] = ",".join(hosts)

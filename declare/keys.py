@@ -20,10 +20,28 @@ ENV_NAMES: dict[str, str] = {
     "admin_token": "SKYFORM_ADMIN_TOKEN",  # the gateway's admin API
     "runner_token": "SKYFORM_RUNNER_TOKEN",  # gateway -> runner calls
     "api_key": "SKYFORM_API_KEY",  # callers of private apps
-    "webhook_key": "SKYFORM_WEBHOOK_KEY",  # signs the gateway's webhook POSTs
 }
 
 SKYFORM_DIR = ".skyform"
+
+
+WEBHOOK_KEY_ENV = "SKYFORM_WEBHOOK_KEY"
+
+
+def webhook_key(keys: dict[str, str]) -> str:
+    """The key that signs the gateway's webhook POSTs: `$SKYFORM_WEBHOOK_KEY`, else derived.
+
+    Derived from the bundle key (HMAC, one-way: a receiver holding it learns
+    nothing of the bundle key), so it is stable across applies and CI jobs
+    without another stored or configured secret.
+    """
+    import hashlib
+    import hmac
+
+    if os.environ.get(WEBHOOK_KEY_ENV):
+        return os.environ[WEBHOOK_KEY_ENV]
+    digest = hmac.new(keys["bundle_key"].encode(), b"skyform webhook signing key", hashlib.sha256)
+    return digest.hexdigest()
 
 
 def keys_path(workdir: Path, stack: str) -> Path:

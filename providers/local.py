@@ -55,6 +55,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +208,7 @@ class LocalProvider:
         user = runner_user()
         if user is not None:
             check_reachable(Path(python), user)
-            home = self._runner_home(runner_id, user)
+            home = self.homes_root() / runner_id  # made only when it spawns
             cwd = home
         else:
             home = Path(os.environ.get("HOME") or self.runtime_dir)
@@ -254,6 +255,8 @@ class LocalProvider:
         env.update(self.gpu_ledger().claim(runner_id, spec.machine_types, self._runner_running))
 
         def spawn() -> subprocess.Popen[bytes]:
+            if user is not None:
+                self._runner_home(runner_id, user)
             # The bundle goes as an open fd: the runner's user may not open its path.
             bundle_fd = os.open(spec.bundle_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -290,6 +293,7 @@ class LocalProvider:
             proc = _get_spawner().run(spawn)
         except BaseException:
             self.gpu_ledger().release(runner_id)
+            self._forget_home(runner_id)
             raise
         handle = RunnerHandle(
             runner_id=runner_id,
@@ -308,6 +312,12 @@ class LocalProvider:
         """Where runners that run as another user get their home directories (root only)."""
         digest = hashlib.sha256(str(self.runtime_dir.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"skyform-runners-{digest}"
+
+    def _forget_home(self, runner_id: str) -> None:
+        """Remove a runner's home, and their folder when it was the last one."""
+        shutil.rmtree(self.homes_root() / runner_id, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.homes_root().rmdir()  # fails while other runners live there
 
     def remove_stale_homes(self) -> None:
         """At a gateway's start: homes of runners a killed predecessor left (they died with it)."""
@@ -366,9 +376,7 @@ class LocalProvider:
             _terminate(proc.pid, grace, lambda: proc.poll() is None)
         if pid is not None:
             kill_group(pid)
-        shutil.rmtree(self.homes_root() / handle.runner_id, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.homes_root().rmdir()  # the last one out (fails while others live there)
+        self._forget_home(handle.runner_id)
         if self._gpus is not None:
             self._gpus.release(handle.runner_id)
 
@@ -464,11 +472,13 @@ class LocalProvider:
         return None
 
 
+@dataclass(frozen=True)
 class RunnerUser:
     """The unprivileged account runners run as when skyform itself runs as root."""
 
-    def __init__(self, name: str, uid: int, gid: int) -> None:
-        self.name, self.uid, self.gid = name, uid, gid
+    name: str
+    uid: int
+    gid: int
 
 
 def runner_user() -> RunnerUser | None:

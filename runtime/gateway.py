@@ -10,7 +10,9 @@ SKYFORM_RUNNER_TOKEN, read from a JSON object on `--credentials-fd N` (how the
 local provider starts it: nothing in /proc/<pid>/environ) or else from the
 environment. Each runner gets a token of its own, minted here. The process is
 non-dumpable and writes its files owner-only (umask 077).
-SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file).
+SKYFORM_GATEWAY_LIMITS (JSON overrides of `GatewayLimits`, from the stack file),
+SKYFORM_WEBHOOK_KEY (signs webhook POSTs) and SKYFORM_WEBHOOK_HOSTS (comma-separated
+`gateway.webhook_hosts`; see runtime/webhooks.py), on the pipe or in the environment.
 The provider comes from `<state-dir>/provider.json` (absent: local).
 
 Routes (DESIGN §7):

@@ -208,8 +208,14 @@ class WebhookSender:
     async def _loop(self) -> None:
         while True:
             try:
-                for row in self.store.due_webhooks(time.time()):
-                    await self._deliver(*row)
+                # Concurrently: one slow receiver must not hold up the others' POSTs.
+                rows = self.store.due_webhooks(time.time())
+                done = await asyncio.gather(
+                    *(self._deliver(*row) for row in rows), return_exceptions=True
+                )
+                for outcome in done:
+                    if isinstance(outcome, Exception):
+                        log.error("webhook delivery failed", exc_info=outcome)
                 wait = self.store.next_webhook_in(time.time())
             except Exception:
                 log.exception("webhook delivery failed")

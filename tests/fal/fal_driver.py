@@ -106,6 +106,10 @@ async def async_suite(app: str) -> dict[str, Any]:
     return out
 
 
+def run(app: str, arguments: str) -> Any:
+    return fc.run(app, json.loads(arguments))
+
+
 def hints(app: str, *names: str) -> dict[str, Any]:
     """Each named hint in turn, one request at a time: which runner served it."""
     return {"pids": [[h, fc.run(app, {"prompt": h}, hint=h)["pid"]] for h in names]}
@@ -126,6 +130,8 @@ def main() -> None:
         result = sync_suite(*args)
     elif scenario == "async":
         result = asyncio.run(async_suite(*args))
+    elif scenario == "run":
+        result = run(*args)
     elif scenario == "hints":
         result = hints(*args)
     elif scenario == "webhook":

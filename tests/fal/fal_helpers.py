@@ -164,13 +164,18 @@ class TLSGateway(GatewayProc):
         }
 
 
-def run_fal(gateway: TLSGateway, scenario: str, *args: str, timeout: float = 120) -> Any:
-    """Run one scenario of `fal_driver.py` with the real fal-client; its JSON result."""
+def run_fal(
+    gateway: TLSGateway | dict[str, str], scenario: str, *args: str, timeout: float = 120
+) -> Any:
+    """Run one scenario of `fal_driver.py` with the real fal-client; its JSON result.
+
+    `gateway`: a test gateway, or the four FAL_*/SSL_CERT_FILE variables themselves.
+    """
+    fal_env = gateway.fal_env() if isinstance(gateway, TLSGateway) else gateway
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
-        TAG_VAR: gateway.tag,
-        **gateway.fal_env(),
+        **fal_env,
     }
     done = subprocess.run(
         [sys.executable, str(DRIVER), scenario, *args],

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from skyform.apply import StackContext
+from skyform.keys import webhook_key
 from skyform.plan import desired_gateway
 from skyform.stackfile import StackFileError, parse_stack
 
@@ -28,7 +29,7 @@ def load(hosts: str):
 
 def _context(stack) -> StackContext:
     keys = {"bundle_key": "b", "admin_token": "a", "runner_token": "r", "api_key": "p"}
-    return StackContext(stack, Path("/p"), {**keys, "webhook_key": "w"}, None, None, Path("/p"))
+    return StackContext(stack, Path("/p"), keys, None, None, Path("/p"))
 
 
 def test_hosts_are_normalised_planned_and_passed_to_the_gateway() -> None:
@@ -37,7 +38,22 @@ def test_hosts_are_normalised_planned_and_passed_to_the_gateway() -> None:
     assert desired_gateway(stack)["webhook_hosts"] == ["127.0.0.1", "::1", "hooks.example.com"]
     env = _context(stack).gateway_credentials()
     assert env["SKYFORM_WEBHOOK_HOSTS"] == "127.0.0.1,::1,hooks.example.com"
-    assert env["SKYFORM_WEBHOOK_KEY"] == "w"
+
+
+def test_webhook_key_is_the_environment_s_or_derived_from_the_bundle_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stack = load("[127.0.0.1]")
+    monkeypatch.delenv("SKYFORM_WEBHOOK_KEY", raising=False)
+    derived = _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"]
+    assert (
+        len(derived) == 64
+        and derived == _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"]
+    )
+    other = StackContext(stack, Path("/p"), {"bundle_key": "other"}, None, None, Path("/p"))
+    assert webhook_key(other.keys) != derived
+    monkeypatch.setenv("SKYFORM_WEBHOOK_KEY", "from-env")
+    assert _context(stack).gateway_credentials()["SKYFORM_WEBHOOK_KEY"] == "from-env"
 
 
 def test_unset_list_changes_nothing_for_existing_stacks() -> None:
