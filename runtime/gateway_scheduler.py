@@ -4,25 +4,26 @@ Everything here runs on the gateway's event loop; state changes happen between
 awaits, so no locks are needed. Provider calls (which may block: building an
 environment, launching a cluster, waiting for a process) run in threads.
 
-Rules (DESIGN §7):
-- A request waits in its app's FIFO until a ready runner of the app's current
-  generation (revision + env) has a free slot (`max_multiplexing`).
-- Runners start while queued work exceeds the capacity of runners already
-  starting, up to `max_runners`; never fewer than `min_runners`.
-- 503 -> the runner is ending itself; retry elsewhere. 504 -> retry, runner
-  kept. Connection refused / dropped -> runner lost; retry. Everything else is
-  the answer. At most `MAX_ATTEMPTS` attempts; `x-skyform-no-retry: 1` = one.
-- Delivery is at-least-once: an attempt is committed to the store before it
-  is dispatched, so a gateway that dies with it in flight runs it again after
-  its restart, with the attempt counted (the bound holds across restarts). A
-  request in flight at `poison_after_deaths` gateway deaths in a row fails as
-  `poisoned` instead of taking the gateway down forever.
-- A runner that fails to start is replaced after an exponential backoff; after
-  `START_FAILURE_LIMIT` failures in a row (or one environment build failure,
-  which would fail the same way again) the waiting requests fail with the
-  reason instead of waiting forever.
-- New generation: new runners start first; old ones keep serving until one
-  new runner is ready, then drain (finish in-flight work) and stop.
+The scheduler coordinates; the rules live in pure modules it calls, each
+tested without processes:
+- `gateway_model`: requests, runners (`RunnerState`) and apps.
+- `scaling`: which runner serves, how many to start (scale from zero, queued
+  work beyond free capacity up to `max_runners`, never below `min_runners`),
+  which idle ones stop (`keep_alive`), rolling revisions (new runners first;
+  old ones serve until one new runner is ready, then drain and stop), and the
+  backoff after a failed start (after `START_FAILURE_LIMIT` failures in a row,
+  or one environment build failure, waiting requests fail with the reason).
+- `retry`: the DESIGN §7 status table (503 -> runner ends, retried elsewhere;
+  504 -> retried, runner kept; unreachable -> retried; everything else is the
+  answer; at most `MAX_ATTEMPTS`; `x-skyform-no-retry: 1` = one attempt).
+- `runner_lifecycle`: connecting to a runner, waiting for its health, draining.
+
+Requests wait in their app's FIFO until a ready runner has a free slot
+(`max_multiplexing`). Delivery is at-least-once: an attempt is committed to
+the store before it is dispatched, so a gateway that dies with it in flight
+runs it again after its restart, with the attempt counted (the bound holds
+across restarts). A request in flight at `poison_after_deaths` gateway deaths
+in a row fails as `poisoned` instead of taking the gateway down forever.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import logging
 import os
 import secrets
-import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -46,7 +46,6 @@ from typing import Any
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
-from skyform.logformat import LINE_RE
 from skyform.providers.base import (
     CapacityUnavailable,
     Provider,
@@ -55,10 +54,8 @@ from skyform.providers.base import (
     TLSMaterial,
 )
 from skyform.runtime.gateway_client import (
-    RunnerClient,
     RunnerConnectionError,
     RunnerResponse,
-    RunnerTLSError,
 )
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
@@ -79,6 +76,7 @@ from .gateway_model import (
     RunnerState,
     generation_of,
 )
+from .runner_lifecycle import RunnerLifecycle
 
 # Relative, so that the type checker sees these classes (it cannot follow the
 # package-dir mapping behind `skyform.runtime`).
@@ -86,11 +84,8 @@ from .scaling import gives_up, idle_to_stop, pick, scale_up, start_backoff, to_d
 
 log = logging.getLogger("skyform.gateway")
 
-HEALTH_POLL_S = 0.05
-HEALTH_WAIT_S = 1.0
 CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
-STOP_GRACE_S = 10.0
 PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
 COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
@@ -138,7 +133,7 @@ class Scheduler:
         self.state_dir = Path(state_dir)
         self.bundle_key = bundle_key  # handed to each runner, on its credentials pipe
         self.runner_tls = runner_tls
-        self._runner_ssl = _runner_ssl_context(runner_tls)
+        self.lifecycle = RunnerLifecycle(provider, runner_tls)
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
@@ -777,14 +772,6 @@ class Scheduler:
             tls=self.runner_tls,
         )
 
-    def _tls_for(self, url: str) -> dict[str, Any]:
-        """How to reach a runner at `url`: verified TLS for `https`, plain TCP otherwise."""
-        if not url.startswith("https://"):
-            return {}
-        if self._runner_ssl is None or self.runner_tls is None:
-            raise SkyformError("it serves https, but this gateway has no CA to verify it with")
-        return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
-
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner)
 
@@ -812,45 +799,15 @@ class Scheduler:
             return
         runner.state = RunnerState.STARTING
         app.waiting = None
-        host, port = _host_port(handle.url)
         try:
-            tls = self._tls_for(handle.url)
+            runner.client = self.lifecycle.connect(runner, handle)
         except SkyformError as exc:
             self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
             return
-        runner.client = RunnerClient(host, port, {"authorization": f"Bearer {runner.token}"}, **tls)
-        deadline = time.monotonic() + app.limits.startup_timeout + 10.0
-        polls = 0
-        while runner.state == RunnerState.STARTING:
-            polls += 1
-            if polls % 5 == 1 and not await asyncio.to_thread(self.provider.runner_alive, handle):
-                self._start_failed(
-                    app, runner, "startup_failed", _startup_failure(runner, handle, self.provider)
-                )
-                return
-            try:
-                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
-                # is seen at once, with a request a second instead of twenty.
-                status, _h, _b = await runner.client.request(
-                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
-                )
-                if status == 200:
-                    break
-            except RunnerTLSError as exc:  # waiting longer will not make it trusted
-                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
-                return
-            except (RunnerConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self._start_failed(
-                    app,
-                    runner,
-                    "startup_failed",
-                    f"runner {runner.id} was not ready within startup_timeout "
-                    f"({app.limits.startup_timeout:g}s)",
-                )
-                return
-            await asyncio.sleep(HEALTH_POLL_S)
+        failure = await self.lifecycle.wait_ready(runner, app.limits.startup_timeout)
+        if failure is not None:
+            self._start_failed(app, runner, "startup_failed", failure)
+            return
         if runner.state != RunnerState.STARTING:
             return
         runner.state = RunnerState.READY
@@ -892,7 +849,7 @@ class Scheduler:
         handle = runner.handle
         self._retire(app, runner, RunnerState.FAILED)
         if handle is not None:
-            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, 2.0))
+            self._spawn(self.lifecycle.stop(handle, 2.0))
         if self.apps.get(app.name) is not app or runner.generation != app.generation:
             return
         app.failures += 1
@@ -913,7 +870,7 @@ class Scheduler:
         handle = runner.handle
         self._retire(app, runner, state)
         if handle is not None:
-            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S))
+            self._spawn(self.lifecycle.stop(handle))
 
     def _retire(self, app: AppState, runner: Runner, state: RunnerState) -> None:
         runner.state = state
@@ -932,9 +889,7 @@ class Scheduler:
         if runner.state not in ACTIVE and not (marked and runner.state == RunnerState.DRAINING):
             return
         runner.state = RunnerState.DRAINING
-        bound = time.monotonic() + app.limits.request_timeout + 5.0
-        while runner.in_flight > 0 and time.monotonic() < bound:
-            await asyncio.sleep(0.02)
+        await self.lifecycle.wait_drained(runner, app.limits.request_timeout + 5.0)
         await self._stop(runner, RunnerState.STOPPED, app)
 
     async def _stop(self, runner: Runner, state: RunnerState, app: AppState | None = None) -> None:
@@ -944,7 +899,7 @@ class Scheduler:
                 return
             runner.state = RunnerState.DRAINING
         if handle is not None:
-            await asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S)
+            await self.lifecycle.stop(handle)
         app = app or self.apps.get(runner.app)
         if app is not None:
             self._retire(app, runner, state)
@@ -1027,23 +982,8 @@ def _start_error_type(exc: BaseException) -> str:
     return "startup_failed"
 
 
-def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
-    """The context verifying runners against the stack CA (None without runner TLS)."""
-    if material is None or material.ca is None:
-        return None
-    from skyform.tls import client_context
-
-    return client_context(material.ca)
-
-
 def _request_id() -> str:
     return secrets.token_hex(16)
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 async def _read(response: RunnerResponse, timeout: float) -> bytes:
@@ -1072,26 +1012,3 @@ def _error_detail(body: bytes) -> str:
         if detail is not None:
             return json.dumps(detail)[:500]
     return ""
-
-
-def _startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
-    exit_code = getattr(provider, "runner_exit_code", lambda _h: None)(handle)
-    status = f" (exit status {exit_code})" if exit_code is not None else ""
-    message = f"runner {runner.id} exited during start-up{status}"
-    log_path = handle.info.get("log")
-    if log_path:
-        last = _last_log_line(Path(str(log_path)))
-        if last:
-            message += f": {last}"
-    return message
-
-
-def _last_log_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    if not lines:
-        return ""
-    stamped = LINE_RE.match(lines[-1])  # the message, without the runner's time and level
-    return (stamped["message"] if stamped else lines[-1])[:500]
