@@ -599,12 +599,11 @@ class Scheduler:
             detail = f"runner {runner.id} unreachable (websocket)"
             self._carry_out(app, req, runner, decision, "its websocket could not be opened", detail)
             return
-        # The socket was open: bytes reached the caller, so it is never retried.
-        decision = decide(Outcome(503 if outcome == "unhealthy" else None, streamed=True))
         if outcome == "unhealthy":
-            self._runner_lost(
-                app, runner, RunnerState(decision.runner), "closed a websocket with 1013: unhealthy"
-            )
+            # The socket was open: bytes reached the caller, so it is not retried.
+            decision = decide(Outcome(503, streamed=True))
+            why = "closed a websocket with 1013: unhealthy"
+            self._runner_lost(app, runner, RunnerState(decision.runner), why)
         self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
 
     def _carry_out(
