@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -517,20 +516,20 @@ class Scheduler:
             req.logs = [*(req.logs or []), *decode_logs(answer[1][LOGS_HEADER])]
         status = answer[0] if answer is not None else None
         error_type = answer[1].get(ERROR_TYPE_HEADER) if answer is not None else None
-        outcome = Outcome(status, error_type, answer is None and reason == "timeout")
-        decision = decide(replace(outcome, attempts=req.attempts, no_retry=req.no_retry))
-        if answer is None and reason == "timeout":
-            reason = "no answer past request_timeout: wedged"
+        timed_out = answer is None and reason == "timeout"
+        decision = decide(Outcome(status, error_type, timed_out, req.attempts, req.no_retry))
+        # In words: why the runner goes (if it does), and how the attempt ended.
+        why = detail = reason  # no answer: the runner was lost for this reason
+        if timed_out:
+            why = "no answer past request_timeout: wedged"
             detail = f"the endpoint did not answer within request_timeout ({timeout:g}s)"
-        elif answer is None:
-            detail = reason
-        elif decision.error_type == "timeout":
-            reason = "a request overran request_timeout"
+        elif answer is not None and decision.error_type == "timeout":
+            why = "a request overran request_timeout"
             detail = _error_detail(answer[2]) or "request timed out"
-        else:
-            reason = "answered 503: unhealthy, ending itself"
+        elif answer is not None:
+            why = "answered 503: unhealthy, ending itself"  # the one other answer a runner ends on
             detail = f"runner {runner.id} answered {status}"
-        self._carry_out(app, req, runner, decision, reason, detail, answer)
+        self._carry_out(app, req, runner, decision, why, detail, answer)
         self._pump(app)
 
     async def _hand_over(
