@@ -42,8 +42,9 @@ lint: $(STAMP)
 # Cheap checks first, so CI fails fast; the suite includes the install matrix
 # (tests/ci: fresh venvs, plain and [skypilot]) and the CI example's workflow.
 # Two workers: most tests wait on real processes, so two run in about half the
-# time on two cores. PYTEST_ARGS replaces it (e.g. PYTEST_ARGS="-n 0 tests/cli").
-PYTEST_ARGS ?= -n 2
+# time on two cores; a file runs on one worker, in order (some files build on one
+# stack from test to test). PYTEST_ARGS replaces it (e.g. PYTEST_ARGS="-n 0 tests/cli").
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

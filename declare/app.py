@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 from skyform.errors import AppDefinitionError
-from skyform.machines import machine_type_names
+from skyform.options import DEFAULTS
+from skyform.options import OPTION_NAMES as OPTION_NAMES  # re-exported: callers import it here
+from skyform.options import AppOptions as AppOptions
 from skyform.suggest import did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,39 +26,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 ENDPOINT_ATTR = "__skyform_endpoint__"
 
 
-class AppOptions(BaseModel):
-    """Every option an App (or a stack file's app entry) may set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    machine_type: str | list[str] = "CPU"
-    requirements: list[str] = Field(default_factory=list)
-    min_runners: int = Field(0, ge=0)
-    max_runners: int = Field(1, ge=1)
-    keep_alive: float = Field(300, ge=0)
-    max_multiplexing: int = Field(1, ge=1)
-    request_timeout: float = Field(120, gt=0)
-    startup_timeout: float = Field(600, gt=0)
-    auth: Literal["private", "public"] | None = None
-    # Largest request body the gateway accepts for this app (MiB); bigger ones get 413.
-    max_body_mb: float = Field(64, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> AppOptions:
-        machine_type_names(self.machine_type)
-        if self.min_runners > self.max_runners:
-            raise ValueError(
-                f"min_runners ({self.min_runners}) is greater than max_runners ({self.max_runners})"
-            )
-        return self
-
-    @property
-    def machine_types(self) -> list[str]:
-        """The ordered machine-type candidates."""
-        return machine_type_names(self.machine_type)
-
-
-OPTION_NAMES: tuple[str, ...] = tuple(AppOptions.model_fields)
 # Class attributes that look like a misspelt option are refused; anything
 # further from every option name is the user's own attribute.
 _MISSPELLING_CUTOFF = 0.8
@@ -176,16 +145,17 @@ class Endpoint:
 class App:
     """Base class of every skyform app. Subclass it; don't instantiate it yourself."""
 
-    machine_type: str | list[str] = "CPU"
-    requirements: list[str] = []
-    min_runners: int = 0
-    max_runners: int = 1
-    keep_alive: float = 300
-    max_multiplexing: int = 1
-    request_timeout: float = 120
-    startup_timeout: float = 600
-    auth: str | None = None
-    max_body_mb: float = 64
+    # The options and their defaults, from the one table (`skyform.options.AppOptions`).
+    machine_type: str | list[str] = DEFAULTS.machine_type
+    requirements: list[str] = list(DEFAULTS.requirements)
+    min_runners: int = DEFAULTS.min_runners
+    max_runners: int = DEFAULTS.max_runners
+    keep_alive: float = DEFAULTS.keep_alive
+    max_multiplexing: int = DEFAULTS.max_multiplexing
+    request_timeout: float = DEFAULTS.request_timeout
+    startup_timeout: float = DEFAULTS.startup_timeout
+    auth: str | None = DEFAULTS.auth
+    max_body_mb: float = DEFAULTS.max_body_mb
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -26,19 +26,24 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
+from skyform.options import option_or_default
 from skyform.plan import (
     APP_PREFIX,
     GATEWAY,
     GATEWAY_ATTRS,
+    Action,
     Plan,
     ResourceChange,
     app_address,
     stack_outputs,
 )
 from skyform.stackfile import Stack
+
+if TYPE_CHECKING:
+    from skyform.providers.base import Provider
 
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
@@ -58,7 +63,7 @@ class StackContext:
     workdir: Path  # where `.skyform/` lives
     keys: dict[str, str]
     backend: Any  # skyform.state.StateBackend
-    provider: Any  # skyform.providers.base.Provider
+    provider: Provider
     runtime_dir: Path
 
     @property
@@ -106,10 +111,10 @@ def _limits_env(spec: dict[str, Any]) -> dict[str, str]:
 
 def runner_tls_wanted(stack: Stack) -> bool:
     """Whether runners serve TLS: always off-host, on `local` only with `runner_tls: true`."""
-    from skyform.providers import provider_name
+    from skyform.providers import provider_class
 
     config = stack.model.provider
-    if provider_name(config) != "local":
+    if not provider_class(config).runs_on_this_host:
         return True
     options = config.get("local") if isinstance(config, dict) else None
     return bool((options or {}).get("runner_tls"))
@@ -166,7 +171,9 @@ def address_update(
     renewed certificate is pushed the same way. A local gateway reads its files
     itself and knows its address: nothing to tell.
     """
-    if handle is None or handle.provider == "local" or not handle.url:
+    from skyform.providers import provider_class
+
+    if handle is None or not handle.url or provider_class(handle.provider).runs_on_this_host:
         return None
     update: dict[str, str] = {}
     if certificate_before != certificate_now:
@@ -337,17 +344,17 @@ class Applier:
         with _Interrupts(self.report) as interrupts:
             self._interrupts = interrupts
             gw = self.plan.change(GATEWAY)
-            if gw is not None and "delete" in gw.actions:
+            if gw is not None and gw.action.deletes:
                 self._stop_gateway(gw)
                 interrupts.check()
-            if gw is not None and "create" in gw.actions:
+            if gw is not None and gw.action.creates:
                 self._start_gateway()
                 interrupts.check()
             elif self.plan.mode != "destroy" and GATEWAY in self.doc.resources:
                 self._renew_certificates()
             apps = [c for c in self.plan.changes if c.type == "app"]
-            deletes = [c for c in apps if c.actions == ["delete"]]
-            registers = [c for c in apps if c.actions != ["delete"]]
+            deletes = [c for c in apps if c.action is Action.DELETE]
+            registers = [c for c in apps if c.action is not Action.DELETE]
             if deletes and self.plan.mode != "destroy":
                 for batch in _batches(deletes):
                     self._delete_apps(batch)
@@ -382,7 +389,7 @@ class Applier:
         reports it (`skyform status`) and fails its requests with
         `environment_build_failed` instead of leaving them waiting.
         """
-        if getattr(self.ctx.provider, "name", "") != "local":
+        if not self.ctx.provider.runs_on_this_host:
             return {}
         from skyform.bundle import read_bundle_meta
         from skyform.providers.environments import (
@@ -523,8 +530,8 @@ class Applier:
                 read_bundle_meta(
                     data, self.ctx.keys["bundle_key"], check_python=False
                 )  # refuse a foreign bundle early
-                verb = {"create": "creating", "update": "updating"}.get(
-                    c.actions[0] if len(c.actions) == 1 else "", "rolling out a new revision"
+                verb = {Action.CREATE: "creating", Action.UPDATE: "updating"}.get(
+                    c.action, "rolling out a new revision"
                 )
                 self.report(f"{c.address}: {verb}...")
                 # Forced (--replace) or tainted: the same revision, on fresh runners.
@@ -540,13 +547,9 @@ class Applier:
                 after["revision"] = answer.get("revision", after.get("revision"))
                 after["fingerprint"] = answer.get("fingerprint", after.get("fingerprint"))
                 results[c.address] = after
-                acts = set(c.actions)
-                if "create" in acts:
-                    self.done["add"] += 1
-                if "delete" in acts:
-                    self.done["destroy"] += 1
-                if acts == {"update"}:
-                    self.done["change"] += 1
+                self.done["add"] += c.action.creates
+                self.done["destroy"] += c.action.deletes
+                self.done["change"] += c.action is Action.UPDATE
         self._write(results)
 
     def _runner_ids(self) -> set[str]:
@@ -576,7 +579,8 @@ class Applier:
         watched = {
             name: rec
             for name, rec in self._app_records().items()
-            if name not in skip and (name in registered or int(rec.get("min_runners") or 0) > 0)
+            if name not in skip
+            and (name in registered or int(option_or_default(rec, "min_runners")) > 0)
         }
         if not watched:
             return {}
@@ -584,7 +588,7 @@ class Applier:
             live = client.list_apps()
             deadline = (
                 time.monotonic()
-                + max(float(r.get("startup_timeout") or 600) for r in watched.values())
+                + max(float(option_or_default(r, "startup_timeout")) for r in watched.values())
                 + READY_MARGIN
             )
             failed: dict[str, str] = {}
@@ -628,7 +632,7 @@ class Applier:
             and r.get("state") in ("building", "starting", "ready")
         ]
         ready = [r for r in current if r.get("state") == "ready"]
-        wanted = int(rec.get("min_runners") or 0)
+        wanted = int(option_or_default(rec, "min_runners"))
         # An app shown waiting for its old runners' replacement is shown until it is done.
         replacing = bool(old) or name in self._shown
         if self.progress is not None and (wanted or replacing):
@@ -708,56 +712,18 @@ def remove_queue(ctx: StackContext) -> list[Path]:
     return removed
 
 
-def should_stop(provider: Any, handle: Any) -> bool:
-    """Whether to stop a recorded gateway through its handle.
-
-    Locally, a recorded pid that no longer answers as our gateway may belong
-    to another process by now: only a live gateway is stopped by pid, the rest
-    by `stop_orphans` (which checks command lines). Elsewhere (a cloud cluster)
-    a gateway that does not answer must be torn down all the more.
-    """
-    return getattr(provider, "name", "") != "local" or bool(provider.gateway_alive(handle))
+def should_stop(provider: Provider, handle: Any) -> bool:
+    """Whether to stop a recorded gateway through its handle (see `Provider.should_stop_gateway`)."""
+    return provider.should_stop_gateway(handle)
 
 
 def stop_orphans(ctx: StackContext) -> list[int]:
-    """Stop any gateway of this stack's runtime dir that the state does not know (local only).
+    """Stop any gateway of this stack's runtime dir that the state does not know.
 
     A gateway whose start was interrupted after it was spawned, but before its
     handle reached the state, would otherwise hold the port forever.
     """
-    if getattr(ctx.provider, "name", "") != "local":
-        return []
-    from skyform.providers.base import GatewayHandle
-
-    pids = _gateway_pids(ctx.gateway_state_dir)
-    for pid in pids:
-        ctx.provider.stop_gateway(
-            GatewayHandle(ctx.stack.name, "", "local", {"pid": pid}), grace=5.0
-        )
-    return pids
-
-
-def _gateway_pids(state_dir: Path) -> list[int]:
-    """Pids of live gateway processes started for `state_dir`, found by their command line."""
-    target = str(state_dir)
-    found: set[int] = set()
-    proc = Path("/proc")
-    if proc.is_dir():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            args = [a.decode(errors="replace") for a in argv]
-            if "skyform.runtime.gateway" in args and target in args:
-                with contextlib.suppress(OSError):
-                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    if state not in ("Z", "X"):
-                        found.add(int(entry.name))
-    found.discard(os.getpid())
-    return sorted(found)
+    return ctx.provider.stop_orphans(ctx.stack.name, ctx.gateway_state_dir)
 
 
 def _runner_error(app: dict[str, Any]) -> str | None:

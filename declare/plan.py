@@ -20,21 +20,25 @@ stack fast.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.options import option_or_default
 from skyform.signing import sign
 from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from skyform.providers.base import Provider
 
 FORMAT_VERSION = "1"
 GATEWAY = "gateway"
@@ -59,7 +63,55 @@ SCALING_OPTIONS = (
     "startup_timeout",
 )
 
-ADDED = ({"create"}, {"create", "delete"})
+
+class Action(Enum):
+    """What a plan does to one resource; `.actions` is its JSON `actions` list (DESIGN §4).
+
+    The order of a two-step action is the order apply carries it out in:
+    `replace` starts the new one before the old one goes (an app's rolling
+    revision), `recreate` removes the old one first (the gateway, whose port
+    cannot be held twice).
+    """
+
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"  # create-before-destroy
+    RECREATE = "recreate"  # delete-then-create
+    DELETE = "delete"
+    NOOP = "no-op"
+
+    @property
+    def actions(self) -> list[str]:
+        return list(_ACTION_LISTS[self])
+
+    @property
+    def creates(self) -> bool:
+        """Something new comes to exist (counted as one "to add")."""
+        return "create" in _ACTION_LISTS[self]
+
+    @property
+    def deletes(self) -> bool:
+        """Something existing goes (counted as one "to destroy")."""
+        return "delete" in _ACTION_LISTS[self]
+
+    @classmethod
+    def from_actions(cls, actions: Iterable[str]) -> Action:
+        """The action of a JSON `actions` list; an unknown list is a plan file this cannot read."""
+        key = tuple(actions)
+        for action, listed in _ACTION_LISTS.items():
+            if listed == key:
+                return action
+        raise SkyformError(f"unknown plan actions {list(key)!r}")
+
+
+_ACTION_LISTS: dict[Action, tuple[str, ...]] = {
+    Action.CREATE: ("create",),
+    Action.UPDATE: ("update",),
+    Action.REPLACE: ("create", "delete"),
+    Action.RECREATE: ("delete", "create"),
+    Action.DELETE: ("delete",),
+    Action.NOOP: ("no-op",),
+}
 
 
 def app_address(name: str) -> str:
@@ -73,7 +125,7 @@ class ResourceChange:
     address: str
     type: str  # "gateway" | "app"
     name: str
-    actions: list[str]
+    action: Action
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     changed: list[str] = field(default_factory=list)  # top-level attributes that differ
@@ -91,8 +143,13 @@ class ResourceChange:
         return None
 
     @property
+    def actions(self) -> list[str]:
+        """The JSON `actions` list of this change's action."""
+        return self.action.actions
+
+    @property
     def is_noop(self) -> bool:
-        return self.actions == ["no-op"]
+        return self.action is Action.NOOP
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +172,7 @@ class ResourceChange:
             address=raw["address"],
             type=raw["type"],
             name=raw["name"],
-            actions=list(raw["actions"]),
+            action=Action.from_actions(raw["actions"]),
             before=raw.get("before"),
             after=raw.get("after"),
             changed=list(raw.get("changed", [])),
@@ -154,13 +211,9 @@ class Plan:
         """Terraform's summary: replacements count as one add and one destroy."""
         add = change = destroy = 0
         for c in self.changes:
-            acts = set(c.actions)
-            if "create" in acts:
-                add += 1
-            if "delete" in acts:
-                destroy += 1
-            if acts == {"update"}:
-                change += 1
+            add += c.action.creates
+            destroy += c.action.deletes
+            change += c.action is Action.UPDATE
         return {"add": add, "change": change, "destroy": destroy}
 
     def change(self, address: str) -> ResourceChange | None:
@@ -332,7 +385,7 @@ def build_plan(
     live: Live,
     keys: dict[str, str],
     request: PlanRequest,
-    provider: Any = None,
+    provider: Provider | None = None,
     progress: Any = None,
 ) -> Plan:
     """Diff the stack file against the refreshed state. Builds bundles only for changed apps."""
@@ -347,7 +400,7 @@ def build_plan(
     gw_want = desired_gateway(stack, request.port)
     gw_prior = _gateway_attrs(resources.get(GATEWAY)) if live.gateway_alive else None
     gw_change = _gateway_change(gw_prior, gw_want, GATEWAY in replace, live)
-    gateway_fresh = "create" in gw_change.actions  # every app must be registered anew
+    gateway_fresh = gw_change.action.creates  # every app must be registered anew
 
     desired_names = set(stack.apps)
     app_targets = targets - {GATEWAY}
@@ -393,7 +446,7 @@ def build_plan(
             app_address(name),
             "app",
             name,
-            ["delete"],
+            Action.DELETE,
             before,
             None,
             reason="not in the stack file any more",
@@ -405,7 +458,7 @@ def build_plan(
             "run a full plan before relying on it"
         )
     if targets and GATEWAY not in targets and not gateway_fresh:
-        gw_change.actions = ["no-op"]  # untargeted replacements wait for a full apply
+        gw_change.action = Action.NOOP  # untargeted replacements wait for a full apply
     changes = [gw_change, *(app_changes[n] for n in sorted(app_changes))]
     base = public_base(gw_want)
     return Plan(
@@ -433,10 +486,10 @@ def _destroy_plan(stack: Stack, state: Any, live: Live) -> Plan:
         before = _strip(resources.get(app_address(name))) or prior_app(
             None, (live.apps or {}).get(name)
         )
-        changes.append(ResourceChange(app_address(name), "app", name, ["delete"], before, None))
-    gw_actions = ["delete"] if record is not None else ["no-op"]
+        changes.append(ResourceChange(app_address(name), "app", name, Action.DELETE, before, None))
+    gw_action = Action.DELETE if record is not None else Action.NOOP
     changes.insert(
-        0, ResourceChange(GATEWAY, "gateway", "gateway", gw_actions, _gateway_attrs(record), None)
+        0, ResourceChange(GATEWAY, "gateway", "gateway", gw_action, _gateway_attrs(record), None)
     )
     return Plan(
         stack=stack.name,
@@ -513,9 +566,9 @@ def _check_local_gpus(
     `SKYFORM_ALLOW_CPU_FALLBACK=1` allows it under apply too (a CI box without GPUs).
     """
     from skyform.machines import get_machine_type
-    from skyform.providers import provider_name
+    from skyform.providers import provider_class
 
-    if provider_name(stack.model.provider) != "local":
+    if not provider_class(stack.model.provider).runs_on_this_host:
         return
     gpu_apps = [
         (name, c.after["machine_type"])
@@ -562,7 +615,7 @@ def _note_gpu_capacity(
         fits = capacity(types, gpus)
         line = fits.describe(name)
         after = changes[name].after or {}
-        wanted = int(after.get("max_runners", 1) or 1)
+        wanted = int(option_or_default(after, "max_runners"))
         if 0 < fits.runners < wanted:
             line += f"; max_runners is {wanted}, so at most {fits.runners} run at once here"
         notes.append(line)
@@ -574,24 +627,18 @@ def _python_version() -> str:
     return PYTHON_VERSION
 
 
-def _environment_keys(provider: Any) -> Callable[[list[str]], str | None]:
+def _environment_keys(provider: Provider | None) -> Callable[[list[str]], str | None]:
     """How to name an app's environment: the key its runners' environment is built under.
 
-    A provider that builds environments its own way (SkyPilot ships a wheel whose
-    digest is part of the key) says so with `environment_key(requirements, python)`;
-    otherwise runners use the local recipe of `skyform.providers.environments`.
+    The provider says (`Provider.environment_key`: SkyPilot ships a wheel whose
+    digest is part of the key); without one, runners use the local recipe of
+    `skyform.providers.environments`.
     """
-    method = getattr(provider, "environment_key", None)
-    if callable(method):
-        return lambda requirements: str(method(requirements, _python_version()))
-    return lambda requirements: _local_environment_key(tuple(requirements))
+    from skyform.providers.base import local_environment_key
 
-
-@functools.lru_cache(maxsize=1024)
-def _local_environment_key(requirements: tuple[str, ...]) -> str:
-    from skyform.providers.environments import environment_key, skyform_version
-
-    return environment_key(list(requirements), _python_version(), skyform_version())
+    if provider is None:
+        return lambda requirements: local_environment_key(tuple(requirements), _python_version())
+    return lambda requirements: provider.environment_key(requirements, _python_version())
 
 
 def _secrets_digest(
@@ -625,24 +672,26 @@ def _gateway_change(
     prior: dict[str, Any] | None, want: dict[str, Any] | None, force: bool, live: Live
 ) -> ResourceChange:
     if want is None:
-        return ResourceChange(GATEWAY, "gateway", "gateway", ["no-op"], prior, None)
+        return ResourceChange(GATEWAY, "gateway", "gateway", Action.NOOP, prior, None)
     if prior is None:
         reason = live.drift[0]["reason"] if live.drift else None
-        return ResourceChange(GATEWAY, "gateway", "gateway", ["create"], None, want, reason=reason)
+        return ResourceChange(
+            GATEWAY, "gateway", "gateway", Action.CREATE, None, want, reason=reason
+        )
     changed = _changed(prior, want)
     if force or changed:
         return ResourceChange(
             GATEWAY,
             "gateway",
             "gateway",
-            ["delete", "create"],
+            Action.RECREATE,
             prior,
             want,
             changed=changed,
             forces=changed,
             reason="--replace" if force and not changed else None,
         )
-    return ResourceChange(GATEWAY, "gateway", "gateway", ["no-op"], prior, want)
+    return ResourceChange(GATEWAY, "gateway", "gateway", Action.NOOP, prior, want)
 
 
 def _app_change(
@@ -661,7 +710,7 @@ def _app_change(
             reason = "the gateway is created again"
         elif record is not None and live.apps is not None:
             reason = "not registered at the gateway: removed outside skyform, or interrupted"
-        return ResourceChange(address, "app", name, ["create"], None, after, reason=reason)
+        return ResourceChange(address, "app", name, Action.CREATE, None, after, reason=reason)
     changed = _changed(prior, after)
     forces = [c for c in changed if c in FORCES_NEW_REVISION]
     tainted = tainted_reason(record)
@@ -670,7 +719,7 @@ def _app_change(
             address,
             "app",
             name,
-            ["create", "delete"],
+            Action.REPLACE,
             prior,
             after,
             changed=changed,
@@ -679,8 +728,8 @@ def _app_change(
             tainted=tainted,
         )
     if changed:
-        return ResourceChange(address, "app", name, ["update"], prior, after, changed=changed)
-    return ResourceChange(address, "app", name, ["no-op"], prior, after)
+        return ResourceChange(address, "app", name, Action.UPDATE, prior, after, changed=changed)
+    return ResourceChange(address, "app", name, Action.NOOP, prior, after)
 
 
 def tainted_reason(record: dict[str, Any] | None) -> str | None:
@@ -779,20 +828,34 @@ def _resolve_names(
 
 
 def _costs(
-    stack: Stack, provider: Any, changes: dict[str, ResourceChange]
+    stack: Stack, provider: Provider | None, changes: dict[str, ResourceChange]
 ) -> dict[str, Any] | None:
-    """Hourly cost per app at min and max runners, where the provider can price machines."""
-    if provider is None or not hasattr(provider, "price"):
+    """The plan's cost section: each desired app's size, priced by the provider."""
+    if provider is None:
         return None
-    apps: dict[str, Any] = {}
-    total_min = total_max = 0.0
-    cache: dict[str, Any] = {}
+    sizes: dict[str, tuple[str, int, int]] = {}
     for name in sorted(stack.apps):
         change = changes.get(name)
         after = change.after if change else None
-        if not after:
-            continue
-        mt = after["machine_type"][0]
+        if after:
+            sizes[name] = (after["machine_type"][0], after["min_runners"], after["max_runners"])
+    return estimate_costs(provider, sizes)
+
+
+def estimate_costs(
+    provider: Provider, apps: Mapping[str, tuple[str, int, int]]
+) -> dict[str, Any] | None:
+    """Hourly cost per app at min and max runners, where the provider can price machines.
+
+    `apps` is {name: (machine type, min_runners, max_runners)}. An app whose
+    machine type the provider does not price (`Provider.price` is None, or
+    raises a user error) is left out; None when no app is priced. Pure given
+    the provider's prices, so it is tested without a cloud.
+    """
+    apps_out: dict[str, Any] = {}
+    total_min = total_max = 0.0
+    cache: dict[str, Any] = {}
+    for name, (mt, min_runners, max_runners) in sorted(apps.items()):
         if mt not in cache:
             try:
                 with warnings.catch_warnings():
@@ -803,11 +866,11 @@ def _costs(
         price = cache[mt]
         if price is None:
             continue
-        lo = price.hourly_usd * after["min_runners"]
-        hi = price.hourly_usd * after["max_runners"]
+        lo = price.hourly_usd * min_runners
+        hi = price.hourly_usd * max_runners
         total_min += lo
         total_max += hi
-        apps[name] = {
+        apps_out[name] = {
             "machine_type": mt,
             "instance_type": price.instance_type,
             "cloud": price.cloud,
@@ -816,10 +879,10 @@ def _costs(
             "hourly_usd_min": round(lo, 4),
             "hourly_usd_max": round(hi, 4),
         }
-    if not apps:
+    if not apps_out:
         return None
     return {
-        "apps": apps,
+        "apps": apps_out,
         "hourly_usd_min": round(total_min, 4),
         "hourly_usd_max": round(total_max, 4),
     }
@@ -901,7 +964,10 @@ def load_plan(path: Path | str, key: str) -> Plan:
         )
     changes = []
     for rc in public["resource_changes"]:
-        change = ResourceChange.from_dict(rc)
+        try:
+            change = ResourceChange.from_dict(rc)
+        except SkyformError as exc:
+            raise SkyformError(f"{path}: {exc}") from None
         exact = private["before_after"].get(change.address, {})
         change.before, change.after = exact.get("before"), exact.get("after")
         changes.append(change)

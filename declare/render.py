@@ -5,6 +5,12 @@ order, hashes shortened the same way every time) so two plans of the same
 change are byte-identical, and a CI log diff shows only real differences.
 Updates show only the attributes that change; secrets show as
 `(sensitive value)`.
+
+`render_plan` is the one renderer of the human plan: a `rich.text.Text`
+whose lines carry Terraform's colours as styles (what an action or an
+attribute sign means decides its colour, never the rendered characters);
+`render_text` is its plain text. The CLI prints the `Text`, and rich drops
+the styles when the stream is not a terminal or `NO_COLOR` is set.
 """
 
 from __future__ import annotations
@@ -12,37 +18,56 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from skyform.plan import BOOKKEEPING, FORCES_NEW_REVISION, SENSITIVE, Plan, ResourceChange
+from rich.text import Text
+
+from skyform.plan import (
+    BOOKKEEPING,
+    FORCES_NEW_REVISION,
+    SENSITIVE,
+    Action,
+    Plan,
+    ResourceChange,
+)
 
 SYMBOL = {
-    ("create",): "+",
-    ("update",): "~",
-    ("create", "delete"): "+/-",
-    ("delete", "create"): "-/+",
-    ("delete",): "-",
-    ("no-op",): " ",
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.REPLACE: "+/-",
+    Action.RECREATE: "-/+",
+    Action.DELETE: "-",
+    Action.NOOP: " ",
 }
+# Terraform's colours: what is added is green, what goes is red, what changes is yellow.
+STYLE = {
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.REPLACE: "yellow",
+    Action.RECREATE: "yellow",
+    Action.DELETE: "red",
+    Action.NOOP: "",
+}
+SIGN_STYLE = {"+": "green", "-": "red", "~": "yellow"}
+SUMMARY_STYLE = "bold"
 HIDDEN = ("fingerprint",)
 HASHES = ("revision", "env_key")
 MARKDOWN_ROWS = 50
 
 
 def symbol(change: ResourceChange) -> str:
-    return SYMBOL.get(tuple(change.actions), "?")
+    return SYMBOL[change.action]
 
 
 def headline(change: ResourceChange) -> str:
-    acts = tuple(change.actions)
     addr = change.address
     text = {
-        ("create",): f"# {addr} will be created",
-        ("update",): f"# {addr} will be updated in place",
-        ("create", "delete"): (
+        Action.CREATE: f"# {addr} will be created",
+        Action.UPDATE: f"# {addr} will be updated in place",
+        Action.REPLACE: (
             f"# {addr} will get a new revision (rolling: new runners first, then old ones drain)"
         ),
-        ("delete", "create"): f"# {addr} must be replaced",
-        ("delete",): f"# {addr} will be destroyed",
-    }.get(acts, f"# {addr}")
+        Action.RECREATE: f"# {addr} must be replaced",
+        Action.DELETE: f"# {addr} will be destroyed",
+    }.get(change.action, f"# {addr}")
     if change.tainted is not None:
         text = text.replace(f"# {addr} will", f"# {addr} is tainted, so it will", 1)
     if change.reason:
@@ -59,60 +84,62 @@ def summary_line(plan: Plan) -> str:
 
 
 def render_text(plan: Plan) -> str:
-    """The human plan, like `terraform plan`."""
-    lines: list[str] = []
+    """The human plan, like `terraform plan`, as plain text."""
+    return render_plan(plan).plain
+
+
+def render_plan(plan: Plan) -> Text:
+    """The human plan, like `terraform plan`: one line per row, each styled by what it shows."""
+    lines: list[Text] = []
     if plan.drift:
-        lines.append("Note: Objects have changed outside of skyform")
-        lines.append("")
+        lines.append(Text("Note: Objects have changed outside of skyform"))
+        lines.append(Text())
         for d in plan.drift:
-            lines.append(f"  # {d['address']}: {d['reason']}")
-        lines.append("")
+            lines.append(Text(f"  # {d['address']}: {d['reason']}"))
+        lines.append(Text())
     for warning in plan.warnings:
-        lines.append(f"Warning: {warning}")
+        lines.append(Text(f"Warning: {warning}"))
     if plan.warnings:
-        lines.append("")
+        lines.append(Text())
     changes = plan.changes
     if changes:
-        lines.append("skyform will perform the following actions:")
-        lines.append("")
+        lines.append(Text("skyform will perform the following actions:"))
+        lines.append(Text())
         for change in changes:
             lines.extend(_resource_block(change))
-            lines.append("")
-    lines.append(summary_line(plan))
+            lines.append(Text())
+    lines.append(Text(summary_line(plan), style=SUMMARY_STYLE))
     if plan.costs:
-        lines.append("")
-        lines.extend(_costs(plan.costs))
+        lines.append(Text())
+        lines.extend(Text(line) for line in _costs(plan.costs))
     if _outputs_change(plan):
-        lines.append("")
-        lines.append("Outputs after apply:")
-        lines.append(f"  gateway_url = {plan.outputs['gateway_url']}")
-    return "\n".join(lines) + "\n"
+        lines.append(Text())
+        lines.append(Text("Outputs after apply:"))
+        lines.append(Text(f"  gateway_url = {plan.outputs['gateway_url']}"))
+    return Text("\n").join(lines) + Text("\n")
 
 
 def _outputs_change(plan: Plan) -> bool:
     """Whether apply changes the stack's URLs: a new gateway, or an app added or removed."""
     if plan.mode == "destroy":
         return False
-    return any(
-        tuple(c.actions) in (("create",), ("delete",), ("delete", "create")) for c in plan.changes
-    )
+    return any(c.action in (Action.CREATE, Action.DELETE, Action.RECREATE) for c in plan.changes)
 
 
-def _resource_block(change: ResourceChange) -> list[str]:
+def _resource_block(change: ResourceChange) -> list[Text]:
     sym = symbol(change)
     kind = f'resource "{change.type}"' + (f' "{change.name}"' if change.type == "app" else "")
-    out = [f"  {headline(change)}"]
+    out = [Text(f"  {headline(change)}")]
     if change.tainted is not None:
-        out.append(f"  # tainted: {change.tainted}")
-    out.append(f"{sym:>3} {kind} {{")
-    acts = tuple(change.actions)
+        out.append(Text(f"  # tainted: {change.tainted}"))
+    out.append(Text(f"{sym:>3} {kind} {{", style=STYLE[change.action]))
     before, after = change.before or {}, change.after or {}
-    if acts in (("create",), ("delete",)):
-        attrs, sign = (after, "+") if acts == ("create",) else (before, "-")
+    if change.action in (Action.CREATE, Action.DELETE):
+        attrs, sign = (after, "+") if change.action is Action.CREATE else (before, "-")
         keys = _keys(attrs)
         width = max((len(k) for k in keys), default=0)
         for key in keys:
-            out.append(f"      {sign} {key:<{width}} = {_value(key, attrs[key])}")
+            out.append(_attribute(sign, f"{key:<{width}} = {_value(key, attrs[key])}"))
     else:
         shown = [k for k in _keys({**before, **after}) if k in change.changed]
         width = max((len(k) for k in shown), default=0)
@@ -123,19 +150,27 @@ def _resource_block(change: ResourceChange) -> list[str]:
             if change.type == "gateway" and key in change.forces:
                 force = "  # forces replacement"
             if key not in before:
-                out.append(f"      + {key:<{width}} = {_value(key, after[key])}{force}")
+                out.append(_attribute("+", f"{key:<{width}} = {_value(key, after[key])}{force}"))
             elif key not in after:
-                out.append(f"      - {key:<{width}} = {_value(key, before[key])}{force}")
+                out.append(_attribute("-", f"{key:<{width}} = {_value(key, before[key])}{force}"))
             else:
                 out.append(
-                    f"      ~ {key:<{width}} = {_value(key, before[key])} -> "
-                    f"{_value(key, after[key])}{force}"
+                    _attribute(
+                        "~",
+                        f"{key:<{width}} = {_value(key, before[key])} -> "
+                        f"{_value(key, after[key])}{force}",
+                    )
                 )
         hidden = len(_keys({**before, **after})) - len(shown)
         if hidden:
-            out.append(f"        # ({hidden} unchanged attributes hidden)")
-    out.append("    }")
+            out.append(Text(f"        # ({hidden} unchanged attributes hidden)"))
+    out.append(Text("    }"))
     return out
+
+
+def _attribute(sign: str, text: str) -> Text:
+    """One attribute row: its sign (`+` added, `-` removed, `~` changed) decides its colour."""
+    return Text(f"      {sign} {text}", style=SIGN_STYLE[sign])
 
 
 def _keys(attrs: dict[str, Any]) -> list[str]:
@@ -196,12 +231,11 @@ def render_markdown(plan: Plan) -> str:
 
 
 def _md_detail(change: ResourceChange) -> str:
-    acts = tuple(change.actions)
-    if acts == ("create",):
+    if change.action is Action.CREATE:
         text = "create"
-    elif acts == ("delete",):
+    elif change.action is Action.DELETE:
         text = "destroy"
-    elif acts == ("delete", "create"):
+    elif change.action is Action.RECREATE:
         text = "replace"
     else:
         parts = []
@@ -215,7 +249,7 @@ def _md_detail(change: ResourceChange) -> str:
                 parts.append(f"{key}: {_value(key, before[key])} → {_value(key, after[key])}")
             else:
                 parts.append(key)
-        label = "new revision" if acts == ("create", "delete") else "update"
+        label = "new revision" if change.action is Action.REPLACE else "update"
         forced = [k for k in change.forces if k in FORCES_NEW_REVISION]
         text = label + (": " + ", ".join(parts) if parts else "")
         if forced and label == "new revision":

@@ -33,15 +33,16 @@ from pydantic import (
     model_validator,
 )
 
-from skyform.app import OPTION_NAMES
 from skyform.errors import SkyformError
 from skyform.machines import machine_type_names
-from skyform.names import app_name_problem
+from skyform.names import APP_NAME_RE, app_name_problem
+from skyform.options import OPTION_NAMES, check_runner_bounds, override_field
 from skyform.suggest import did_you_mean
 
 DEFAULT_FILE = "skyform.yaml"
 DEFAULT_PORT = 8765
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# A stack's name is also the owner in fal-style app ids (`/{stack}/{app}/...`): the app-name rule.
+NAME_PATTERN = f"^{APP_NAME_RE.pattern}$"
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 
@@ -296,14 +297,15 @@ class AppEntry(BaseModel):
     machine_type: str | list[str] | None = Field(
         None, description="CPU, GPU-H100, GPU-B200 ... or an ordered fallback list."
     )
-    requirements: list[str] | None = None
-    min_runners: int | None = Field(None, ge=0)
-    max_runners: int | None = Field(None, ge=1)
-    keep_alive: float | None = Field(None, ge=0)
-    max_multiplexing: int | None = Field(None, ge=1)
-    request_timeout: float | None = Field(None, gt=0)
-    startup_timeout: float | None = Field(None, gt=0)
-    auth: Literal["private", "public"] | None = None
+    # Overrides of App options: unset unless written, bounded by the option's own rule.
+    requirements: list[str] | None = override_field("requirements")
+    min_runners: int | None = override_field("min_runners")
+    max_runners: int | None = override_field("max_runners")
+    keep_alive: float | None = override_field("keep_alive")
+    max_multiplexing: int | None = override_field("max_multiplexing")
+    request_timeout: float | None = override_field("request_timeout")
+    startup_timeout: float | None = override_field("startup_timeout")
+    auth: Literal["private", "public"] | None = override_field("auth")
     env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
     secrets: list[str] = Field(
         default_factory=list,
@@ -354,14 +356,7 @@ class AppEntry(BaseModel):
         both = sorted(set(self.env) & set(self.secrets))
         if both:
             raise ValueError(f"{both[0]} is both in env and in secrets; keep secrets out of env")
-        if (
-            self.min_runners is not None
-            and self.max_runners is not None
-            and self.min_runners > self.max_runners
-        ):
-            raise ValueError(
-                f"min_runners ({self.min_runners}) is greater than max_runners ({self.max_runners})"
-            )
+        check_runner_bounds(self.min_runners, self.max_runners)
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -466,11 +461,11 @@ class Stack:
     @property
     def tls_mode(self) -> str:
         """The TLS mode, "auto", "off" or "files": the stack file's, else the provider's default."""
-        from skyform.providers import provider_name
+        from skyform.providers import provider_class
 
         tls = self.model.gateway.tls
         if tls is None:
-            return "off" if provider_name(self.model.provider) == "local" else "auto"
+            return "off" if provider_class(self.model.provider).runs_on_this_host else "auto"
         return tls if isinstance(tls, str) else "files"
 
     def tls_files(self) -> TLSFiles | None:
@@ -554,9 +549,9 @@ def _precheck_tls_files(
 
 def _check_plaintext_off_host(model: StackModel, shown: str, lines: dict[Path_, int]) -> None:
     """`tls: off` is refused where the gateway and runners are reached over a network."""
-    from skyform.providers import provider_name
+    from skyform.providers import provider_class, provider_name
 
-    if provider_name(model.provider) != "local" and model.gateway.tls == "off":
+    if not provider_class(model.provider).runs_on_this_host and model.gateway.tls == "off":
         raise StackFileError(
             f"{shown}:{_line_of(lines, ('gateway', 'tls'))}: gateway.tls: off is refused on the "
             f"{provider_name(model.provider)} provider: API keys and tokens would cross the "

@@ -6,6 +6,7 @@ Kept light: each provider module is imported only when a stack uses it
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,25 @@ def provider_name(config: str | dict[str, Any]) -> str:
     if name not in PROVIDER_NAMES:
         raise SkyformError(f'unknown provider "{name}"{did_you_mean(name, PROVIDER_NAMES)}')
     return name
+
+
+# Where each provider's class lives: imported only when a stack names it.
+PROVIDER_CLASSES = {
+    "local": ("skyform.providers.local", "LocalProvider"),
+    "skypilot": ("skyform.providers.skypilot", "SkyPilotProvider"),
+}
+
+
+def provider_class(config: str | dict[str, Any]) -> type[Provider]:
+    """The class of the provider a stack's `provider:` entry names.
+
+    Its capabilities (`runs_on_this_host`) answer questions about a stack without
+    starting anything; importing it stays cheap (SkyPilot itself is imported only
+    when a method needs it).
+    """
+    module, name = PROVIDER_CLASSES[provider_name(config)]
+    cls: type[Provider] = vars(importlib.import_module(module))[name]
+    return cls
 
 
 def create_provider(config: str | dict[str, Any], *, stack: str, runtime_dir: Path) -> Provider:

@@ -7,9 +7,10 @@ Implementations: `skyform.providers.local` (subprocesses on this host) and
 
 from __future__ import annotations
 
+import abc
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from skyform.errors import SkyformError
 
@@ -102,24 +103,100 @@ class Price:
     hourly_usd: float
 
 
-class Provider(Protocol):
+class Provider(abc.ABC):
+    """The whole contract between skyform and a place runners run.
+
+    The abstract methods are what every provider must do. The others have
+    defaults that fit a provider without the feature; a provider that has it
+    overrides them. Callers use them all unconditionally: none asks a provider
+    what it is, or probes for a method.
+    """
+
     name: str
 
+    # Runners and the gateway are processes of this host: reached on loopback,
+    # running on this host's GPUs and in environments built here, and found
+    # again by their command lines. False for a provider that places them on
+    # other machines (whose traffic then always goes over TLS).
+    runs_on_this_host: bool = False
+
+    @abc.abstractmethod
     def start_runner(self, spec: RunnerSpec) -> RunnerHandle: ...
 
+    @abc.abstractmethod
     def runner_alive(self, handle: RunnerHandle) -> bool: ...
 
+    @abc.abstractmethod
     def stop_runner(self, handle: RunnerHandle, grace: float = 10.0) -> None: ...
 
+    @abc.abstractmethod
     def list_runners(self, stack: str) -> list[RunnerHandle]: ...
 
+    @abc.abstractmethod
     def start_gateway(self, spec: GatewaySpec) -> GatewayHandle: ...
 
+    @abc.abstractmethod
     def gateway_alive(self, handle: GatewayHandle) -> bool: ...
 
+    @abc.abstractmethod
     def stop_gateway(self, handle: GatewayHandle, grace: float = 10.0) -> None: ...
 
-    def price(self, machine_type: str) -> Price | None: ...
+    def price(self, machine_type: str) -> Price | None:
+        """What one runner of `machine_type` costs per hour here; None when unpriced.
+
+        The plan shows costs only for machine types a provider prices.
+        """
+        return None
+
+    def environment_key(self, requirements: list[str], python_version: str) -> str:
+        """The key the environment of a runner with these requirements is built under.
+
+        Shown in the plan, so that a change of what runners would install shows.
+        The default is the recipe of `skyform.providers.environments` for this
+        skyform install; a provider that ships skyform its own way (a wheel)
+        says how its key differs.
+        """
+        return local_environment_key(tuple(requirements), python_version)
+
+    def prepare_runner(self, spec: RunnerSpec) -> None:
+        """Get what runners of `spec` need ready (an environment) before the first starts.
+
+        Called once per new revision, off the request path, so that a build's
+        time and failure show before a request waits on them. Default: nothing
+        to prepare.
+        """
+        return None
+
+    def runner_exit_code(self, handle: RunnerHandle) -> int | None:
+        """The exit status of a runner that has exited; None while it runs or when unknown."""
+        return None
+
+    def should_stop_gateway(self, handle: GatewayHandle) -> bool:
+        """Whether a recorded gateway is to be stopped through its handle.
+
+        Default: always, since a gateway elsewhere that does not answer must be
+        torn down all the more. A provider whose handles can go stale (a pid
+        reused by another process) says no for those, and leaves them to
+        `stop_orphans`.
+        """
+        return True
+
+    def stop_orphans(self, stack: str, state_dir: Path) -> list[int]:
+        """Stop gateways of `stack` started for `state_dir` that no handle records.
+
+        A gateway whose start was interrupted after it was spawned, but before its
+        handle reached the state, would otherwise hold its port forever. Returns
+        what was stopped (pids); the default finds nothing to stop.
+        """
+        return []
+
+
+@functools.lru_cache(maxsize=1024)
+def local_environment_key(requirements: tuple[str, ...], python_version: str) -> str:
+    """The key of an environment built on this host by `skyform.providers.environments`."""
+    from skyform.providers.environments import environment_key, skyform_version
+
+    return environment_key(list(requirements), python_version, skyform_version())
 
 
 class CapacityUnavailable(SkyformError):

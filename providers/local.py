@@ -64,7 +64,7 @@ from skyform.files import private_dir, write_atomic
 from skyform.providers.base import (
     GatewayHandle,
     GatewaySpec,
-    Price,
+    Provider,
     RunnerHandle,
     RunnerSpec,
     TLSMaterial,
@@ -173,10 +173,11 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     """Runners as subprocesses of the calling process; the gateway as a daemon."""
 
     name = "local"
+    runs_on_this_host = True
 
     def __init__(
         self, stack: str, runtime_dir: Path, runner_tls: bool = False, **options: Any
@@ -468,8 +469,43 @@ class LocalProvider:
         # Its runners died with it; so do their home directories.
         shutil.rmtree(self.homes_root(), ignore_errors=True)
 
-    def price(self, machine_type: str) -> Price | None:
-        return None
+    def should_stop_gateway(self, handle: GatewayHandle) -> bool:
+        """Only a live gateway is stopped by its recorded pid.
+
+        A pid that no longer answers as our gateway may belong to another
+        process by now; `stop_orphans` finds the rest by their command lines.
+        """
+        return self.gateway_alive(handle)
+
+    def stop_orphans(self, stack: str, state_dir: Path) -> list[int]:
+        """Stop gateway processes started for `state_dir` that no handle records."""
+        pids = _gateway_pids(state_dir)
+        for pid in pids:
+            self.stop_gateway(GatewayHandle(stack, "", self.name, {"pid": pid}), grace=5.0)
+        return pids
+
+
+def _gateway_pids(state_dir: Path) -> list[int]:
+    """Pids of live gateway processes started for `state_dir`, found by their command line."""
+    target = str(state_dir)
+    found: set[int] = set()
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if "skyform.runtime.gateway" in args and target in args:
+                with contextlib.suppress(OSError):
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state not in ("Z", "X"):
+                        found.add(int(entry.name))
+    found.discard(os.getpid())
+    return sorted(found)
 
 
 @dataclass(frozen=True)

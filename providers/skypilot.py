@@ -42,13 +42,12 @@ from skyform.providers.base import (
     GatewayHandle,
     GatewaySpec,
     Price,
+    Provider,
     RunnerHandle,
     RunnerSpec,
 )
 from skyform.providers.skypilot_placement import (
-    AppCost,
     Quote,
-    StackCost,
     candidates_ordered,
     clean_message,
     price,
@@ -60,14 +59,12 @@ from skyform.providers.skypilot_placement import (
 from skyform.suggest import did_you_mean
 
 __all__ = [  # the placement functions are part of this module's public face
-    "AppCost",
     "ClusterRecord",
     "ProvisioningError",
     "Quote",
     "SDKClient",
     "SkyClient",
     "SkyPilotProvider",
-    "StackCost",
     "candidates_ordered",
     "price",
     "provisioning_error",
@@ -284,7 +281,7 @@ def _wait(request_id: Any, timeout: float) -> Any:
 # --- the provider --------------------------------------------------------------------
 
 
-class SkyPilotProvider:
+class SkyPilotProvider(Provider):
     """Runners and gateways as SkyPilot clusters. See the module docstring.
 
     `client` is how SkyPilot is reached (the SDK by default); `dryrun` plans each
@@ -361,22 +358,6 @@ class SkyPilotProvider:
 
     def price(self, machine_type: str) -> Price | None:
         return self.quote([machine_type]).price
-
-    def stack_cost(self, apps: Mapping[str, tuple[Sequence[str], int, int]]) -> StackCost:
-        """Cost of `apps` ({name: (machine types, min_runners, max_runners)}) plus the gateway."""
-        cache: dict[tuple[str, ...], Quote] = {}
-
-        def cached(machine_types: Sequence[str]) -> Quote:
-            key = tuple(machine_types)
-            if key not in cache:
-                cache[key] = self.quote(machine_types)
-            return cache[key]
-
-        rows = [
-            AppCost(app, cached(list(mts)), int(lo), int(hi))
-            for app, (mts, lo, hi) in sorted(apps.items())
-        ]
-        return StackCost(rows, cached(["CPU"]))
 
     # -- tasks ------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from urllib.parse import parse_qs, urlencode
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.names import app_name_problem
+from skyform.options import option_or_default
 from skyform.providers.base import TLSMaterial
 from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
@@ -431,7 +432,7 @@ class Gateway:
         """The body rules of `app`'s current bundle (built once per revision)."""
         cached = self._body_rules.get(app.name)
         if cached is None or cached[0] is not app.meta:
-            limit = float(app.options.get("max_body_mb") or 64)
+            limit = float(option_or_default(app.options, "max_body_mb"))
             cached = (app.meta, BodyRules(app.meta.get("openapi", {}), limit))
             self._body_rules[app.name] = cached
         return cached[1]

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from skyform.options import DEFAULTS, option_or_default
 from skyform.providers.base import RunnerHandle
 from skyform.runtime.gateway_client import RunnerClient, RunnerConnectionError, RunnerResponse
 from skyform.runtime.queue_store import StoredRequest
@@ -125,22 +126,24 @@ class Runner:
 
 @dataclass(frozen=True)
 class AppLimits:
-    """An app's scaling and timing options, read once from its bundle's options."""
+    """An app's scaling and timing options, read once from its bundle's options.
 
-    min_runners: int = 0
-    max_runners: int = 1
-    max_multiplexing: int = 1
-    keep_alive: float = 300.0
-    request_timeout: float = 120.0
-    startup_timeout: float = 600.0
+    The defaults (for a bundle that lacks an option) are the App options' own.
+    """
+
+    min_runners: int = int(DEFAULTS.min_runners)
+    max_runners: int = int(DEFAULTS.max_runners)
+    max_multiplexing: int = int(DEFAULTS.max_multiplexing)
+    keep_alive: float = float(DEFAULTS.keep_alive)
+    request_timeout: float = float(DEFAULTS.request_timeout)
+    startup_timeout: float = float(DEFAULTS.startup_timeout)
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> AppLimits:
         options = meta.get("options") or {}
         values = {}
         for name, default in cls().__dict__.items():
-            value = options.get(name)
-            values[name] = type(default)(value) if value is not None else default
+            values[name] = type(default)(option_or_default(options, name))
         return cls(**values)
 
 

@@ -45,6 +45,7 @@ from typing import Any
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
+from skyform.options import option_or_default
 from skyform.providers.base import (
     CapacityUnavailable,
     Provider,
@@ -293,11 +294,8 @@ class Scheduler:
         shows at once as the app's `last_error` (`skyform status`), not only when
         a request arrives.
         """
-        prepare = getattr(self.provider, "prepare_runner", None)
-        if not callable(prepare):
-            return
         try:
-            await asyncio.to_thread(prepare, self._runner_spec(app))
+            await asyncio.to_thread(self.provider.prepare_runner, self._runner_spec(app))
         except Exception as exc:
             if self.apps.get(app.name) is not app or app.generation != generation:
                 return
@@ -752,7 +750,7 @@ class Scheduler:
 
     def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
         options = app.options
-        machine = options.get("machine_type", "CPU")
+        machine = option_or_default(options, "machine_type")
         env = {**app.env, "SKYFORM_APP_NAME": app.name}
         return RunnerSpec(
             stack=self.stack,

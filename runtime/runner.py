@@ -51,6 +51,7 @@ import uvicorn
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
+from skyform.options import option_or_default
 from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
@@ -230,8 +231,8 @@ class Runner:
         invoker = EndpointInvoker(
             instance,
             endpoints,
-            request_timeout=float(options.get("request_timeout", 120)),
-            max_threads=int(options.get("max_multiplexing", 1)),
+            request_timeout=float(option_or_default(options, "request_timeout")),
+            max_threads=int(option_or_default(options, "max_multiplexing")),
         )
         api = build_api(config.cls, invoker, endpoints)
         asgi = RunnerASGI(
@@ -269,7 +270,9 @@ class Runner:
         failed = asyncio.ensure_future(self._failed.wait())
 
         if _overrides(config.cls, "setup"):
-            code = await self._setup(instance, float(options.get("startup_timeout", 600)), serving)
+            code = await self._setup(
+                instance, float(option_or_default(options, "startup_timeout")), serving
+            )
             if code is not None:
                 return code
         state.mark_ready()

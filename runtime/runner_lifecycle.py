@@ -101,7 +101,7 @@ class RunnerLifecycle:
 
 def startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
     """Why a runner exited during start-up: its exit status and its log's last line."""
-    exit_code = getattr(provider, "runner_exit_code", lambda _h: None)(handle)
+    exit_code = provider.runner_exit_code(handle)
     status = f" (exit status {exit_code})" if exit_code is not None else ""
     message = f"runner {runner.id} exited during start-up{status}"
     log_path = handle.info.get("log")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from skyform.cli.output import console, err_console, print_json, print_warning
 from skyform.errors import SkyformError
@@ -122,7 +123,7 @@ def _status(message: str, quiet: bool) -> Any:
 
 
 def _print_plan(built: Any, fmt: str) -> None:
-    from skyform.render import render_markdown, render_text
+    from skyform.render import render_markdown, render_plan
 
     if fmt == "json":
         print_json(built.to_dict())
@@ -130,24 +131,13 @@ def _print_plan(built: Any, fmt: str) -> None:
         sys.stdout.write(render_markdown(built))
         sys.stdout.flush()
     else:
-        print_plan_text(render_text(built))
+        print_plan_text(render_plan(built))
 
 
-def print_plan_text(text: str) -> None:
-    """Print a rendered plan with Terraform's colours (off without a terminal or with NO_COLOR)."""
-    from rich.text import Text
-
-    styles = {"+/-": "yellow", "-/+": "yellow", "+": "green", "-": "red", "~": "yellow"}
-    for line in text.rstrip("\n").split("\n"):
-        stripped = line.lstrip()
-        style = ""
-        for prefix, colour in styles.items():
-            if stripped.startswith(prefix + " "):
-                style = colour
-                break
-        if stripped.startswith(("Plan:", "Destroy:", "No changes")):
-            style = "bold"
-        console.print(Text(line, style=style))
+def print_plan_text(text: Text) -> None:
+    """Print a rendered plan; its styles are Terraform's colours (rich drops them without a
+    terminal or with NO_COLOR)."""
+    console.print(text, end="")
 
 
 # -- apply / destroy -----------------------------------------------------------------------
@@ -164,7 +154,7 @@ def apply(
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
     from skyform.apply import Applier, check_plan_current, open_context
     from skyform.plan import load_plan
-    from skyform.render import render_text
+    from skyform.render import render_plan
     from skyform.stackfile import load_stack
 
     if plan_file is not None and (target or replace):
@@ -180,7 +170,7 @@ def apply(
             check_plan_current(built, doc, str(plan_file))
         else:
             built = _refresh_and_plan(ctx, doc, _request(target, replace))
-            print_plan_text(render_text(built))
+            print_plan_text(render_plan(built))
             if built.has_changes and not auto_approve:
                 _confirm("apply")
         started = time.monotonic()
@@ -209,7 +199,7 @@ def destroy(
     """Stop the gateway and every runner of the stack, and empty its state."""
     from skyform.apply import Applier, open_context, remove_queue, stop_orphans
     from skyform.plan import PlanRequest
-    from skyform.render import render_text
+    from skyform.render import render_plan
     from skyform.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
@@ -225,7 +215,7 @@ def destroy(
             note = f" (stopped {len(stopped)} stray gateway process)" if stopped else ""
             console.print(f"No changes. No objects need to be destroyed.{note}")
             return
-        print_plan_text(render_text(built))
+        print_plan_text(render_plan(built))
         if not auto_approve:
             _confirm("destroy")
         applier = Applier(ctx, built, doc, _report)

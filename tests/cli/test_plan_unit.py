@@ -21,6 +21,7 @@ from skyform.plan import (
     save_plan,
 )
 from skyform.providers.base import Price
+from skyform.providers.local import LocalProvider
 from skyform.render import render_markdown, render_text
 from skyform.stackfile import load_stack
 from skyform.state import StateDocument, open_backend
@@ -319,10 +320,13 @@ def test_gpu_app_on_local_is_refused_by_apply_and_warned_by_run(
     assert plan_for(root).change("app.hello").actions == ["create"]  # type: ignore[union-attr]
 
 
-class PricedProvider:
+class PricedProvider(LocalProvider):
     """Stands in for a cloud provider's price list (no cloud API can be reached here)."""
 
     name = "priced"
+
+    def __init__(self) -> None:
+        super().__init__("demo", Path("/nonexistent"))  # nothing is started
 
     def price(self, machine_type: str) -> Price | None:
         if machine_type == "CPU":

@@ -11,6 +11,7 @@ import pytest
 from skypilot_helpers import catalog_rows
 
 from skyform.errors import SkyformError
+from skyform.plan import estimate_costs
 from skyform.providers import create_provider
 from skyform.providers.skypilot import (
     ProvisioningError,
@@ -107,34 +108,31 @@ def test_nothing_fits_gives_skypilots_reason(enabled):
     assert "Spot instances are not supported in Lambda" in answer.reason
 
 
-def test_stack_cost_at_min_and_max_runners(enabled, tmp_path: Path):
+def test_plan_cost_at_min_and_max_runners(enabled, tmp_path: Path):
     provider = create_provider(
         {"skypilot": {"clouds": ["lambda"]}}, stack="demo", runtime_dir=tmp_path
     )
-    cost = provider.stack_cost(
-        {"embed": (["GPU-H100"], 0, 4), "hello": (["CPU"], 1, 2), "big": (["GPU-B200"], 1, 1)}
+    cost = estimate_costs(
+        provider, {"embed": ("GPU-H100", 0, 4), "hello": ("CPU", 1, 2), "big": ("GPU-B200", 1, 1)}
     )
     _, cpu = cheapest(None, min_cpus=4)
     _, h100 = cheapest("H100")
     _, b200 = cheapest("B200")
-    assert cost.hourly_at_min == pytest.approx(cpu + 1 * cpu + 0 * h100 + 1 * b200)
-    assert cost.hourly_at_max == pytest.approx(cpu + 2 * cpu + 4 * h100 + 1 * b200)
-    data = cost.to_dict()
-    assert data["apps"]["embed"]["instance_type"] == cheapest("H100")[0]
-    assert data["apps"]["embed"]["hourly_usd"] == h100
-    assert data["gateway"]["machine_type"] == "CPU"
-    text = "\n".join(cost.lines())
-    assert cheapest("B200")[0] in text
-    assert f"${cost.hourly_at_max:.2f}/h at max_runners" in text
-    # The provider protocol's price() agrees with the plan's figures.
+    assert cost is not None
+    assert cost["hourly_usd_min"] == pytest.approx(1 * cpu + 0 * h100 + 1 * b200)
+    assert cost["hourly_usd_max"] == pytest.approx(2 * cpu + 4 * h100 + 1 * b200)
+    assert cost["apps"]["embed"]["instance_type"] == cheapest("H100")[0]
+    assert cost["apps"]["embed"]["hourly_usd"] == h100
+    assert cost["apps"]["big"]["instance_type"] == cheapest("B200")[0]
+    assert cost["apps"]["hello"]["machine_type"] == "CPU"
+    # The provider contract's price() agrees with the plan's figures.
     assert provider.price("GPU-H100").hourly_usd == h100
 
 
-def test_unknown_price_leaves_the_total_unknown(enabled, tmp_path: Path):
+def test_unknown_price_leaves_the_app_unpriced(enabled, tmp_path: Path):
     provider = SkyPilotProvider("demo", tmp_path, clouds=["lambda"], use_spot=True)
-    cost = provider.stack_cost({"embed": (["GPU-H100"], 0, 2)})
-    assert cost.hourly_at_min is None and cost.hourly_at_max is None
-    assert "no price (" in "\n".join(cost.lines())
+    assert provider.price("GPU-H100") is None
+    assert estimate_costs(provider, {"embed": ("GPU-H100", 0, 2)}) is None
 
 
 def test_disabled_cloud_maps_to_cloud_not_enabled(enabled):
