@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from skyform.runtime.gateway_model import RunnerState
 from skyform.runtime.metrics import Registry
 
-RUNNER_STATES = ("building", "starting", "ready", "draining", "stopped", "failed")
+RUNNER_STATES = tuple(RunnerState)
 
 
 class GatewayMetrics:

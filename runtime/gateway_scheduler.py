@@ -4,53 +4,48 @@ Everything here runs on the gateway's event loop; state changes happen between
 awaits, so no locks are needed. Provider calls (which may block: building an
 environment, launching a cluster, waiting for a process) run in threads.
 
-Rules (DESIGN §7):
-- A request waits in its app's FIFO until a ready runner of the app's current
-  generation (revision + env) has a free slot (`max_multiplexing`).
-- Runners start while queued work exceeds the capacity of runners already
-  starting, up to `max_runners`; never fewer than `min_runners`.
-- 503 -> the runner is ending itself; retry elsewhere. 504 -> retry, runner
-  kept. Connection refused / dropped -> runner lost; retry. Everything else is
-  the answer. At most `MAX_ATTEMPTS` attempts; `x-skyform-no-retry: 1` = one.
-- Delivery is at-least-once: an attempt is committed to the store before it
-  is dispatched, so a gateway that dies with it in flight runs it again after
-  its restart, with the attempt counted (the bound holds across restarts). A
-  request in flight at `poison_after_deaths` gateway deaths in a row fails as
-  `poisoned` instead of taking the gateway down forever.
-- A runner that fails to start is replaced after an exponential backoff; after
-  `START_FAILURE_LIMIT` failures in a row (or one environment build failure,
-  which would fail the same way again) the waiting requests fail with the
-  reason instead of waiting forever.
-- New generation: new runners start first; old ones keep serving until one
-  new runner is ready, then drain (finish in-flight work) and stop.
+The scheduler coordinates; the rules live in pure modules it calls, each
+tested without processes:
+- `gateway_model`: requests, runners (`RunnerState`) and apps.
+- `scaling`: which runner serves, how many to start (scale from zero, queued
+  work beyond free capacity up to `max_runners`, never below `min_runners`),
+  which idle ones stop (`keep_alive`), rolling revisions (new runners first;
+  old ones serve until one new runner is ready, then drain and stop), and the
+  backoff after a failed start (after `START_FAILURE_LIMIT` failures in a row,
+  or one environment build failure, waiting requests fail with the reason).
+- `retry`: the DESIGN §7 status table (503 -> runner ends, retried elsewhere;
+  504 -> retried, runner kept; unreachable -> retried; everything else is the
+  answer; at most `MAX_ATTEMPTS`; `x-skyform-no-retry: 1` = one attempt).
+- `runner_lifecycle`: connecting to a runner, waiting for its health, draining.
+
+Requests wait in their app's FIFO until a ready runner has a free slot
+(`max_multiplexing`). Delivery is at-least-once: an attempt is committed to
+the store before it is dispatched, so a gateway that dies with it in flight
+runs it again after its restart, with the attempt counted (the bound holds
+across restarts). A request in flight at `poison_after_deaths` gateway deaths
+in a row fails as `poisoned` instead of taking the gateway down forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import secrets
-import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from skyform.bundle import unverified_meta
 from skyform.errors import BundleError, SkyformError
 from skyform.files import private_dir, write_atomic
-from skyform.logformat import LINE_RE
-from skyform.options import DEFAULTS, option_or_default
+from skyform.options import option_or_default
 from skyform.providers.base import (
     CapacityUnavailable,
     Provider,
@@ -59,38 +54,43 @@ from skyform.providers.base import (
     TLSMaterial,
 )
 from skyform.runtime.gateway_client import (
-    RunnerClient,
     RunnerConnectionError,
     RunnerResponse,
-    RunnerTLSError,
 )
 from skyform.runtime.gateway_metrics import RUNNER_STATES, GatewayMetrics
 from skyform.runtime.gateway_stream import is_event_stream, read_stream, stored_events
 from skyform.runtime.limits import GatewayLimits
 from skyform.runtime.queue_store import QueueStore, StoredApp, StoredRequest
-from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, decode_logs
+from skyform.runtime.request_logs import LOGS_HEADER, decode_logs
+from skyform.runtime.retry import MAX_ATTEMPTS, Action, Decision, Outcome, RunnerFate, decide
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 from skyform.runtime.webhooks import payload as webhook_payload
 
+from .gateway_model import (
+    ACTIVE,
+    AppLimits,
+    AppState,
+    LiveRequest,
+    Runner,
+    RunnerState,
+    generation_of,
+)
+from .runner_lifecycle import RunnerLifecycle
+
+# Relative, so that the type checker sees these classes (it cannot follow the
+# package-dir mapping behind `skyform.runtime`).
+from .scaling import gives_up, idle_to_stop, pick, scale_up, start_backoff, to_drain
+
 log = logging.getLogger("skyform.gateway")
 
-MAX_ATTEMPTS = 10
-START_FAILURE_LIMIT = 3
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
-HEALTH_POLL_S = 0.05
-HEALTH_WAIT_S = 1.0
 CAPACITY_RETRY_S = 1.0  # how soon a runner that found no free GPU tries again
 REAP_INTERVAL_S = 0.2
-STOP_GRACE_S = 10.0
-RETIRED_KEPT = 20
 PRUNE_INTERVAL_S = 300.0  # at most; shorter for a short result_ttl
 COMPACT_INTERVAL_S = 1.0
 PROVIDER_THREADS = 64
 TIMEOUT_MARGIN_S = 5.0
 MAX_HINTS = 256  # runner hints remembered per runner
-LIVE_LOGS_TIMEOUT_S = 2.0
 
 # The HTTP status a caller sees for a request the gateway itself failed.
 ERROR_STATUS = {
@@ -105,193 +105,9 @@ ERROR_STATUS = {
     "poisoned": 500,
 }
 
-ACTIVE = ("building", "starting", "ready")
-
 
 class RequestNotCancellable(SkyformError):
     """The request is already running or finished."""
-
-
-@dataclass(eq=False)
-class LiveRequest(StoredRequest):
-    """A request the gateway is working on (queued, running or just finished)."""
-
-    persist: bool = True  # queue requests are stored; synchronous ones live in memory
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    last_answer: str = ""
-    runner: Runner | None = None  # serving the current attempt
-    # "http", or "websocket": the caller is lent a runner slot while its socket is open.
-    kind: str = "http"
-    # A synchronous caller still waiting; False once it gave up (nobody to stream to).
-    waiting: bool = True
-    # Handed over to the synchronous caller: a streamed response (`stream`) or,
-    # for a websocket, the runner (`lent`). The caller sets `released` when done,
-    # with `outcome` saying how it ended; only then is the runner's slot free again.
-    stream: RunnerResponse | None = None
-    lent: Runner | None = None
-    released: asyncio.Event | None = None
-    outcome: str = ""
-
-    async def live_logs(self) -> list[dict[str, str]]:
-        """Log lines so far: earlier attempts', then the running attempt's (asked of its runner)."""
-        earlier = list(self.logs or [])
-        runner = self.runner
-        if self.status != "IN_PROGRESS" or runner is None or runner.client is None:
-            return earlier
-        try:
-            status, _h, body = await runner.client.request(
-                "GET", f"{LIVE_LOGS_PREFIX}{self.id}/logs", timeout=LIVE_LOGS_TIMEOUT_S
-            )
-            lines = json.loads(body).get("logs", []) if status == 200 else []
-        except (RunnerConnectionError, TimeoutError, ValueError, AttributeError):
-            lines = []
-        return earlier + [line for line in lines if isinstance(line, dict)]
-
-
-@dataclass(eq=False)
-class Runner:
-    id: str
-    app: str
-    revision: str
-    generation: str
-    state: str
-    started: float
-    handle: RunnerHandle | None = None
-    client: RunnerClient | None = None
-    in_flight: int = 0
-    idle_since: float = 0.0
-    error: str | None = None
-    served: int = 0
-    # X-Fal-Runner-Hint values this runner served, oldest first (bounded)
-    hints: dict[str, None] = field(default_factory=dict)
-    # Minted for this runner alone: it opens this runner and no other.
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-
-    @property
-    def url(self) -> str | None:
-        return self.handle.url if self.handle else None
-
-    @property
-    def pid(self) -> int | None:
-        pid = self.handle.info.get("pid") if self.handle else None
-        return pid if isinstance(pid, int) else None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "app": self.app,
-            "state": self.state,
-            "revision": self.revision,
-            "generation": self.generation,
-            "url": self.url,
-            "pid": self.pid,
-            "started": self.started,
-            "in_flight": self.in_flight,
-            "served": self.served,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class AppLimits:
-    """An app's scaling and timing options, read once from its bundle's options.
-
-    The defaults (for a bundle that lacks an option) are the App options' own.
-    """
-
-    min_runners: int = int(DEFAULTS.min_runners)
-    max_runners: int = int(DEFAULTS.max_runners)
-    max_multiplexing: int = int(DEFAULTS.max_multiplexing)
-    keep_alive: float = float(DEFAULTS.keep_alive)
-    request_timeout: float = float(DEFAULTS.request_timeout)
-    startup_timeout: float = float(DEFAULTS.startup_timeout)
-
-    @classmethod
-    def of(cls, meta: dict[str, Any]) -> AppLimits:
-        options = meta.get("options") or {}
-        values = {}
-        for name, default in cls().__dict__.items():
-            values[name] = type(default)(option_or_default(options, name))
-        return cls(**values)
-
-
-@dataclass(eq=False)
-class AppState:
-    name: str
-    meta: dict[str, Any]
-    auth: str
-    env: dict[str, str]
-    bundle_path: Path
-    generation: str
-    pending: deque[LiveRequest] = field(default_factory=deque)
-    runners: dict[str, Runner] = field(default_factory=dict)
-    retired: deque[Runner] = field(default_factory=lambda: deque(maxlen=RETIRED_KEPT))
-    failures: int = 0
-    next_start_at: float = 0.0
-    last_error: str | None = None
-    last_error_type: str | None = None
-    waiting: str | None = None  # why a runner cannot start yet (no free GPU), if it cannot
-    kick_handle: asyncio.TimerHandle | None = None
-    limits: AppLimits = field(default_factory=AppLimits)
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)
-    queued_bytes: int = 0  # bodies of its accepted, unfinished queue requests
-
-    def __post_init__(self) -> None:
-        self.limits = AppLimits.of(self.meta)
-
-    @property
-    def revision(self) -> str:
-        return self.meta["revision"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self.meta.get("options", {})
-
-    def endpoint_method(self, path: str) -> str | None:
-        ep = self.endpoint_of(path)
-        return str(ep.get("method", "POST")).upper() if ep is not None else None
-
-    def endpoint_of(self, path: str) -> dict[str, Any] | None:
-        """The bundle's record of the endpoint serving `path` (path parameters included)."""
-        endpoints = self.meta.get("endpoints", [])
-        for ep in endpoints:
-            if ep.get("path") == path:
-                return dict(ep)
-        for ep in endpoints:
-            pattern = _path_pattern(str(ep.get("path", "")))
-            if pattern is not None and pattern.fullmatch(path):
-                return dict(ep)
-        return None
-
-    def in_progress(self) -> int:
-        return sum(r.in_flight for r in self.runners.values())
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "fingerprint": self.fingerprint,
-            "generation": self.generation,
-            "auth": self.auth,
-            "options": self.options,
-            "endpoints": self.meta.get("endpoints", []),
-            "queue_depth": len(self.pending),
-            "in_progress": self.in_progress(),
-            "runners": [r.describe() for r in [*self.runners.values(), *self.retired]],
-            "last_error": self.last_error,
-            "last_error_type": self.last_error_type,
-            "waiting": self.waiting,
-        }
-
-
-def generation_of(revision: str, env: dict[str, str], secrets: dict[str, str] | None = None) -> str:
-    """What decides whether runners must be replaced: the code revision, env and secrets."""
-    raw = json.dumps({"revision": revision, "env": env, "secrets": secrets or {}}, sort_keys=True)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class Scheduler:
@@ -317,7 +133,7 @@ class Scheduler:
         self.state_dir = Path(state_dir)
         self.bundle_key = bundle_key  # handed to each runner, on its credentials pipe
         self.runner_tls = runner_tls
-        self._runner_ssl = _runner_ssl_context(runner_tls)
+        self.lifecycle = RunnerLifecycle(provider, runner_tls)
         self.apps: dict[str, AppState] = {}
         self.live: dict[str, LiveRequest] = {}
         self.closing = False
@@ -410,7 +226,9 @@ class Scheduler:
                 app.kick_handle.cancel()
         runners = [r for app in self.apps.values() for r in app.runners.values()]
         runners += list(self._orphans)
-        await asyncio.gather(*(self._stop(r, "stopped") for r in runners), return_exceptions=True)
+        await asyncio.gather(
+            *(self._stop(r, RunnerState.STOPPED) for r in runners), return_exceptions=True
+        )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -604,52 +422,32 @@ class Scheduler:
                 app.pending.popleft()
                 self._start_timed_out(req)
                 continue
-            runner = self._pick(app, slots, req.hint)
+            runner = pick(app.runners.values(), app.generation, slots, req.hint)
             if runner is None:
                 break
             app.pending.popleft()
             runner.in_flight += 1
             self._spawn(self._attempt(app, req, runner))
-        self._scale(app, slots)
+        self._scale(app)
 
-    def _pick(self, app: AppState, slots: int, hint: str | None = None) -> Runner | None:
-        best: Runner | None = None
-        fallback: Runner | None = None
-        for r in app.runners.values():
-            if r.state != "ready" or r.in_flight >= slots:
-                continue
-            if hint is not None and hint in r.hints and r.generation == app.generation:
-                return r  # sticky: a free runner that served this hint before
-            if r.generation == app.generation:
-                if best is None or r.in_flight < best.in_flight:
-                    best = r
-            elif fallback is None or r.in_flight < fallback.in_flight:
-                fallback = r
-        return best or fallback
-
-    def _scale(self, app: AppState, slots: int) -> None:
-        generation = app.generation
-        current = booting = outdated = 0
-        for r in app.runners.values():
-            if r.state in ACTIVE:
-                if r.generation != generation:
-                    outdated += 1
-                else:
-                    current += 1
-                    booting += r.state != "ready"
-        waiting = len(app.pending) - booting * slots
-        target = current + (-(-waiting // slots) if waiting > 0 else 0)
-        target = min(max(target, app.limits.min_runners, outdated), app.limits.max_runners)
-        missing = target - current
-        if missing <= 0:
-            app.waiting = None  # no runner wanted that could be waiting
-            return
+    def _scale(self, app: AppState) -> None:
+        """Start the runners the scaling policy asks for (or come back when its backoff ends)."""
         now = time.monotonic()
-        if now < app.next_start_at:
-            self._kick_later(app, app.next_start_at - now)
-            return
-        for _ in range(missing):
-            self._start_runner(app)
+        decision = scale_up(
+            app.runners.values(),
+            app.generation,
+            len(app.pending),
+            app.limits,
+            now,
+            app.next_start_at,
+        )
+        if decision.count <= 0:
+            app.waiting = None  # no runner wanted that could be waiting
+        elif decision.after > 0:
+            self._kick_later(app, decision.after)
+        else:
+            for _ in range(decision.count):
+                self._start_runner(app)
 
     def _kick_later(self, app: AppState, delay: float) -> None:
         if app.kick_handle is not None and not app.kick_handle.cancelled():
@@ -714,32 +512,22 @@ class Scheduler:
             return
         if answer is not None and LOGS_HEADER in answer[1]:
             req.logs = [*(req.logs or []), *decode_logs(answer[1][LOGS_HEADER])]
-        if answer is None and reason == "timeout":
-            # A healthy runner answers a request that overruns with its own 504;
-            # silence past that means it is wedged (a blocked event loop, say):
-            # it gets no more work. The request is not retried: it would wedge the next one.
-            self._runner_lost(app, runner, "failed", "no answer past request_timeout: wedged")
-            self._complete_error(
-                req,
-                "timeout",
-                f"the endpoint did not answer within request_timeout ({timeout:g}s)",
-            )
-        elif answer is None:
-            self._runner_lost(app, runner, "failed", reason)
-            self._retry(app, req, "unreachable", reason)
-        elif answer[0] == 504 and answer[1].get(ERROR_TYPE_HEADER) == "request_timeout":
-            # The endpoint overran request_timeout: the runner ends itself.
-            # Running it again would overrun again, so the caller gets it.
-            self._runner_lost(app, runner, "stopped", "a request overran request_timeout")
-            self._complete_error(req, "timeout", _error_detail(answer[2]) or "request timed out")
-        else:
-            status = answer[0]
-            if status == 503:
-                self._runner_lost(app, runner, "stopped", "answered 503: unhealthy, ending itself")
-            if status in (503, 504) and not req.no_retry:
-                self._retry(app, req, str(status), f"runner {runner.id} answered {status}", answer)
-            else:
-                self._complete_answer(req, answer)
+        status = answer[0] if answer is not None else None
+        error_type = answer[1].get(ERROR_TYPE_HEADER) if answer is not None else None
+        timed_out = answer is None and reason == "timeout"
+        decision = decide(Outcome(status, error_type, timed_out, req.attempts, req.no_retry))
+        # In words: why the runner goes (if it does), and how the attempt ended.
+        why = detail = reason  # no answer: the runner was lost for this reason
+        if timed_out:
+            why = "no answer past request_timeout: wedged"
+            detail = f"the endpoint did not answer within request_timeout ({timeout:g}s)"
+        elif answer is not None and decision.error_type == "timeout":
+            why = "a request overran request_timeout"
+            detail = _error_detail(answer[2]) or "request timed out"
+        elif answer is not None:
+            why = "answered 503: unhealthy, ending itself"  # the one other answer a runner ends on
+            detail = f"runner {runner.id} answered {status}"
+        self._carry_out(app, req, runner, decision, why, detail, answer)
         self._pump(app)
 
     async def _hand_over(
@@ -757,8 +545,13 @@ class Scheduler:
         finally:
             response.close()
             req.stream = None
-        if req.outcome == "broken":
-            self._runner_lost(app, runner, "failed", "the connection broke mid-stream")
+        decision = decide(
+            Outcome(None if req.outcome == "broken" else response.status, streamed=True)
+        )
+        if decision.runner is not RunnerFate.KEEP:
+            self._runner_lost(
+                app, runner, RunnerState(decision.runner), "the connection broke mid-stream"
+            )
         req.result_status, req.result_type = response.status, response.headers.get("content-type")
         self._finish(req, "success" if response.status < 400 else "app_error")
 
@@ -769,7 +562,7 @@ class Scheduler:
         body, broke = await read_stream(response, app.limits.request_timeout + TIMEOUT_MARGIN_S)
         headers = dict(response.headers)
         if broke is not None:
-            self._runner_lost(app, runner, "failed", broke)
+            self._runner_lost(app, runner, RunnerState.FAILED, broke)
             if not is_event_stream(headers.get("content-type")):
                 return 502, {"content-type": "application/json"}, _error_json(broke, req.id)
         if is_event_stream(headers.get("content-type")):
@@ -798,26 +591,46 @@ class Scheduler:
             self._finish(req, "app_removed")
             return
         if outcome == "unreachable":
-            self._runner_lost(app, runner, "failed", "its websocket could not be opened")
+            decision = decide(Outcome(None, attempts=req.attempts, no_retry=req.no_retry))
             req.done.clear()
-            self._retry(app, req, "unreachable", f"runner {runner.id} unreachable (websocket)")
+            detail = f"runner {runner.id} unreachable (websocket)"
+            self._carry_out(app, req, runner, decision, "its websocket could not be opened", detail)
             return
         if outcome == "unhealthy":
-            self._runner_lost(app, runner, "stopped", "closed a websocket with 1013: unhealthy")
+            # The socket was open: bytes reached the caller, so it is not retried.
+            decision = decide(Outcome(503, streamed=True))
+            why = "closed a websocket with 1013: unhealthy"
+            self._runner_lost(app, runner, RunnerState(decision.runner), why)
         self._finish(req, "app_error" if outcome in ("unhealthy", "app_error") else "success")
 
-    def _retry(
+    def _carry_out(
         self,
         app: AppState,
         req: LiveRequest,
-        reason: str,
+        runner: Runner,
+        decision: Decision,
+        why: str,
         detail: str,
         answer: tuple[int, dict[str, str], bytes] | None = None,
     ) -> None:
+        """Do what the retry policy decided: the runner's fate first, then the request's.
+
+        `why`: the runner's fate in words (logged, kept as its error); `detail`:
+        the attempt's end in words (the request's error if it fails).
+        """
+        if decision.runner is not RunnerFate.KEEP:
+            self._runner_lost(app, runner, RunnerState(decision.runner), why)
+        if decision.error_type == "timeout":
+            self._complete_error(req, "timeout", detail)
+            return
+        if decision.action is Action.RETURN:
+            assert answer is not None
+            self._complete_answer(req, answer)
+            return
         req.last_answer = detail
-        if req.no_retry:
+        if decision.error_type == "runner_unavailable":
             self._complete_error(req, "runner_unavailable", f"{detail} (retries are off)")
-        elif req.attempts >= MAX_ATTEMPTS:
+        elif decision.error_type == "max_attempts_exceeded":
             self._complete_error(
                 req,
                 "max_attempts_exceeded",
@@ -829,7 +642,7 @@ class Scheduler:
         elif req.start_deadline is not None and time.time() >= req.start_deadline:
             self._start_timed_out(req, f"; the last attempt: {detail}")
         else:
-            self.metrics.retries.labels(app.name, reason).inc()
+            self.metrics.retries.labels(app.name, decision.reason).inc()
             req.status = "IN_QUEUE"
             if req.persist:
                 req.deaths = 0  # this attempt ended with the gateway alive
@@ -915,7 +728,7 @@ class Scheduler:
 
     def _fail_waiting(self, app: AppState, error_type: str, message: str) -> None:
         """Fail every queued request of `app` that no ready runner could serve."""
-        if any(r.state == "ready" for r in app.runners.values()):
+        if any(r.state == RunnerState.READY for r in app.runners.values()):
             return
         while app.pending:
             self._complete_error(app.pending.popleft(), error_type, message)
@@ -928,7 +741,7 @@ class Scheduler:
             app=app.name,
             revision=app.revision,
             generation=app.generation,
-            state="building",
+            state=RunnerState.BUILDING,
             started=time.time(),
         )
         app.runners[runner.id] = runner
@@ -955,14 +768,6 @@ class Scheduler:
             tls=self.runner_tls,
         )
 
-    def _tls_for(self, url: str) -> dict[str, Any]:
-        """How to reach a runner at `url`: verified TLS for `https`, plain TCP otherwise."""
-        if not url.startswith("https://"):
-            return {}
-        if self._runner_ssl is None or self.runner_tls is None:
-            raise SkyformError("it serves https, but this gateway has no CA to verify it with")
-        return {"ssl": self._runner_ssl, "server_hostname": self.runner_tls.server_name}
-
     async def _bring_up(self, app: AppState, runner: Runner) -> None:
         spec = self._runner_spec(app, runner)
 
@@ -971,7 +776,7 @@ class Scheduler:
             # or a removal (the awaiting task is gone by then) is still stopped.
             handle = self.provider.start_runner(spec)
             with self._handover:
-                if not self.closing and runner.state == "building":
+                if not self.closing and runner.state == RunnerState.BUILDING:
                     runner.handle = handle
                     return handle
             self.provider.stop_runner(handle, 2.0)
@@ -988,50 +793,20 @@ class Scheduler:
             return
         if handle is None:  # removed or shut down meanwhile
             return
-        runner.state = "starting"
+        runner.state = RunnerState.STARTING
         app.waiting = None
-        host, port = _host_port(handle.url)
         try:
-            tls = self._tls_for(handle.url)
+            runner.client = self.lifecycle.connect(runner, handle)
         except SkyformError as exc:
             self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
             return
-        runner.client = RunnerClient(host, port, {"authorization": f"Bearer {runner.token}"}, **tls)
-        deadline = time.monotonic() + app.limits.startup_timeout + 10.0
-        polls = 0
-        while runner.state == "starting":
-            polls += 1
-            if polls % 5 == 1 and not await asyncio.to_thread(self.provider.runner_alive, handle):
-                self._start_failed(
-                    app, runner, "startup_failed", _startup_failure(runner, handle, self.provider)
-                )
-                return
-            try:
-                # Held by the runner until setup() ends (or HEALTH_WAIT_S): readiness
-                # is seen at once, with a request a second instead of twenty.
-                status, _h, _b = await runner.client.request(
-                    "GET", f"/health?wait={HEALTH_WAIT_S:g}", timeout=HEALTH_WAIT_S + 2.0
-                )
-                if status == 200:
-                    break
-            except RunnerTLSError as exc:  # waiting longer will not make it trusted
-                self._start_failed(app, runner, "startup_failed", f"runner {runner.id}: {exc}")
-                return
-            except (RunnerConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self._start_failed(
-                    app,
-                    runner,
-                    "startup_failed",
-                    f"runner {runner.id} was not ready within startup_timeout "
-                    f"({app.limits.startup_timeout:g}s)",
-                )
-                return
-            await asyncio.sleep(HEALTH_POLL_S)
-        if runner.state != "starting":
+        failure = await self.lifecycle.wait_ready(runner, app.limits.startup_timeout)
+        if failure is not None:
+            self._start_failed(app, runner, "startup_failed", failure)
             return
-        runner.state = "ready"
+        if runner.state != RunnerState.STARTING:
+            return
+        runner.state = RunnerState.READY
         runner.idle_since = time.monotonic()
         self.metrics.runner_starts.labels(app.name, "ready").inc()
         log.info("runner %s of %s is ready at %s", runner.id, app.name, runner.url)
@@ -1040,12 +815,11 @@ class Scheduler:
             return
         if runner.generation == app.generation:
             app.failures = 0
-            for old in list(app.runners.values()):
-                if old.generation != app.generation and old.state in ACTIVE:
-                    # Draining from this moment, not from when the task first runs:
-                    # once a new runner is ready no request may reach an old one.
-                    old.state = "draining"
-                    self._spawn(self._drain_and_stop(app, old, marked=True))
+            for old in to_drain(app.runners.values(), app.generation):
+                # Draining from this moment, not from when the task first runs:
+                # once a new runner is ready no request may reach an old one.
+                old.state = RunnerState.DRAINING
+                self._spawn(self._drain_and_stop(app, old, marked=True))
         self._pump(app)
 
     def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
@@ -1057,7 +831,7 @@ class Scheduler:
         if app.waiting != message:
             log.info("app %s: %s", app.name, message)
         app.waiting = message
-        self._retire(app, runner, "stopped")
+        self._retire(app, runner, RunnerState.STOPPED)
         with contextlib.suppress(ValueError):
             app.retired.remove(runner)  # it never ran: not a runner anyone needs to see
         if self.apps.get(app.name) is app:
@@ -1069,33 +843,32 @@ class Scheduler:
         self.metrics.runner_starts.labels(app.name, error_type).inc()
         runner.error = message
         handle = runner.handle
-        self._retire(app, runner, "failed")
+        self._retire(app, runner, RunnerState.FAILED)
         if handle is not None:
-            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, 2.0))
+            self._spawn(self.lifecycle.stop(handle, 2.0))
         if self.apps.get(app.name) is not app or runner.generation != app.generation:
             return
         app.failures += 1
         app.last_error, app.last_error_type = message, error_type
-        backoff = min(BACKOFF_BASE_S * 2 ** (app.failures - 1), BACKOFF_MAX_S)
-        app.next_start_at = time.monotonic() + backoff
-        if error_type == "environment_build_failed" or app.failures >= START_FAILURE_LIMIT:
+        app.next_start_at = time.monotonic() + start_backoff(app.failures)
+        if gives_up(app.failures, error_type):
             detail = message
             if app.failures > 1:
                 detail = f"{message} ({app.failures} failed starts in a row)"
             self._fail_waiting(app, error_type, detail)
         self._pump(app)
 
-    def _runner_lost(self, app: AppState, runner: Runner, state: str, reason: str) -> None:
-        if runner.state in ("stopped", "failed"):
+    def _runner_lost(self, app: AppState, runner: Runner, state: RunnerState, reason: str) -> None:
+        if runner.state in (RunnerState.STOPPED, RunnerState.FAILED):
             return
         log.warning("runner %s of %s: %s", runner.id, app.name, reason)
-        runner.error = reason if state == "failed" else None
+        runner.error = reason if state == RunnerState.FAILED else None
         handle = runner.handle
         self._retire(app, runner, state)
         if handle is not None:
-            self._spawn(asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S))
+            self._spawn(self.lifecycle.stop(handle))
 
-    def _retire(self, app: AppState, runner: Runner, state: str) -> None:
+    def _retire(self, app: AppState, runner: Runner, state: RunnerState) -> None:
         runner.state = state
         if runner.client is not None:
             runner.client.close()
@@ -1109,22 +882,20 @@ class Scheduler:
         `marked`: the caller already set it draining (so no request was handed to
         it between that decision and this task's first step).
         """
-        if runner.state not in ACTIVE and not (marked and runner.state == "draining"):
+        if runner.state not in ACTIVE and not (marked and runner.state == RunnerState.DRAINING):
             return
-        runner.state = "draining"
-        bound = time.monotonic() + app.limits.request_timeout + 5.0
-        while runner.in_flight > 0 and time.monotonic() < bound:
-            await asyncio.sleep(0.02)
-        await self._stop(runner, "stopped", app)
+        runner.state = RunnerState.DRAINING
+        await self.lifecycle.wait_drained(runner, app.limits.request_timeout + 5.0)
+        await self._stop(runner, RunnerState.STOPPED, app)
 
-    async def _stop(self, runner: Runner, state: str, app: AppState | None = None) -> None:
+    async def _stop(self, runner: Runner, state: RunnerState, app: AppState | None = None) -> None:
         with self._handover:
             handle = runner.handle
-            if runner.state in ("stopped", "failed"):
+            if runner.state in (RunnerState.STOPPED, RunnerState.FAILED):
                 return
-            runner.state = "draining"
+            runner.state = RunnerState.DRAINING
         if handle is not None:
-            await asyncio.to_thread(self.provider.stop_runner, handle, STOP_GRACE_S)
+            await self.lifecycle.stop(handle)
         app = app or self.apps.get(runner.app)
         if app is not None:
             self._retire(app, runner, state)
@@ -1155,32 +926,22 @@ class Scheduler:
         if check_alive:
             self._last_liveness = now
         for app in list(self.apps.values()):
-            keep_alive = app.limits.keep_alive
-            min_runners = app.limits.min_runners
-            ready = [
-                r
-                for r in app.runners.values()
-                if r.state == "ready" and r.generation == app.generation
-            ]
             if check_alive:
+                ready = [
+                    r
+                    for r in app.runners.values()
+                    if r.state == RunnerState.READY and r.generation == app.generation
+                ]
                 for r in ready:
                     assert r.handle is not None
                     if not await asyncio.to_thread(self.provider.runner_alive, r.handle):
-                        self._runner_lost(app, r, "failed", "runner process exited unexpectedly")
-                ready = [r for r in ready if r.state == "ready"]
-            current = sum(
-                1
-                for r in app.runners.values()
-                if r.generation == app.generation and r.state in ACTIVE
-            )
-            idle = sorted(
-                (r for r in ready if r.in_flight == 0 and now - r.idle_since >= keep_alive),
-                key=lambda r: r.idle_since,
+                        self._runner_lost(
+                            app, r, RunnerState.FAILED, "runner process exited unexpectedly"
+                        )
+            idle = idle_to_stop(
+                app.runners.values(), app.generation, len(app.pending), app.limits, now
             )
             for r in idle:
-                if current <= min_runners or app.pending:
-                    break
-                current -= 1
                 self._spawn(self._drain_and_stop(app, r))
             self._expire_waiting(app)
             self._pump(app)
@@ -1210,21 +971,6 @@ class Scheduler:
         return out + list(self._orphans)
 
 
-@functools.cache
-def _path_pattern(template: str) -> re.Pattern[str] | None:
-    """A regex for a path with `{param}` parts (`{param:path}` spans slashes); None without."""
-    if "{" not in template:
-        return None
-    parts = re.split(r"\{([^}]+)\}", template)
-    out = []
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            out.append(re.escape(part))
-        else:
-            out.append(".+" if part.endswith(":path") else "[^/]+")
-    return re.compile("".join(out))
-
-
 def _start_error_type(exc: BaseException) -> str:
     """The `error_type` of a provider's failure to prepare or start a runner."""
     if type(exc).__name__ == "EnvironmentBuildError":
@@ -1232,23 +978,8 @@ def _start_error_type(exc: BaseException) -> str:
     return "startup_failed"
 
 
-def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
-    """The context verifying runners against the stack CA (None without runner TLS)."""
-    if material is None or material.ca is None:
-        return None
-    from skyform.tls import client_context
-
-    return client_context(material.ca)
-
-
 def _request_id() -> str:
     return secrets.token_hex(16)
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 async def _read(response: RunnerResponse, timeout: float) -> bytes:
@@ -1277,26 +1008,3 @@ def _error_detail(body: bytes) -> str:
         if detail is not None:
             return json.dumps(detail)[:500]
     return ""
-
-
-def _startup_failure(runner: Runner, handle: RunnerHandle, provider: Provider) -> str:
-    exit_code = provider.runner_exit_code(handle)
-    status = f" (exit status {exit_code})" if exit_code is not None else ""
-    message = f"runner {runner.id} exited during start-up{status}"
-    log_path = handle.info.get("log")
-    if log_path:
-        last = _last_log_line(Path(str(log_path)))
-        if last:
-            message += f": {last}"
-    return message
-
-
-def _last_log_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    if not lines:
-        return ""
-    stamped = LINE_RE.match(lines[-1])  # the message, without the runner's time and level
-    return (stamped["message"] if stamped else lines[-1])[:500]
