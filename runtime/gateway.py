@@ -595,6 +595,11 @@ class Gateway:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             if fal_compat.wants_logs(query):
                 logs = await req.live_logs()
+                if req.status == "COMPLETED":
+                    # It finished while its runner was asked: the lines so far may
+                    # be none (the runner forgets a request once it answers); the
+                    # stored lines are all of them.
+                    logs = None
         return self._status(scope, req, prefix, logs)
 
     def _status(
