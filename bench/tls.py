@@ -35,29 +35,8 @@ from pathlib import Path
 
 import httpx
 
-APP_SOURCE = """
-from pydantic import BaseModel
-from skyform import App, endpoint
-
-
-class In(BaseModel):
-    x: int
-
-
-class Bench(App):
-    max_runners = 1
-    max_multiplexing = 64
-    keep_alive = 600
-    auth = "public"
-
-    @endpoint("/double")
-    async def double(self, req: In) -> dict:
-        return {"y": req.x * 2}
-"""
-BODY = b'{"x": 21}'
-BUNDLE_KEY = "bench-bundle-key"
-ADMIN = "bench-admin"
-
+# The same trivial app, keys and body as bench/gateway.py, so the two benches compare.
+from gateway import ADMIN, APP_SOURCE, BODY, BUNDLE_KEY
 
 # --- load generator (runs in its own process) ---------------------------------
 
