@@ -14,7 +14,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from skyform.keys import ENV_NAMES
+from skyform.engine.keys import ENV_NAMES
 from skyform.state.errors import StateError
 from skyform.state.lock import LockInfo
 from skyform.state.model import (

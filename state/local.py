@@ -20,8 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from skyform.engine.keys import SKYFORM_DIR
 from skyform.files import private_dir, temp_name, write_atomic
-from skyform.keys import SKYFORM_DIR
 from skyform.state.backend import GRACE, StateBackend
 from skyform.state.errors import StateError
 from skyform.state.lock import LockInfo, locked_error, wait_for

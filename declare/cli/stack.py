@@ -20,8 +20,8 @@ import typer
 from rich.text import Text
 
 from skyform.cli.output import console, err_console, print_json, print_warning
+from skyform.engine.stackfile import DEFAULT_FILE
 from skyform.errors import SkyformError
-from skyform.stackfile import DEFAULT_FILE
 
 FILE_OPTION = typer.Option(Path(DEFAULT_FILE), "--file", "-f", help="The stack file.")
 LOCK_TIMEOUT = typer.Option(
@@ -59,7 +59,7 @@ def plan(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Show what apply would change: the stack file against what is live."""
-    from skyform.plan import save_plan
+    from skyform.engine.plan import save_plan
 
     fmt = "json" if as_json else _check_format(fmt)
     ctx, built = _make_plan(file, "plan", target, replace, lock_timeout, quiet=fmt != "text")
@@ -91,8 +91,8 @@ def _make_plan(
     lock_timeout: float,
     quiet: bool = False,
 ) -> tuple[Any, Any]:
-    from skyform.apply import open_context
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import open_context
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation=operation, timeout=lock_timeout):
@@ -101,14 +101,14 @@ def _make_plan(
 
 
 def _request(target: list[str] | None, replace: list[str] | None) -> Any:
-    from skyform.plan import PlanRequest
+    from skyform.engine.plan import PlanRequest
 
     return PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ()))
 
 
 def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> Any:
     """Refresh `doc` against what is live, then diff the stack file against it (lock held)."""
-    from skyform.plan import build_plan, refresh
+    from skyform.engine.plan import build_plan, refresh
 
     with _status("Refreshing state...", quiet):
         live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
@@ -123,7 +123,7 @@ def _status(message: str, quiet: bool) -> Any:
 
 
 def _print_plan(built: Any, fmt: str) -> None:
-    from skyform.render import render_markdown, render_plan
+    from skyform.engine.render import render_markdown, render_plan
 
     if fmt == "json":
         print_json(built.to_dict())
@@ -152,10 +152,10 @@ def apply(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
-    from skyform.apply import Applier, check_plan_current, open_context
-    from skyform.plan import load_plan
-    from skyform.render import render_plan
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import Applier, check_plan_current, open_context
+    from skyform.engine.plan import load_plan
+    from skyform.engine.render import render_plan
+    from skyform.engine.stackfile import load_stack
 
     if plan_file is not None and (target or replace):
         raise SkyformError(
@@ -197,10 +197,10 @@ def destroy(
     ),
 ) -> None:
     """Stop the gateway and every runner of the stack, and empty its state."""
-    from skyform.apply import Applier, open_context, remove_queue, stop_orphans
-    from skyform.plan import PlanRequest
-    from skyform.render import render_plan
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import Applier, open_context, remove_queue, stop_orphans
+    from skyform.engine.plan import PlanRequest
+    from skyform.engine.render import render_plan
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation="destroy", timeout=lock_timeout):
@@ -327,7 +327,7 @@ def output(
     Like Terraform's outputs: `api_key` is sensitive, so it is shown only when
     named (`skyform output api_key`), never in the full listing.
     """
-    from skyform.stackfile import load_stack
+    from skyform.engine.stackfile import load_stack
     from skyform.state import open_backend
 
     if raw and as_json:
@@ -367,7 +367,7 @@ def output(
 
 def _output_value(stack: Any, outputs: dict[str, Any], name: str) -> Any:
     """The value of output `name`; an unknown name, or a stack never applied, is an error."""
-    from skyform.keys import keys_path, stack_secret
+    from skyform.engine.keys import keys_path, stack_secret
     from skyform.suggest import did_you_mean
 
     if not outputs:
@@ -398,9 +398,9 @@ def status(
     from rich.markup import escape
     from rich.table import Table
 
-    from skyform.apply import open_context
-    from skyform.plan import APP_PREFIX, GATEWAY, app_urls, refresh, tainted_reason
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import open_context
+    from skyform.engine.plan import APP_PREFIX, GATEWAY, app_urls, refresh, tainted_reason
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     doc = ctx.backend.read()
@@ -495,10 +495,10 @@ def logs(
 
     Each line: time (UTC), runner, level, source and, inside a request, its id.
     """
-    from skyform.apply import open_context
-    from skyform.gatewayclient import GatewayClient
-    from skyform.plan import GATEWAY, refresh
-    from skyform.stackfile import load_stack
+    from skyform.engine.admin_client import GatewayClient
+    from skyform.engine.apply import open_context
+    from skyform.engine.plan import GATEWAY, refresh
+    from skyform.engine.stackfile import load_stack
     from skyform.suggest import did_you_mean
 
     if tail < 0:
@@ -558,6 +558,6 @@ class LogFollower:
 
 def schema() -> None:
     """Print the JSON Schema of skyform.yaml (for editors)."""
-    from skyform.stackfile import stack_json_schema
+    from skyform.engine.stackfile import stack_json_schema
 
     print_json(stack_json_schema())

@@ -31,7 +31,7 @@ from ci_helpers import EXAMPLES, REPO, fresh_checkout
 from support.pg import temp_postgres
 from support.procs import free_port, kill_all_under, processes_under
 
-from skyform.keys import ENV_NAMES
+from skyform.engine.keys import ENV_NAMES
 
 WORKFLOW = EXAMPLES / "ci" / ".github" / "workflows" / "skyform.yml"
 # Steps GitHub performs, not skyform: the test does their part itself.

@@ -19,7 +19,7 @@ import pytest
 from support.gateway import GatewayProc
 from support.waiting import wait_for
 
-from skyform.tls import CertFiles, client_context, ensure_leaf
+from skyform.engine.tls import CertFiles, client_context, ensure_leaf
 
 pytestmark = pytest.mark.slow
 

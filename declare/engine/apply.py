@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skyform.errors import SkyformError
-from skyform.options import option_or_default
-from skyform.plan import (
+from skyform.engine.plan import (
     APP_PREFIX,
     GATEWAY,
     GATEWAY_ATTRS,
@@ -40,7 +38,9 @@ from skyform.plan import (
     app_address,
     stack_outputs,
 )
-from skyform.stackfile import Stack
+from skyform.engine.stackfile import Stack
+from skyform.errors import SkyformError
+from skyform.options import option_or_default
 
 if TYPE_CHECKING:
     from skyform.providers.base import Provider
@@ -74,7 +74,7 @@ class StackContext:
         """This machine's CA file for the stack's gateway (None: the system's CAs)."""
         mode = self.stack.tls_mode
         if mode == "auto":
-            from skyform.tls import tls_dir
+            from skyform.engine.tls import tls_dir
 
             return str(tls_dir(self.workdir, self.stack.name) / "ca.pem")
         files = self.stack.tls_files()
@@ -92,7 +92,7 @@ class StackContext:
 
     def _webhook_env(self) -> dict[str, str]:
         """The webhook signing key and `gateway.webhook_hosts`, for the gateway process."""
-        from skyform.keys import WEBHOOK_KEY_ENV, webhook_key
+        from skyform.engine.keys import WEBHOOK_KEY_ENV, webhook_key
 
         env = {WEBHOOK_KEY_ENV: webhook_key(self.keys)}
         hosts = self.stack.model.gateway.webhook_hosts
@@ -130,8 +130,8 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     """
     from urllib.parse import urlsplit
 
+    from skyform.engine.tls import ensure_leaf, gateway_server_name, runner_server_name
     from skyform.providers.base import TLSMaterial
-    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
 
     stack = ctx.stack
     gw = stack.model.gateway
@@ -185,7 +185,7 @@ def address_update(
 
 def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) -> None:
     """Reissue the gateway certificate for its (now known) address and hand it over."""
-    from skyform.gatewayclient import GatewayClient
+    from skyform.engine.admin_client import GatewayClient
 
     if ctx.stack.tls_mode != "auto" or handle is None or not handle.url:
         return
@@ -214,7 +214,7 @@ def open_context(stack: Stack, workdir: Path | None = None, state: Any = None) -
     `workdir` and `state` override where `.skyform/` lives and the state
     backend (`run` keeps both in a temporary directory).
     """
-    from skyform.keys import stack_secrets
+    from skyform.engine.keys import stack_secrets
     from skyform.providers import create_provider
     from skyform.state import open_backend
 
@@ -431,7 +431,7 @@ class Applier:
         return GatewayHandle(**handle) if handle else None
 
     def _client(self) -> Any:
-        from skyform.gatewayclient import GatewayClient
+        from skyform.engine.admin_client import GatewayClient
 
         handle = self._handle()
         if handle is None:
@@ -489,7 +489,7 @@ class Applier:
 
     def _renew_certificates(self) -> None:
         """Reissue certificates close to expiry; a local gateway reloads them by itself."""
-        from skyform.tls import tls_dir
+        from skyform.engine.tls import tls_dir
 
         record = self.doc.resources.get(GATEWAY) or {}
         if self.ctx.stack.tls_mode == "auto" or runner_tls_wanted(self.ctx.stack):

@@ -30,11 +30,11 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skyform.engine.stackfile import Stack
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.options import option_or_default
 from skyform.signing import sign
-from skyform.stackfile import Stack
 from skyform.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ def refresh(
     ca_file: str | None = None,
 ) -> Live:
     """Ask the provider whether the recorded gateway runs, and the gateway which apps it has."""
-    from skyform.gatewayclient import GatewayClient, GatewayError
+    from skyform.engine.admin_client import GatewayClient, GatewayError
     from skyform.providers.base import GatewayHandle
 
     record = state_resources.get(GATEWAY)
