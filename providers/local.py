@@ -661,7 +661,7 @@ def _health_answers(url: str, ca_file: str | None = None) -> bool:
     """
     context = None
     if url.startswith("https://"):
-        from skyform.engine.tls import client_context
+        from skyform.tlscontext import client_context
 
         context = client_context(ca_file)
     try:

@@ -721,7 +721,7 @@ class Gateway:
         URL, from `apply`. The pair is checked before anything is written; the
         server loads the new files within seconds.
         """
-        from skyform.engine.tls import TLSError, server_context
+        from skyform.tlscontext import TLSError, server_context
 
         try:
             payload = json.loads(raw)
@@ -1022,7 +1022,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     """The runner TLS material of the command line: all three files, or none."""
-    from skyform.engine.tls import runner_server_name
+    from skyform.tlscontext import runner_server_name
 
     given = [args.runner_cert, args.runner_key, args.runner_ca]
     if not any(given):
@@ -1032,7 +1032,7 @@ def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     for path in given:
         if not path.is_file():
             raise SkyformError(f"no such file: {path}")
-    from skyform.engine.tls import server_context
+    from skyform.tlscontext import server_context
 
     server_context(args.runner_cert, args.runner_key)  # runners would refuse to start with it
     return TLSMaterial(
@@ -1047,7 +1047,7 @@ def _check_args(args: argparse.Namespace) -> None:
     """Bad TLS or URL arguments: one line, before anything is started."""
     import ipaddress
 
-    from skyform.engine.tls import server_context
+    from skyform.tlscontext import server_context
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SkyformError("--tls-cert and --tls-key go together")

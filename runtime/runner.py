@@ -183,7 +183,7 @@ def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
         return None
     if cert is None or key is None:
         raise SkyformError("--tls-cert and --tls-key go together")
-    from skyform.engine.tls import server_context
+    from skyform.tlscontext import server_context
 
     server_context(cert, key)  # a TLSError names the file that is wrong
     return cert, key

@@ -106,7 +106,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def _start(stack: Any, workdir: Path, port: int) -> Any:
     from skyform.bundle import read_bundle_meta
-    from skyform.cli.stack import _ReadyProgress, _refresh_and_plan, _report
+    from skyform.cli.common import ReadyProgress, refresh_and_plan, report
     from skyform.engine.apply import Applier, open_context
     from skyform.engine.plan import PlanRequest
 
@@ -114,9 +114,9 @@ def _start(stack: Any, workdir: Path, port: int) -> Any:
     with ctx.backend.lock(operation="run", timeout=0):
         doc = ctx.backend.read()
         err_console.print(f"Building {len(stack.apps)} app(s)...")
-        plan = _refresh_and_plan(ctx, doc, PlanRequest(mode="run", port=port), quiet=True)
-        with _ReadyProgress() as progress:
-            doc = Applier(ctx, plan, doc, _report, progress=progress.update).run()
+        plan = refresh_and_plan(ctx, doc, PlanRequest(mode="run", port=port), quiet=True)
+        with ReadyProgress() as progress:
+            doc = Applier(ctx, plan, doc, report, progress=progress.update).run()
     outputs = doc.outputs
     console.print(f"\n[bold]skyform run[/]: stack {stack.name}, gateway {outputs['gateway_url']}")
     for name, urls in sorted(outputs["apps"].items()):
@@ -139,7 +139,7 @@ def _start(stack: Any, workdir: Path, port: int) -> Any:
 
 
 def _stream_logs(ctx: Any) -> None:
-    from skyform.cli.stack import LogFollower
+    from skyform.cli.common import LogFollower
     from skyform.engine.admin_client import GatewayClient, GatewayError
     from skyform.engine.plan import GATEWAY
     from skyform.providers.base import GatewayHandle

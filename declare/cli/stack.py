@@ -8,7 +8,6 @@ bad file fails before anything is locked or started. `plan`, `apply` and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -19,7 +18,8 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from skyform.cli.output import console, err_console, print_json, print_warning
+from skyform.cli.common import LogFollower, ReadyProgress, refresh_and_plan, report
+from skyform.cli.output import console, print_json, print_warning
 from skyform.engine.stackfile import DEFAULT_FILE
 from skyform.errors import SkyformError
 
@@ -59,7 +59,7 @@ def plan(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Show what apply would change: the stack file against what is live."""
-    from skyform.engine.plan import save_plan
+    from skyform.engine.planfile import save_plan
 
     fmt = "json" if as_json else _check_format(fmt)
     ctx, built = _make_plan(file, "plan", target, replace, lock_timeout, quiet=fmt != "text")
@@ -96,7 +96,7 @@ def _make_plan(
 
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation=operation, timeout=lock_timeout):
-        built = _refresh_and_plan(ctx, ctx.backend.read(), _request(target, replace), quiet)
+        built = refresh_and_plan(ctx, ctx.backend.read(), _request(target, replace), quiet)
     return ctx, built
 
 
@@ -104,22 +104,6 @@ def _request(target: list[str] | None, replace: list[str] | None) -> Any:
     from skyform.engine.plan import PlanRequest
 
     return PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ()))
-
-
-def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> Any:
-    """Refresh `doc` against what is live, then diff the stack file against it (lock held)."""
-    from skyform.engine.plan import build_plan, refresh
-
-    with _status("Refreshing state...", quiet):
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
-    with _status("Building bundles...", quiet):
-        return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
-
-
-def _status(message: str, quiet: bool) -> Any:
-    if quiet or not err_console.is_terminal:
-        return contextlib.nullcontext()
-    return err_console.status(message)
 
 
 def _print_plan(built: Any, fmt: str) -> None:
@@ -153,7 +137,7 @@ def apply(
 ) -> None:
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
     from skyform.engine.apply import Applier, check_plan_current, open_context
-    from skyform.engine.plan import load_plan
+    from skyform.engine.planfile import load_plan
     from skyform.engine.render import render_plan
     from skyform.engine.stackfile import load_stack
 
@@ -169,13 +153,13 @@ def apply(
             built = load_plan(plan_file, ctx.keys["bundle_key"])
             check_plan_current(built, doc, str(plan_file))
         else:
-            built = _refresh_and_plan(ctx, doc, _request(target, replace))
+            built = refresh_and_plan(ctx, doc, _request(target, replace))
             print_plan_text(render_plan(built))
             if built.has_changes and not auto_approve:
                 _confirm("apply")
         started = time.monotonic()
-        with _ReadyProgress() as progress:
-            applier = Applier(ctx, built, doc, _report, progress=progress.update)
+        with ReadyProgress() as progress:
+            applier = Applier(ctx, built, doc, report, progress=progress.update)
             doc = applier.run()
         done = applier.done
     console.print(
@@ -205,7 +189,7 @@ def destroy(
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation="destroy", timeout=lock_timeout):
         doc = ctx.backend.read()
-        built = _refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
+        built = refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
         if not built.has_changes:
             stopped = stop_orphans(ctx)
             if not keep_queue:
@@ -218,7 +202,7 @@ def destroy(
         print_plan_text(render_plan(built))
         if not auto_approve:
             _confirm("destroy")
-        applier = Applier(ctx, built, doc, _report)
+        applier = Applier(ctx, built, doc, report)
         applier.run()
         stop_orphans(ctx)
         if not keep_queue:
@@ -240,55 +224,6 @@ def _confirm(what: str) -> None:
     answer = typer.prompt("  Enter a value", default="", show_default=False)
     if answer.strip() != "yes":
         raise SkyformError(f"{what} cancelled (the answer was not 'yes'); nothing was changed")
-
-
-def _report(message: str) -> None:
-    err_console.print(message, markup=False)  # installer lines carry `[notice]`, extras, ...
-
-
-class _ReadyProgress:
-    """How many of each app's min_runners are ready: a live bar on a terminal, lines otherwise."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, str] = {}
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _ReadyProgress:
-        if err_console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} runners ready"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=False,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(
-        self, app: str, ready: int, wanted: int, states: dict[str, int] | None = None
-    ) -> None:
-        others = ", ".join(f"{n} {s}" for s, n in sorted((states or {}).items()))
-        detail = f" ({others})" if others else ""
-        if self._progress is not None:
-            if app not in self._tasks:
-                self._tasks[app] = self._progress.add_task(f"app.{app}", total=wanted)
-            self._progress.update(
-                self._tasks[app], completed=min(ready, wanted), description=f"app.{app}{detail}"
-            )
-            return
-        line = f"app.{app}: {min(ready, wanted)}/{wanted} runners ready{detail}"
-        if self._seen.get(app) != line:
-            self._seen[app] = line
-            err_console.print(line, markup=False)
 
 
 # -- inspect -------------------------------------------------------------------------------
@@ -399,7 +334,9 @@ def status(
     from rich.table import Table
 
     from skyform.engine.apply import open_context
-    from skyform.engine.plan import APP_PREFIX, GATEWAY, app_urls, refresh, tainted_reason
+    from skyform.engine.outputs import app_urls
+    from skyform.engine.plan import APP_PREFIX, GATEWAY, tainted_reason
+    from skyform.engine.refresh import refresh
     from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
@@ -497,7 +434,8 @@ def logs(
     """
     from skyform.engine.admin_client import GatewayClient
     from skyform.engine.apply import open_context
-    from skyform.engine.plan import GATEWAY, refresh
+    from skyform.engine.plan import GATEWAY
+    from skyform.engine.refresh import refresh
     from skyform.engine.stackfile import load_stack
     from skyform.suggest import did_you_mean
 
@@ -536,24 +474,6 @@ def logs(
             for line in follower.new_lines(client.logs(app_name, max(tail, 500), every)):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
-
-
-class LogFollower:
-    """Turns repeated `tail` snapshots into only the lines not printed yet.
-
-    Snapshots are merged by time across runners, so a new line may land
-    before the last one printed; every line carries its time (to the
-    millisecond) and runner, so "not in the previous snapshot" means new.
-    """
-
-    def __init__(self) -> None:
-        self._last: set[str] = set()
-
-    def new_lines(self, text: str) -> list[str]:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        fresh = [ln for ln in lines if ln not in self._last]
-        self._last = set(lines)
-        return fresh
 
 
 def schema() -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skyform.engine.outputs import stack_outputs
 from skyform.engine.plan import (
     APP_PREFIX,
     GATEWAY,
@@ -36,7 +37,6 @@ from skyform.engine.plan import (
     Plan,
     ResourceChange,
     app_address,
-    stack_outputs,
 )
 from skyform.engine.stackfile import Stack
 from skyform.errors import SkyformError
@@ -130,8 +130,9 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     """
     from urllib.parse import urlsplit
 
-    from skyform.engine.tls import ensure_leaf, gateway_server_name, runner_server_name
+    from skyform.engine.tls import ensure_leaf
     from skyform.providers.base import TLSMaterial
+    from skyform.tlscontext import gateway_server_name, runner_server_name
 
     stack = ctx.stack
     gw = stack.model.gateway

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skyform.engine.plan import PLAN_FILE_MAGIC, load_plan
+from skyform.engine.planfile import PLAN_FILE_MAGIC, load_plan
 from skyform.errors import SkyformError
 from skyform.signing import sign
 

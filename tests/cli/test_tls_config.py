@@ -19,7 +19,8 @@ from cryptography import x509
 from support.cli import sky, write_project
 
 from skyform.engine.stackfile import StackFileError, load_stack, parse_stack
-from skyform.engine.tls import RENEW_BEFORE, ensure_leaf, gateway_server_name, runner_server_name
+from skyform.engine.tls import RENEW_BEFORE, ensure_leaf
+from skyform.tlscontext import gateway_server_name, runner_server_name
 
 
 def stack_text(gateway: str, provider: str = "local") -> str:

@@ -24,7 +24,7 @@ from support.cli import cleanup, sky, state_of, write_project
 from support.procs import processes_under
 from support.waiting import wait_until
 
-from skyform.engine.tls import client_context, runner_server_name
+from skyform.tlscontext import client_context, runner_server_name
 
 pytestmark = pytest.mark.slow
 

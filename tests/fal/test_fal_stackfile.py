@@ -8,7 +8,7 @@ import pytest
 
 from skyform.engine.apply import StackContext
 from skyform.engine.keys import webhook_key
-from skyform.engine.plan import desired_gateway
+from skyform.engine.planner import desired_gateway
 from skyform.engine.stackfile import StackFileError, parse_stack
 
 BASE = """\

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skyform.engine.plan import estimate_costs
+from skyform.engine.costs import estimate_costs
 from skyform.errors import SkyformError
 from skyform.providers import provider_class
 from skyform.providers.base import (
