@@ -69,7 +69,7 @@ class Edge:
     target: str  # imported module
     line: int
     type_only: bool  # under `if TYPE_CHECKING:`
-    lazy: bool  # inside a function or class body
+    lazy: bool  # inside a function body (runs when called, not at import)
     names: tuple[str, ...] = ()  # for `from X import a, b`: the names taken from X itself
 
 
