@@ -186,6 +186,30 @@ def private_imports(root: Path) -> list[str]:
     ]
 
 
+def stale_imports(root: Path, folders: Iterable[str] = ()) -> list[str]:
+    """Imports of a `skyform.` module that does not exist (a path from before a move).
+
+    Checked in the package and in `folders` (tests, benches, examples), whose
+    imports of skyform follow the same paths.
+    """
+    modules = set(module_files(root))
+    paths = [*module_files(root).values()]
+    for folder in folders:
+        paths += sorted((root / folder).rglob("*.py"))
+    out: list[str] = []
+    for path in paths:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node, _type_only, _lazy in _imports(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if not node.level else []
+            else:
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if (name == "skyform" or name.startswith("skyform.")) and name not in modules:
+                    out.append(f"{path.relative_to(root)}:{node.lineno}: no module {name}")
+    return out
+
+
 def cycles(root: Path) -> list[list[str]]:
     """Groups of modules that import each other at run time (strongly connected components)."""
     graph: dict[str, set[str]] = {m: set() for m in module_files(root)}
@@ -257,6 +281,10 @@ def test_no_import_cycles() -> None:
     assert cycles(REPO) == []
 
 
+def test_every_import_of_skyform_names_a_module_that_exists() -> None:
+    assert stale_imports(REPO, ["tests", "bench", "examples", "scripts"]) == []
+
+
 def test_no_module_takes_another_modules_private_names() -> None:
     assert private_imports(REPO) == []
 
@@ -300,6 +328,11 @@ def _append(tree: Path, relative: str, line: str) -> None:
     path.write_text(path.read_text() + f"\n{line}\n")
 
 
+def _last_line(tree: Path, relative: str) -> str:
+    """The number of the last line of `relative`, as a string."""
+    return str(len((tree / relative).read_text().splitlines()))
+
+
 @pytest.mark.parametrize(
     ("module", "line", "arrow"),
     [
@@ -330,6 +363,12 @@ def test_a_type_only_import_makes_no_cycle(tree: Path) -> None:
     _append(tree, "declare/suggest.py", "if TYPE_CHECKING:\n    from skyform.errors import X")
     _append(tree, "declare/errors.py", "from skyform.suggest import did_you_mean")
     assert cycles(tree) == []
+
+
+def test_an_import_from_before_a_move_is_reported(tree: Path) -> None:
+    _append(tree, "declare/cli/stack.py", "def f():\n    from skyform.plan import Plan")
+    line = _last_line(tree, "declare/cli/stack.py")
+    assert stale_imports(tree) == [f"declare/cli/stack.py:{line}: no module skyform.plan"]
 
 
 def test_a_private_import_is_reported(tree: Path) -> None:
