@@ -81,8 +81,7 @@ KEY_LENGTH = 24
 
 # What `python -m skyform.runtime.runner` imports besides skyform itself
 # (python-multipart: form and file endpoints; websockets: websocket endpoints;
-# psutil: a runner that leads its process group stops its members on exit;
-# prometheus-client: the runner's /metrics).
+# psutil: a runner that leads its process group stops its members on exit).
 RUNTIME_PACKAGES = (
     "pydantic",
     "cloudpickle",
@@ -93,13 +92,11 @@ RUNTIME_PACKAGES = (
     "python-multipart",
     "websockets",
     "psutil",
-    "prometheus-client",
 )
 _RUNTIME_FALLBACK = {
     "python-multipart": "python-multipart>=0.0.9",
     "websockets": "websockets>=13.0",
     "psutil": "psutil>=5.9",
-    "prometheus-client": "prometheus-client>=0.20",
     "pydantic": "pydantic>=2.7",
     "cloudpickle": "cloudpickle>=3.0",
     "fastapi": "fastapi>=0.110",
@@ -848,7 +845,7 @@ def _record_hash(data: bytes) -> str:
 
 def _check_imports(path: Path, key: str) -> None:
     """A last look before the marker: skyform and its runtime import in the environment."""
-    probe = "import skyform, cloudpickle, pydantic, uvicorn, fastapi, psutil, prometheus_client"
+    probe = "import skyform, cloudpickle, pydantic, uvicorn, fastapi, psutil"
     env = tool_env()
     result = subprocess.run(
         [str(env_python(path)), "-c", probe],

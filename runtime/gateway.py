@@ -69,7 +69,7 @@ from skyform.runtime.gateway_scheduler import (
 from skyform.runtime.gateway_urls import PublicURL, default_public_url
 from skyform.runtime.gateway_validation import BodyRefused, BodyRules, check_body
 from skyform.runtime.limits import BodyBudget, GatewayLimits
-from skyform.runtime.metrics import CONTENT_TYPE
+from skyform.runtime.metrics import Registry
 from skyform.runtime.queue_store import QueueStore, StoredRequest
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.sealing import Sealer
@@ -670,7 +670,7 @@ class Gateway:
                 {a.name: a.in_progress() for a in s.apps.values()},
                 s.runner_counts(),
             )
-            await send_response(send, 200, text.encode(), CONTENT_TYPE.encode())
+            await send_response(send, 200, text.encode(), Registry.content_type.encode())
         elif rest == "runners" and method == "GET":
             runners = [r.describe() for r in self.scheduler.all_runners()]
             await send_response(send, 200, dump({"runners": runners}))

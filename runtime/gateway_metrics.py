@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from skyform.runtime.gateway_model import RunnerState
-from skyform.runtime.metrics import DEFAULT_BUCKETS, render
+from skyform.runtime.metrics import Registry
 
 RUNNER_STATES = tuple(RunnerState)
 
@@ -21,46 +19,33 @@ class GatewayMetrics:
     """Every series the gateway exports, on one registry."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.queue_depth = Gauge(
-            "skyform_gateway_queue_depth", "Requests waiting for a runner.", ["app"], registry=r
+        self.registry = Registry()
+        r = self.registry
+        self.queue_depth = r.gauge(
+            "skyform_gateway_queue_depth", "Requests waiting for a runner.", ["app"]
         )
-        self.in_progress = Gauge(
-            "skyform_gateway_in_progress", "Requests running on a runner now.", ["app"], registry=r
+        self.in_progress = r.gauge(
+            "skyform_gateway_in_progress", "Requests running on a runner now.", ["app"]
         )
-        self.runners = Gauge(
-            "skyform_gateway_runners", "Runners by state.", ["app", "state"], registry=r
+        self.runners = r.gauge("skyform_gateway_runners", "Runners by state.", ["app", "state"])
+        self.submitted = r.counter(
+            "skyform_gateway_requests_submitted_total", "Requests accepted.", ["app", "mode"]
         )
-        self.submitted = Counter(
-            "skyform_gateway_requests_submitted_total",
-            "Requests accepted.",
-            ["app", "mode"],
-            registry=r,
+        self.requests = r.counter(
+            "skyform_gateway_requests_total", "Completed requests by outcome.", ["app", "outcome"]
         )
-        self.requests = Counter(
-            "skyform_gateway_requests_total",
-            "Completed requests by outcome.",
-            ["app", "outcome"],
-            registry=r,
-        )
-        self.retries = Counter(
+        self.retries = r.counter(
             "skyform_gateway_retries_total",
             "Attempts retried on a runner, by reason.",
             ["app", "reason"],
-            registry=r,
         )
-        self.runner_starts = Counter(
-            "skyform_gateway_runner_starts_total",
-            "Runner start-ups by result.",
-            ["app", "result"],
-            registry=r,
+        self.runner_starts = r.counter(
+            "skyform_gateway_runner_starts_total", "Runner start-ups by result.", ["app", "result"]
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = r.histogram(
             "skyform_gateway_queue_seconds",
             "Seconds from acceptance to first dispatch to a runner.",
             ["app"],
-            registry=r,
-            buckets=DEFAULT_BUCKETS,
         )
 
     def render(
@@ -71,10 +56,13 @@ class GatewayMetrics:
     ) -> str:
         """Prometheus text; `runners` yields (app, state, count)."""
         for metric, values in ((self.queue_depth, queue_depth), (self.in_progress, in_progress)):
-            metric.clear()  # an app that is gone has no series left
-            for app, n in sorted(values.items()):
+            for key in list(metric._children):
+                if key[0] not in values:
+                    metric.remove(*key)
+            for app, n in values.items():
                 metric.labels(app).set(n)
-        self.runners.clear()
-        for app, state, n in sorted(runners):
+        for key in list(self.runners._children):
+            self.runners.remove(*key)
+        for app, state, n in runners:
             self.runners.labels(app, state).set(n)
-        return render(self.registry).decode()
+        return self.registry.render()

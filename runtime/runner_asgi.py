@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from skyform.runtime.asgi import (
     JSON,
     ASGIApp,
@@ -36,7 +34,7 @@ from skyform.runtime.asgi import (
     dump,
     send_response,
 )
-from skyform.runtime.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, render
+from skyform.runtime.metrics import Registry
 from skyform.runtime.request_logs import LIVE_LOGS_PREFIX, LOGS_HEADER, encode_logs
 from skyform.runtime.runner_context import (
     REQUEST_ID_HEADER,
@@ -109,25 +107,23 @@ class RunnerState:
 
 
 class RunnerMetrics:
-    """The runner's Prometheus series; per-request updates are a dict lookup, an inc and an observe."""
+    """The runner's Prometheus series; per-request updates are a dict lookup and two adds."""
 
     def __init__(self, state: RunnerState) -> None:
-        self.registry = r = CollectorRegistry()
-        self._requests = Counter(
+        self.registry = Registry()
+        self._requests = self.registry.counter(
             "skyform_runner_requests_total", "Requests answered, by endpoint and status.",
-            ["endpoint", "status"], registry=r,
+            ["endpoint", "status"],
         )  # fmt: skip
-        self._latency = Histogram(
+        self._latency = self.registry.histogram(
             "skyform_runner_request_duration_seconds",
             "Time from request to the end of the response, by endpoint.",
             ["endpoint"],
-            registry=r,
-            buckets=DEFAULT_BUCKETS,
         )
-        self.in_flight = Gauge(
-            "skyform_runner_requests_in_flight", "Requests being served now.", registry=r
-        )
-        ready = Gauge("skyform_runner_ready", "1 when the runner takes requests.", registry=r)
+        self.in_flight = self.registry.gauge(
+            "skyform_runner_requests_in_flight", "Requests being served now."
+        ).labels()
+        ready = self.registry.gauge("skyform_runner_ready", "1 when the runner takes requests.")
         ready.set_function(lambda: 1.0 if state.phase is Phase.READY else 0.0)
         self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -138,7 +134,7 @@ class RunnerMetrics:
                 self._requests.labels(endpoint, str(status)),
                 self._latency.labels(endpoint),
             )
-        series[0].inc()
+        series[0].value += 1
         series[1].observe(seconds)
 
 
@@ -198,7 +194,9 @@ class RunnerASGI:
             )
             return
         if path == "/metrics":
-            await send_response(send, 200, render(self.metrics.registry), _PROMETHEUS, extra)
+            await send_response(
+                send, 200, self.metrics.registry.render().encode(), _PROMETHEUS, extra
+            )
             return
         if path.startswith(LIVE_LOGS_PREFIX) and scope["method"] == "GET":
             ctx = self._active.get(path[len(LIVE_LOGS_PREFIX) :].removesuffix("/logs"))
@@ -236,7 +234,7 @@ class RunnerASGI:
             await send(message)
 
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight.value += 1
         try:
             await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
@@ -254,7 +252,7 @@ class RunnerASGI:
                 await send_response(send, 500, dump(body), JSON, extra)
                 status = 500
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight.value -= 1
             leave_request(token)
             self._active.pop(request_id, None)
             label = path if path in self._paths else "other"
@@ -284,17 +282,17 @@ class RunnerASGI:
             return
         ctx = RequestContext(request_id or self._new_request_id())
         token = enter_request(ctx)
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight.value += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight.value -= 1
             leave_request(token)
         if ctx.exit_code is not None:
             self.state.fail(ctx.exit_code, f"{ctx.exit_reason} (websocket {ctx.request_id})")
 
 
-_PROMETHEUS = CONTENT_TYPE.encode()
+_PROMETHEUS = Registry.content_type.encode()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

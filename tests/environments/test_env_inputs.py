@@ -144,7 +144,6 @@ def test_runtime_requirements_come_from_skyforms_own_metadata() -> None:
         "python-multipart",  # form and file endpoints
         "websockets",  # websocket endpoints
         "psutil",  # the runner stops its own process group's members on exit
-        "prometheus-client",  # the runner's /metrics
         *["uvloop", "httptools"],  # the fast event loop and parser, where they build
     ]
     assert all(";" in r for r in runtime[-2:]), "platform markers keep them optional"
