@@ -2,8 +2,8 @@
 
 Why psutil and not `/proc`: the same calls work on Linux and macOS (a laptop
 running the local provider has no `/proc`), and a `psutil.Process` remembers
-the start time of the process it was made for, so a pid the kernel has since
-given to another process is never signalled by mistake.
+the start time of the process it was made for, so a pid the kernel hands to
+another process while a stop is under way is never signalled by mistake.
 
 A zombie counts as gone everywhere here: it no longer runs and only waits to
 be reaped (our own zombie children are reaped on sight).
