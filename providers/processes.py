@@ -22,6 +22,8 @@ import psutil
 _POLL_S = 0.05
 # How long a stop waits after SIGKILL (the kernel needs a moment to tear a process down).
 KILL_WAIT_S = 5.0
+# States of a process that no longer runs.
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -78,9 +80,6 @@ def terminate(pid: int, grace: float, alive: Callable[[], bool] | None = None) -
             time.sleep(_POLL_S)
         else:
             return
-
-
-_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 def _running(process: psutil.Process) -> bool:
