@@ -11,9 +11,11 @@ The runner's life (DESIGN §6, fal's readiness and liveness rules):
    served. The app's secrets go into `os.environ` (not into the process's
    start-up environment, which `/proc/<pid>/environ` shows); the keys go
    nowhere app code looks, and the process is made non-dumpable.
-2. Serve at once, `/health` answering 503 `{"status": "starting"}` while
-   `setup()` runs in a thread; 200 `{"status": "ready", "app", "revision"}`
-   after. `setup()` raising, or outliving `startup_timeout`: its traceback
+2. Start a plain `setup()` in a thread at once (an `async def` one on the
+   loop), and build the API and start serving meanwhile: the runner's own
+   start overlaps the app's imports. `/health` answers 503
+   `{"status": "starting"}` until `setup()` returns, 200
+   `{"status": "ready", "app", "revision"}` after. `setup()` raising, or outliving `startup_timeout`: its traceback
    is logged and the process exits 2, never having answered 200.
 3. Endpoints answer by the status rules (`runner_asgi`, `runner_endpoints`):
    a 503 ends the runner (exit 3) right after the response is written,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import math
@@ -216,6 +219,8 @@ class Runner:
         self.sock = sock
         self._exit_code: int | None = None
         self._failed: asyncio.Event | None = None
+        self._server: _Server | None = None  # built while a plain setup() already runs
+        self._stop_asked = False  # a signal came before the server was built
 
     async def serve_then_exit(self) -> NoReturn:
         """Serve, then leave through `os._exit`: stuck user threads must not keep the process."""
@@ -227,6 +232,13 @@ class Runner:
         self._failed = asyncio.Event()
         state = RunnerState(config.app_name, str(config.meta.get("revision", "")), self._fail)
         instance = config.cls()
+        self._install_signals(state)  # before setup() starts: SIGTERM during it exits 0
+        timeout = float(option_or_default(options, "startup_timeout"))
+        setup: asyncio.Future[Any] | None = None
+        if _overrides(config.cls, "setup"):
+            log.info("running setup() (startup_timeout %gs)", timeout)
+            setup = _start_setup(instance.setup)
+        setup_started = time.monotonic()
         endpoints = app_endpoints(config.cls)
         invoker = EndpointInvoker(
             instance,
@@ -256,7 +268,9 @@ class Runner:
                 ssl_keyfile=str(config.tls[1]) if config.tls else None,
             )
         )
-        self._install_signals(server, state)
+        self._server = server
+        if self._stop_asked:  # told to stop while the server was being built
+            server.should_exit = True
         host, port = self.sock.getsockname()[:2]
         log.info(
             "serving %s (revision %s) on %s://%s:%s",
@@ -269,10 +283,8 @@ class Runner:
         serving = asyncio.ensure_future(server.serve(sockets=[self.sock]))
         failed = asyncio.ensure_future(self._failed.wait())
 
-        if _overrides(config.cls, "setup"):
-            code = await self._setup(
-                instance, float(option_or_default(options, "startup_timeout")), serving
-            )
+        if setup is not None:
+            code = await self._setup(setup, setup_started, timeout, serving)
             if code is not None:
                 return code
         state.mark_ready()
@@ -289,14 +301,16 @@ class Runner:
         return await self._teardown(instance)
 
     async def _setup(
-        self, instance: App, timeout: float, serving: asyncio.Future[None]
+        self,
+        setup: asyncio.Future[Any],
+        started: float,
+        timeout: float,
+        serving: asyncio.Future[None],
     ) -> int | None:
-        """Run setup() with its time limit; None when ready, else the exit code."""
-        log.info("running setup() (startup_timeout %gs)", timeout)
-        started = time.monotonic()
-        setup = asyncio.ensure_future(_call(instance.setup))
+        """Wait for setup() within its time limit; None when ready, else the exit code."""
+        left = max(timeout - (time.monotonic() - started), 0.0)
         done, _ = await asyncio.wait(
-            {setup, serving}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {setup, serving}, timeout=left, return_when=asyncio.FIRST_COMPLETED
         )
         if setup in done:
             exc = setup.exception()
@@ -333,10 +347,16 @@ class Runner:
         assert self._failed is not None
         self._failed.set()
 
-    def _install_signals(self, server: _Server, state: RunnerState) -> None:
+    def _install_signals(self, state: RunnerState) -> None:
         loop = asyncio.get_running_loop()
 
         def stop(sig: signal.Signals) -> None:
+            server = self._server
+            if server is None:
+                log.info("%s: stopping once the server is built", sig.name)
+                state.drain()
+                self._stop_asked = True
+                return
             if server.should_exit and sig == signal.SIGINT:
                 server.force_exit = True
                 return
@@ -362,6 +382,19 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _start_setup(func: Any) -> asyncio.Future[Any]:
+    """Start the App's setup(): a plain one in a thread at once, a coroutine on the loop.
+
+    A plain setup() (importing torch, loading weights: the long part of a cold
+    start) runs while the runner still builds its API and binds its server,
+    instead of after: health says "starting" until it returns, as before.
+    """
+    if inspect.iscoroutinefunction(func):
+        return asyncio.ensure_future(func())
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(None, contextvars.copy_context().run, func)
 
 
 async def _call(func: Any) -> Any:
