@@ -298,12 +298,11 @@ class EarlyGateway:
         self._taken = True
         try:
             handle, _before = self._future.result()
-        except BaseException:
-            handle = None  # it did not start: nothing runs
+        except Exception:
+            return  # it did not start: nothing runs
         finally:
-            self._pool.shutdown(wait=True)
-        if handle is not None:
-            self.ctx.provider.stop_gateway(handle, grace=5.0)
+            self._pool.shutdown(wait=False)  # its one job has ended (or a Ctrl-C cut the wait)
+        self.ctx.provider.stop_gateway(handle, grace=5.0)
 
 
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
