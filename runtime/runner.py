@@ -38,29 +38,26 @@ import contextlib
 import contextvars
 import inspect
 import logging
-import math
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import uvicorn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.errors import SkyformError
 from skyform.options import option_or_default
-from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
-from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
 from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
+
+if TYPE_CHECKING:
+    from skyform.runtime.runner_server import RunnerServer
 
 log = logging.getLogger("skyform.runner")
 
@@ -69,8 +66,6 @@ ENV_RUNNER_TOKEN = "SKYFORM_RUNNER_TOKEN"
 ENV_APP_NAME = "SKYFORM_APP_NAME"
 ENV_GRACE = "SKYFORM_RUNNER_GRACE"
 DEFAULT_GRACE = 30.0
-# Longest wait for an unhealthy runner's last response to leave its buffers.
-_FLUSH_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -219,7 +214,7 @@ class Runner:
         self.sock = sock
         self._exit_code: int | None = None
         self._failed: asyncio.Event | None = None
-        self._server: _Server | None = None  # built while a plain setup() already runs
+        self._server: RunnerServer | None = None  # built while a plain setup() already runs
         self._stop_asked = False  # a signal came before the server was built
 
     async def serve_then_exit(self) -> NoReturn:
@@ -239,6 +234,10 @@ class Runner:
             log.info("running setup() (startup_timeout %gs)", timeout)
             setup = _start_setup(instance.setup)
         setup_started = time.monotonic()
+        # Imported now, while setup() runs: not before the app's own imports.
+        from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
+        from skyform.runtime.runner_server import let_responses_leave, make_server
+
         endpoints = app_endpoints(config.cls)
         invoker = EndpointInvoker(
             instance,
@@ -250,23 +249,8 @@ class Runner:
         asgi = RunnerASGI(
             api, state, RunnerMetrics(state), {ep.path for ep in endpoints}, config.token
         )
-        server = _Server(
-            uvicorn.Config(
-                asgi,
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                server_header=False,
-                proxy_headers=False,
-                # Websocket endpoints need a server side (the `websockets` package).
-                ws=websocket_protocol()
-                if any(e.kind == "websocket" for e in endpoints)
-                else "none",
-                # uvicorn takes whole seconds: round up, never cutting the drain short.
-                timeout_graceful_shutdown=math.ceil(config.grace),
-                ssl_certfile=str(config.tls[0]) if config.tls else None,
-                ssl_keyfile=str(config.tls[1]) if config.tls else None,
-            )
+        server = make_server(
+            asgi, any(e.kind == "websocket" for e in endpoints), config.grace, config.tls
         )
         self._server = server
         if self._stop_asked:  # told to stop while the server was being built
@@ -293,7 +277,7 @@ class Runner:
 
         await asyncio.wait({serving, failed}, return_when=asyncio.FIRST_COMPLETED)
         if self._exit_code is not None:
-            await _let_responses_leave(server)
+            await let_responses_leave(server)
             return self._exit_code
         serving.result()  # re-raise if uvicorn itself failed
         if not _overrides(config.cls, "teardown"):
@@ -372,18 +356,6 @@ class Runner:
             loop.add_signal_handler(sig, stop, sig)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal capture: the runner handles signals itself.
-
-    (uvicorn re-raises a captured SIGTERM after shutdown, which would end the
-    process by the signal instead of with exit code 0.)
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _start_setup(func: Any) -> asyncio.Future[Any]:
     """Start the App's setup(): a plain one in a thread at once, a coroutine on the loop.
 
@@ -402,21 +374,6 @@ async def _call(func: Any) -> Any:
     if inspect.iscoroutinefunction(func):
         return await func()
     return await asyncio.to_thread(func)
-
-
-async def _let_responses_leave(server: _Server) -> None:
-    """Wait (briefly) until every connection's write buffer is empty."""
-    deadline = time.monotonic() + _FLUSH_WAIT
-    await asyncio.sleep(0)
-    while time.monotonic() < deadline:
-        pending = 0
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None and not transport.is_closing():
-                pending += transport.get_write_buffer_size()
-        if not pending:
-            return
-        await asyncio.sleep(0.01)
 
 
 def _overrides(cls: type[App], name: str) -> bool:
