@@ -65,3 +65,35 @@ def test_a_bad_wait_is_one_clear_400(gateway: GatewayProc, wait: str) -> None:
         f"wait must be a number of seconds (0 or more), got {wait!r}"
     )
     assert gateway.admin("GET", "/-/apps").json() == {"apps": []}
+
+
+def test_a_gateway_that_cannot_wait_is_told_apart() -> None:
+    """An older gateway answers `/-/apps` at once and without an ETag: `watch_apps` says so
+    (None), which is how `apply` knows to pace its questions instead of asking in a loop."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class OldGateway(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"apps": [{"name": "a", "runners": []}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OldGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with GatewayClient(url, ADMIN) as client:
+            apps, seen = client.watch_apps('"some-etag"', 5.0)
+        assert list(apps) == ["a"] and seen is None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
