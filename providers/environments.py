@@ -62,6 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.providers.processenv import tool_env
@@ -77,7 +80,8 @@ LOCK_SUFFIX = ".lock"
 KEY_LENGTH = 24
 
 # What `python -m skyform.runtime.runner` imports besides skyform itself
-# (python-multipart: form and file endpoints; websockets: websocket endpoints).
+# (python-multipart: form and file endpoints; websockets: websocket endpoints;
+# psutil: a runner that leads its process group stops its members on exit).
 RUNTIME_PACKAGES = (
     "pydantic",
     "cloudpickle",
@@ -87,10 +91,12 @@ RUNTIME_PACKAGES = (
     "pyyaml",
     "python-multipart",
     "websockets",
+    "psutil",
 )
 _RUNTIME_FALLBACK = {
     "python-multipart": "python-multipart>=0.0.9",
     "websockets": "websockets>=13.0",
+    "psutil": "psutil>=5.9",
     "pydantic": "pydantic>=2.7",
     "cloudpickle": "cloudpickle>=3.0",
     "fastapi": "fastapi>=0.110",
@@ -180,7 +186,9 @@ def normalize_requirements(requirements: Sequence[str]) -> list[str]:
     """Requirements as the key sees them: trimmed, de-duplicated, sorted.
 
     Order and spacing do not change what gets installed, so two apps listing
-    the same packages differently share one environment.
+    the same packages differently share one environment. Each must be a PEP 508
+    requirement (what `packaging` parses: a name, extras, versions, markers,
+    `name @ URL`); anything else is refused here, before any installer runs.
     """
     if isinstance(requirements, str):
         raise EnvironmentBuildError("requirements must be a list of strings, not one string")
@@ -196,8 +204,23 @@ def normalize_requirements(requirements: Sequence[str]) -> list[str]:
                 f'requirement "{text}" is an installer option; requirements name packages '
                 "(put index settings in pip's or uv's configuration)"
             )
+        _parse(text)
         seen.setdefault(text, None)
     return sorted(seen, key=str.lower)
+
+
+def _parse(text: str) -> Requirement:
+    """`text` as a PEP 508 requirement, or one clear error saying what is wrong with it."""
+    try:
+        return Requirement(text)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0].rstrip(".") if str(exc).strip() else "unparsable"
+        hint = ""
+        if "://" in text or text.startswith((".", "/", "~")):
+            hint = ' (a URL or path needs the package name first: "name @ URL")'
+        raise EnvironmentBuildError(
+            f'requirement "{text}" is not a valid requirement: {reason}{hint}'
+        ) from None
 
 
 def runtime_requirements() -> list[str]:
@@ -207,7 +230,7 @@ def runtime_requirements() -> list[str]:
         for req in importlib.metadata.requires("skyform") or []:
             if ";" in req:
                 continue  # extras (skypilot, torch, dev)
-            name = _req_name(req).lower()
+            name = _req_name(req)
             if name in RUNTIME_PACKAGES:
                 found[name] = req.strip()
     return [found.get(name, _RUNTIME_FALLBACK[name]) for name in RUNTIME_PACKAGES] + list(
@@ -749,7 +772,7 @@ def _failure_message(lines: list[str]) -> str:
     involved = [
         req
         for req in runtime_requirements()
-        if re.search(rf"\b{re.escape(_req_name(req))}\b", message, re.IGNORECASE)
+        if re.search(rf"\b{re.escape(_parse(req).name)}\b", message, re.IGNORECASE)
     ]
     if involved:
         message += (
@@ -759,7 +782,8 @@ def _failure_message(lines: list[str]) -> str:
 
 
 def _req_name(req: str) -> str:
-    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0]
+    """The canonical project name of a requirement (`Foo_Bar[x]>=1` -> `foo-bar`)."""
+    return canonicalize_name(_parse(req).name)
 
 
 def _site_packages(path: Path, minor: str) -> Path:
@@ -803,12 +827,12 @@ def _copy_skyform(install: SkyformInstall, site_packages: Path) -> None:
 
 
 def _runtime_only_metadata(text: str) -> str:
-    runtime = {_req_name(r).lower() for r in runtime_requirements()}
+    runtime = {_req_name(r) for r in runtime_requirements()}
     kept = []
     for line in text.splitlines():
         if line.startswith("Requires-Dist:"):
             req = line.split(":", 1)[1].strip()
-            if ";" in req or _req_name(req).lower() not in runtime:
+            if ";" in req or _req_name(req) not in runtime:
                 continue
         kept.append(line)
     return "\n".join(kept) + "\n"
@@ -821,7 +845,7 @@ def _record_hash(data: bytes) -> str:
 
 def _check_imports(path: Path, key: str) -> None:
     """A last look before the marker: skyform and its runtime import in the environment."""
-    probe = "import skyform, cloudpickle, pydantic, uvicorn, fastapi"
+    probe = "import skyform, cloudpickle, pydantic, uvicorn, fastapi, psutil"
     env = tool_env()
     result = subprocess.run(
         [str(env_python(path)), "-c", probe],

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from skyform.files import write_atomic
+from skyform.providers import processes
 from skyform.providers.environments import (
     LOG_SUFFIX,
     EnvUser,
@@ -177,20 +178,7 @@ def _running_env_keys(root: Path) -> set[str]:
     """Keys of environments some live process runs from (its argv[0] is inside one)."""
     prefix = str(root.resolve()) + os.sep
     keys: set[str] = set()
-    proc = Path("/proc")
-    if proc.is_dir():
-        commands = []
-        for entry in proc.iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    commands.append((entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode())
-    else:  # macOS and other Unixes
-        import subprocess
-
-        result = subprocess.run(
-            ["ps", "-axo", "command="], capture_output=True, text=True, check=False
-        )
-        commands = [line.split(" ", 1)[0] for line in result.stdout.splitlines()]
+    commands = [argv[0] for _pid, argv in processes.command_lines()]
     for command in commands:
         with contextlib.suppress(OSError, ValueError):
             resolved = os.path.abspath(command)

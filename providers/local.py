@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from skyform.errors import SkyformError
 from skyform.files import private_dir, write_atomic
+from skyform.providers import processes
 from skyform.providers.base import (
     GatewayHandle,
     GatewaySpec,
@@ -360,7 +361,7 @@ class LocalProvider(Provider):
         proc = self._procs.get(handle.runner_id)
         if proc is not None:
             return proc.poll() is None
-        return _pid_alive(_int(handle.info.get("pid")))
+        return processes.pid_alive(_int(handle.info.get("pid")))
 
     def runner_exit_code(self, handle: RunnerHandle) -> int | None:
         """The runner's exit status once it has exited (None while it runs)."""
@@ -377,7 +378,7 @@ class LocalProvider(Provider):
         if proc is None:
             _terminate_pid(pid, grace)
         elif proc.poll() is None:
-            _terminate(proc.pid, grace, lambda: proc.poll() is None)
+            processes.terminate(proc.pid, grace, lambda: proc.poll() is None)
         if pid is not None:
             kill_group(pid)
         self._forget_home(handle.runner_id)
@@ -458,7 +459,7 @@ class LocalProvider(Provider):
         )
 
     def gateway_alive(self, handle: GatewayHandle) -> bool:
-        return _pid_alive(_int(handle.info.get("pid"))) and _health_answers(
+        return processes.pid_alive(_int(handle.info.get("pid"))) and _health_answers(
             handle.url, _ca_file(handle)
         )
 
@@ -491,24 +492,7 @@ class LocalProvider(Provider):
 def _gateway_pids(state_dir: Path) -> list[int]:
     """Pids of live gateway processes started for `state_dir`, found by their command line."""
     target = str(state_dir)
-    found: set[int] = set()
-    proc = Path("/proc")
-    if proc.is_dir():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            args = [a.decode(errors="replace") for a in argv]
-            if "skyform.runtime.gateway" in args and target in args:
-                with contextlib.suppress(OSError):
-                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    if state not in ("Z", "X"):
-                        found.add(int(entry.name))
-    found.discard(os.getpid())
-    return sorted(found)
+    return processes.find(lambda argv: "skyform.runtime.gateway" in argv and target in argv)
 
 
 @dataclass(frozen=True)
@@ -586,39 +570,9 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    """True when `pid` runs and is not a zombie (reaping it if it is our zombie child)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
-
-
 def _terminate_pid(pid: int | None, grace: float) -> None:
-    if pid is not None and _pid_alive(pid):
-        _terminate(pid, grace, lambda: _pid_alive(pid))
-
-
-def _terminate(pid: int, grace: float, alive: Callable[[], bool]) -> None:
-    """SIGTERM `pid`, SIGKILL it when still `alive()` after `grace` seconds (then wait up to 5 s)."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while alive():
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        else:
-            return
+    if pid is not None and processes.pid_alive(pid):
+        processes.terminate(pid, grace)
 
 
 def _write_provider_config(state_dir: Path, runner_tls: bool) -> None:
@@ -695,4 +649,4 @@ def read_gateway_pid(state_dir: Path) -> int | None:
         pid = int((Path(state_dir) / "gateway.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if processes.pid_alive(pid) else None

@@ -401,16 +401,14 @@ def _stop_own_group() -> None:
     me = os.getpid()
     if os.getpgid(0) != me:
         return
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+    import psutil  # only on the way out: not every runner start pays for it
+
+    for pid in psutil.pids():
+        if pid == me:
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(me):
-            with contextlib.suppress(OSError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == me:
+                os.kill(pid, signal.SIGKILL)
 
 
 def _env_float(env: Any, name: str, default: float) -> float:

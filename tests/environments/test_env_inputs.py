@@ -84,6 +84,52 @@ def test_bad_requirements_are_clear_errors(requirements: object, message: str) -
     assert isinstance(info.value, SkyformError)
 
 
+@pytest.mark.parametrize(
+    ("requirement", "kept"),
+    [
+        ("uvicorn[standard]>=0.29", "uvicorn[standard]>=0.29"),
+        ("Foo_Bar [x, y] >= 1.0 , < 2", "Foo_Bar [x, y] >= 1.0 , < 2"),
+        ('six; python_version >= "3.8"', 'six; python_version >= "3.8"'),
+        (
+            "pkg @ https://example.invalid/pkg-1.0.tar.gz",
+            "pkg @ https://example.invalid/pkg-1.0.tar.gz",
+        ),
+        ("  torch   ==  2.13.0  ", "torch == 2.13.0"),
+        ("zope.interface~=6.0", "zope.interface~=6.0"),
+    ],
+)
+def test_odd_but_valid_requirements_pass_as_written(requirement: str, kept: str) -> None:
+    assert normalize_requirements([requirement]) == [kept]
+
+
+@pytest.mark.parametrize(
+    ("requirement", "message"),
+    [
+        ("foo>=>1", 'requirement "foo>=>1" is not a valid requirement: '),
+        ("foo bar", 'requirement "foo bar" is not a valid requirement: '),
+        ("six; python_version >", "not a valid requirement"),
+        ("git+https://example.invalid/x.git", 'needs the package name first: "name @ URL"'),
+        ("./my-package", 'needs the package name first: "name @ URL"'),
+    ],
+)
+def test_invalid_requirement_is_one_clear_line(requirement: str, message: str) -> None:
+    with pytest.raises(EnvironmentBuildError) as info:
+        normalize_requirements(["six", requirement])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value), "one line: not packaging's caret diagram"
+
+
+def test_requirement_names_are_compared_canonically() -> None:
+    from skyform.providers.environments import _req_name, _runtime_only_metadata
+
+    assert _req_name("Foo_Bar.baz[x]>=1; python_version > '3'") == "foo-bar-baz"
+    assert _req_name("PyYAML @ https://example.invalid/p.whl") == "pyyaml"
+    metadata = "Name: skyform\nRequires-Dist: PyYAML>=6.0\nRequires-Dist: Typer>=0.12\n"
+    kept = _runtime_only_metadata(metadata)
+    assert "Requires-Dist: PyYAML>=6.0" in kept, "a runtime need, whatever its spelling"
+    assert "Typer" not in kept, "a CLI-side dependency is dropped"
+
+
 @pytest.mark.parametrize("bad", ["3", "python3.11", "3.x", ""])
 def test_bad_python_version_is_refused(bad: str) -> None:
     with pytest.raises(EnvironmentBuildError, match="invalid Python version"):
@@ -97,6 +143,7 @@ def test_runtime_requirements_come_from_skyforms_own_metadata() -> None:
         *["pydantic", "cloudpickle", "fastapi", "uvicorn", "httpx", "pyyaml"],
         "python-multipart",  # form and file endpoints
         "websockets",  # websocket endpoints
+        "psutil",  # the runner stops its own process group's members on exit
         *["uvloop", "httptools"],  # the fast event loop and parser, where they build
     ]
     assert all(";" in r for r in runtime[-2:]), "platform markers keep them optional"
