@@ -19,6 +19,12 @@ Also the CPU seconds per request of the gateway and of the runner
 (/proc/PID/stat before and after each run), so the ratio can be read
 against where the CPU goes on a machine whose cores they share.
 
+Also, for scale, the same runner behind nginx (a compiled reverse proxy with
+keep-alive upstream connections; Debian's nginx-light, which
+`scripts/bench-deps.sh` installs): what one more process hop costs when the
+proxy is not written in Python. It only forwards; the gateway also
+authenticates, queues, schedules and retries.
+
 With `--baseline PYTHON` (the interpreter of another checkout's venv, e.g.
 the commit before a refactor), a second gateway started by that interpreter
 serves the same app beside the first, and takes its turn in every round:
@@ -36,6 +42,8 @@ import base64
 import contextlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -179,6 +187,72 @@ def _direct_runner(workdir: Path, bundle_path: Path) -> Iterator[tuple[str, int]
         log.close()
 
 
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    upstream runner {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://runner;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def _nginx(workdir: Path, runner_url: str) -> Iterator[tuple[str, int]]:
+    """nginx forwarding to the runner at `runner_url` (the compiled-proxy reference)."""
+    from skyform.providers.local import free_port
+
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    upstream = runner_url.rsplit(":", 1)[1]
+    conf.write_text(NGINX_CONF.format(work=workdir, upstream=upstream, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("nginx did not start; see nginx.log") from None
+                time.sleep(0.05)
+        yield url, _nginx_worker(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _nginx_worker(master: int) -> int:
+    """nginx's one worker process (it, not the master, serves the requests)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{master}/task").iterdir():
+            children = (task / "children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.05)
+    raise SystemExit("nginx started no worker process")
+
+
 def _admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -248,6 +322,9 @@ def main() -> None:
         runner_url, direct_pid = stack.enter_context(_direct_runner(workdir, bundle_path))
         for url, _pid in gateways.values():
             _serve_app(url, bundle.data)
+        proxy = None
+        if shutil.which("nginx"):
+            proxy = stack.enter_context(_nginx(workdir, runner_url))
         c, sec = args.connections, args.seconds
         # CPU is counted for a gateway and the runner serving that side.
         direct = (runner_url, "/double", {"authorization": f"Bearer {RUNNER_TOKEN}"})
@@ -255,6 +332,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for key, conns in (("direct", c), ("d1", 1)):
                 runs.setdefault(key, []).append(_measure(*direct, conns, sec, direct_pids))
+            if proxy is not None:
+                forwarded = (proxy[0], "/double", direct[2])
+                pids = {"nginx": proxy[1], "runner": direct_pid}
+                runs.setdefault("nginx", []).append(_measure(*forwarded, c, sec, pids))
+                runs.setdefault("nginx1", []).append(_measure(*forwarded, 1, sec, pids))
             for side, (url, pid) in gateways.items():
                 pids = {"gateway": pid, "runner": _runner_pid(pid)}
                 through = (url, "/bench/double", {})
@@ -282,6 +364,9 @@ def main() -> None:
         }
 
     _report(args, rows("gateway"))
+    if "nginx" in runs:
+        _report_nginx(rows("gateway"), med("nginx", "rate"), med("nginx1", "p50_ms"))
+        print(f"nginx CPU per forwarded request: {med('nginx', 'nginx_cpu_us'):.0f} us")
     if args.baseline:
         _report_baseline(args, rows("gateway"), rows("baseline"))
 
@@ -316,6 +401,23 @@ def _report(args: argparse.Namespace, m: dict[str, float]) -> None:
         f"{m['runner_cpu_proxied']:.0f} us behind the gateway; gateway "
         f"{m['gateway_cpu_proxied']:.0f} us per proxied request, "
         f"{m['gateway_cpu_queued']:.0f} us per queue submission"
+    )
+
+
+def _report_nginx(m: dict[str, float], rps: float, p50_ms: float) -> None:
+    """The gateway beside a compiled proxy's single hop, both in front of the same runner."""
+    print("\nThe same runner behind nginx (forwarding only), same rounds:\n")
+    print("| measure | direct | nginx -> runner | gateway -> runner |")
+    print("|---|---|---|---|")
+    print(
+        f"| throughput (req/s) | {m['direct_rps']:,.0f} | {rps:,.0f} "
+        f"({rps / m['direct_rps']:.2f}x) | {m['gateway_rps']:,.0f} "
+        f"({m['gateway_rps'] / m['direct_rps']:.2f}x) |"
+    )
+    print(
+        f"| median latency, 1 caller (ms) | {m['direct_ms']:.3f} | {p50_ms:.3f} "
+        f"(+{p50_ms - m['direct_ms']:.3f}) | {m['gateway_ms']:.3f} "
+        f"(+{m['gateway_ms'] - m['direct_ms']:.3f}) |"
     )
 
 
