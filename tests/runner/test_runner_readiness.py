@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import RunnerProcess, runner_env, running, wait_for_file
+from support.runner import RunnerProcess, runner_env, running, wait_for_file
 
 pytestmark = pytest.mark.slow
 

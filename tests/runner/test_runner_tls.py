@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import runner_env, running
 from support.procs import free_port
+from support.runner import runner_env, running
 
 from skyform.tls import client_context, ensure_leaf, runner_server_name
 
