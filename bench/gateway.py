@@ -19,6 +19,18 @@ Also the CPU seconds per request of the gateway and of the runner
 (/proc/PID/stat before and after each run), so the ratio can be read
 against where the CPU goes on a machine whose cores they share.
 
+Also, for scale, the same runner behind nginx (a compiled reverse proxy with
+keep-alive upstream connections; Debian's nginx-light, which
+`scripts/bench-deps.sh` installs): what one more process hop costs when the
+proxy is not written in Python. It only forwards; the gateway also
+authenticates, queues, schedules and retries.
+
+With `--baseline PYTHON` (the interpreter of another checkout's venv, e.g.
+the commit before a refactor), a second gateway started by that interpreter
+serves the same app beside the first, and takes its turn in every round:
+the table gains its column and the ratios of this checkout to it, measured
+in one run.
+
 Targets: gateway >= 0.7x direct throughput, <= 0.25 ms added median latency
 with one caller, >= 1000 queue submissions/s.
 """
@@ -30,6 +42,8 @@ import base64
 import contextlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -88,7 +102,8 @@ def _measure(
 
 
 @contextlib.contextmanager
-def _gateway(workdir: Path) -> Iterator[tuple[str, int]]:
+def _gateway(workdir: Path, python: str = sys.executable) -> Iterator[tuple[str, int]]:
+    """A gateway started by `python` (this venv's, or a baseline checkout's)."""
     from skyform.providers.local import free_port
 
     port = free_port()
@@ -98,22 +113,26 @@ def _gateway(workdir: Path) -> Iterator[tuple[str, int]]:
         SKYFORM_BUNDLE_KEY=BUNDLE_KEY,
         SKYFORM_RUNNER_TOKEN=RUNNER_TOKEN,
     )
-    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
+    name = "gateway" if python == sys.executable else "baseline-gateway"
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "skyform.runtime.gateway",
             "--port",
             str(port),
             "--state-dir",
-            str(workdir / "state"),
+            str(workdir / f"{name}-state"),
             "--stack",
             "bench",
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Out of the checkout: a baseline interpreter must import its own
+        # skyform, not this directory's.
+        cwd=workdir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -124,7 +143,7 @@ def _gateway(workdir: Path) -> Iterator[tuple[str, int]]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the gateway did not start; see gateway.log") from None
+                    raise SystemExit(f"the gateway did not start; see {name}.log") from None
                 time.sleep(0.1)
         yield url, proc.pid
     finally:
@@ -168,6 +187,72 @@ def _direct_runner(workdir: Path, bundle_path: Path) -> Iterator[tuple[str, int]
         log.close()
 
 
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    upstream runner {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://runner;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def _nginx(workdir: Path, runner_url: str) -> Iterator[tuple[str, int]]:
+    """nginx forwarding to the runner at `runner_url` (the compiled-proxy reference)."""
+    from skyform.providers.local import free_port
+
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    upstream = runner_url.rsplit(":", 1)[1]
+    conf.write_text(NGINX_CONF.format(work=workdir, upstream=upstream, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("nginx did not start; see nginx.log") from None
+                time.sleep(0.05)
+        yield url, _nginx_worker(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _nginx_worker(master: int) -> int:
+    """nginx's one worker process (it, not the master, serves the requests)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{master}/task").iterdir():
+            children = (task / "children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.05)
+    raise SystemExit("nginx started no worker process")
+
+
 def _admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -190,76 +275,100 @@ def _runner_pid(gateway_pid: int) -> int:
     raise SystemExit("the gateway's runner process was not found")
 
 
+def _serve_app(url: str, bundle_data: bytes) -> None:
+    """Register the bench app on the gateway at `url`; its first call starts the runner."""
+    body = {"bundle_b64": base64.b64encode(bundle_data).decode(), "auth": "public", "env": {}}
+    _admin(url, "PUT", "/-/apps/bench", body)
+    request = urllib.request.Request(
+        url + "/bench/double",
+        data=BODY,
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=120).read()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also measure a gateway started by this interpreter (another checkout's venv)",
+    )
     args = parser.parse_args()
     loadgen.ensure_wrk()
 
     from skyform.bundle import build_bundle
 
-    with tempfile.TemporaryDirectory(prefix="skyform-bench-") as tmp:
+    sides = ["gateway", *(["baseline"] if args.baseline else [])]
+    runs: dict[str, list[dict]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="skyform-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         workdir = Path(tmp)
         (workdir / "bench_app.py").write_text(textwrap.dedent(APP_SOURCE))
         bundle = build_bundle(str(workdir / "bench_app.py") + "::Bench", workdir, BUNDLE_KEY)
         bundle_path = bundle.write(workdir / "bench.bundle")
-        with (
-            _gateway(workdir) as (url, gateway_pid),
-            _direct_runner(workdir, bundle_path) as (runner_url, direct_pid),
-        ):
-            _admin(
-                url,
-                "PUT",
-                "/-/apps/bench",
-                {
-                    "bundle_b64": base64.b64encode(bundle.data).decode(),
-                    "auth": "public",
-                    "env": {},
-                },
+        gateways = {
+            side: stack.enter_context(
+                _gateway(workdir, args.baseline if side == "baseline" else sys.executable)
             )
-            # The first call starts the runner (scale from zero); then find its URL.
-            urllib.request.urlopen(
-                urllib.request.Request(
-                    url + "/bench/double",
-                    data=BODY,
-                    method="POST",
-                    headers={"content-type": "application/json"},
-                ),
-                timeout=60,
-            ).read()
-            # CPU is counted for the gateway and the runner serving that side.
-            direct_pids = {"gateway": gateway_pid, "runner": direct_pid}
-            pids = {"gateway": gateway_pid, "runner": _runner_pid(gateway_pid)}
-            direct = (runner_url, "/double", {"authorization": f"Bearer {RUNNER_TOKEN}"})
-            through = (url, "/bench/double", {})
-            runs: dict[str, list[dict]] = {k: [] for k in ("direct", "gateway", "d1", "g1", "q")}
-            for _ in range(args.rounds):
-                c, sec = args.connections, args.seconds
-                runs["direct"].append(_measure(*direct, c, sec, direct_pids))
-                runs["gateway"].append(_measure(*through, c, sec, pids))
-                runs["d1"].append(_measure(*direct, 1, sec, direct_pids))
-                runs["g1"].append(_measure(*through, 1, sec, pids))
-                runs["q"].append(_measure(url, "/queue/bench/double", {}, c, sec, pids))
+            for side in sides
+        }
+        runner_url, direct_pid = stack.enter_context(_direct_runner(workdir, bundle_path))
+        for url, _pid in gateways.values():
+            _serve_app(url, bundle.data)
+        proxy = None
+        if shutil.which("nginx"):
+            proxy = stack.enter_context(_nginx(workdir, runner_url))
+        c, sec = args.connections, args.seconds
+        # CPU is counted for a gateway and the runner serving that side.
+        direct = (runner_url, "/double", {"authorization": f"Bearer {RUNNER_TOKEN}"})
+        direct_pids = {"gateway": gateways["gateway"][1], "runner": direct_pid}
+        for _ in range(args.rounds):
+            for key, conns in (("direct", c), ("d1", 1)):
+                runs.setdefault(key, []).append(_measure(*direct, conns, sec, direct_pids))
+            if proxy is not None:
+                forwarded = (proxy[0], "/double", direct[2])
+                pids = {"nginx": proxy[1], "runner": direct_pid}
+                runs.setdefault("nginx", []).append(_measure(*forwarded, c, sec, pids))
+                runs.setdefault("nginx1", []).append(_measure(*forwarded, 1, sec, pids))
+            for side, (url, pid) in gateways.items():
+                pids = {"gateway": pid, "runner": _runner_pid(pid)}
+                through = (url, "/bench/double", {})
+                runs.setdefault(side, []).append(_measure(*through, c, sec, pids))
+                runs.setdefault(f"{side}1", []).append(_measure(*through, 1, sec, pids))
+                queued = (url, "/queue/bench/double", {})
+                runs.setdefault(f"{side}q", []).append(_measure(*queued, c, sec, pids))
 
     def med(run: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[run])
 
-    rows = {
-        "direct_rps": med("direct", "rate"),
-        "gateway_rps": med("gateway", "rate"),
-        "direct_ms": med("d1", "p50_ms"),
-        "gateway_ms": med("g1", "p50_ms"),
-        "direct_p99": med("direct", "p99_ms"),
-        "gateway_p99": med("gateway", "p99_ms"),
-        "queue_rps": med("q", "rate"),
-        "runner_cpu_direct": med("direct", "runner_cpu_us"),
-        "runner_cpu_proxied": med("gateway", "runner_cpu_us"),
-        "gateway_cpu_proxied": med("gateway", "gateway_cpu_us"),
-        "gateway_cpu_queued": med("q", "gateway_cpu_us"),
-    }
-    _report(args, rows)
+    def rows(side: str) -> dict[str, float]:
+        return {
+            "direct_rps": med("direct", "rate"),
+            "gateway_rps": med(side, "rate"),
+            "direct_ms": med("d1", "p50_ms"),
+            "gateway_ms": med(f"{side}1", "p50_ms"),
+            "direct_p99": med("direct", "p99_ms"),
+            "gateway_p99": med(side, "p99_ms"),
+            "queue_rps": med(f"{side}q", "rate"),
+            "runner_cpu_direct": med("direct", "runner_cpu_us"),
+            "runner_cpu_proxied": med(side, "runner_cpu_us"),
+            "gateway_cpu_proxied": med(side, "gateway_cpu_us"),
+            "gateway_cpu_queued": med(f"{side}q", "gateway_cpu_us"),
+        }
+
+    _report(args, rows("gateway"))
+    if "nginx" in runs:
+        _report_nginx(rows("gateway"), med("nginx", "rate"), med("nginx1", "p50_ms"))
+        print(f"nginx CPU per forwarded request: {med('nginx', 'nginx_cpu_us'):.0f} us")
+    if args.baseline:
+        _report_baseline(args, rows("gateway"), rows("baseline"))
 
 
 def _report(args: argparse.Namespace, m: dict[str, float]) -> None:
@@ -293,6 +402,43 @@ def _report(args: argparse.Namespace, m: dict[str, float]) -> None:
         f"{m['gateway_cpu_proxied']:.0f} us per proxied request, "
         f"{m['gateway_cpu_queued']:.0f} us per queue submission"
     )
+
+
+def _report_nginx(m: dict[str, float], rps: float, p50_ms: float) -> None:
+    """The gateway beside a compiled proxy's single hop, both in front of the same runner."""
+    print("\nThe same runner behind nginx (forwarding only), same rounds:\n")
+    print("| measure | direct | nginx -> runner | gateway -> runner |")
+    print("|---|---|---|---|")
+    print(
+        f"| throughput (req/s) | {m['direct_rps']:,.0f} | {rps:,.0f} "
+        f"({rps / m['direct_rps']:.2f}x) | {m['gateway_rps']:,.0f} "
+        f"({m['gateway_rps'] / m['direct_rps']:.2f}x) |"
+    )
+    print(
+        f"| median latency, 1 caller (ms) | {m['direct_ms']:.3f} | {p50_ms:.3f} "
+        f"(+{p50_ms - m['direct_ms']:.3f}) | {m['gateway_ms']:.3f} "
+        f"(+{m['gateway_ms'] - m['direct_ms']:.3f}) |"
+    )
+
+
+def _report_baseline(args: argparse.Namespace, m: dict[str, float], base: dict[str, float]) -> None:
+    """This checkout's gateway against the baseline's, both measured in this run."""
+    print(f"\nAgainst the baseline gateway ({args.baseline}), same rounds:\n")
+    print("| measure | baseline gateway | this gateway | this / baseline |")
+    print("|---|---|---|---|")
+    for label, key, fmt in (
+        ("throughput (req/s)", "gateway_rps", ",.0f"),
+        ("throughput vs direct", None, ".2f"),
+        ("median latency, 1 caller (ms)", "gateway_ms", ".3f"),
+        (f"p99 latency, {args.connections} connections (ms)", "gateway_p99", ".2f"),
+        ("queue submissions (202/s)", "queue_rps", ",.0f"),
+        ("gateway CPU per proxied request (us)", "gateway_cpu_proxied", ".0f"),
+    ):
+        if key is None:
+            old, new = base["gateway_rps"] / base["direct_rps"], m["gateway_rps"] / m["direct_rps"]
+        else:
+            old, new = base[key], m[key]
+        print(f"| {label} | {old:{fmt}} | {new:{fmt}} | {new / old:.2f}x |")
 
 
 def _verdict(ok: bool) -> str:

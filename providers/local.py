@@ -81,6 +81,9 @@ _PR_SET_PDEATHSIG = 1
 RUNNER_USER_ENV = "SKYFORM_RUNNER_USER"
 DEFAULT_RUNNER_USER = "nobody"
 GATEWAY_START_TIMEOUT = 60.0
+# How often a starting gateway's health is tried: a refused connection costs
+# microseconds, and each interval is time `apply` waits on a gateway already up.
+GATEWAY_START_POLL_S = 0.02
 # A runner's own drain bound on SIGTERM, kept below the 10 s `stop_runner`
 # waits before SIGKILL, so teardown() always gets to run.
 RUNNER_DRAIN_S = 7.0
@@ -449,7 +452,7 @@ class LocalProvider(Provider):
                 )
             if _health_answers(url, _ca_file(handle)):
                 return handle
-            time.sleep(0.1)
+            time.sleep(GATEWAY_START_POLL_S)
         self.stop_gateway(handle, grace=2.0)
         raise SkyformError(
             f"gateway did not answer on {url} within {GATEWAY_START_TIMEOUT:.0f}s (log: {log_path})"

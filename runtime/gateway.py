@@ -38,9 +38,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -90,6 +92,10 @@ RETRY_AFTER_S = 1  # what a caller refused for lack of room is told to wait
 ADMIN_MAX_BODY = 1024 * 1024 * 1024
 PUBLIC_URL_FILE = "public-url"  # the public URL `PUT /-/tls` taught a gateway
 STREAM_POLL_S = 0.25  # how often a status stream looks for a changed queue position
+# `GET /-/apps?wait=S`: the longest a caller is kept waiting (a shutdown waits for it),
+# and how often a waiting answer is compared again without being notified.
+MAX_APPS_WAIT_S = 10.0
+APPS_RECHECK_S = 1.0
 
 
 class HTTPError(Exception):
@@ -678,8 +684,7 @@ class Gateway:
             body = self._replace_certificate(await self._read_body(scope, receive, admin=True))
             await send_response(send, 200, dump(body))
         elif rest == "apps" and method == "GET":
-            apps = [a.describe() for a in self.scheduler.apps.values()]
-            await send_response(send, 200, dump({"apps": apps}))
+            await self._list_apps(scope, send)
         elif len(parts) == 2 and parts[0] == "apps":
             await self._admin_app(scope, receive, send, parts[1], method)
         elif len(parts) == 3 and parts[0] == "apps" and parts[2] == "logs" and method == "GET":
@@ -693,6 +698,27 @@ class Gateway:
             await send_response(send, 200, text.encode(), _TEXT)
         else:
             raise HTTPError(404, f"no admin route {method} /-/{rest}")
+
+    async def _list_apps(self, scope: Scope, send: Send) -> None:
+        """`GET /-/apps[?wait=S]`: every app and its runners, with an ETag of that answer.
+
+        With `wait` and `If-None-Match: <the ETag a caller has>`, the answer
+        waits (up to S seconds, at most `MAX_APPS_WAIT_S`) until it differs from
+        what the caller has: `apply` sees a runner become ready as it happens,
+        without polling through the runner's `setup()`.
+        """
+        wait = _wait_seconds(scope)
+        seen = _header(scope, b"if-none-match")
+        deadline = time.monotonic() + wait
+        while True:
+            body = dump({"apps": [a.describe() for a in self.scheduler.apps.values()]})
+            tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            left = deadline - time.monotonic()
+            if tag != seen or left <= 0 or not self.accepting:
+                break
+            # Re-checked at least every APPS_RECHECK_S: a change nobody notified still shows.
+            await self.scheduler.changes.wait(min(left, APPS_RECHECK_S))
+        await send_response(send, 200, body, JSON, [(b"etag", tag.encode())])
 
     async def _admin_app(
         self, scope: Scope, receive: Receive, send: Send, name: str, method: str
@@ -918,6 +944,19 @@ def _runner_log_line(runner_id: str, text: str, last_time: str) -> tuple[str, st
         when,
         f"{when} {runner_id} {match['level']} {match['logger']}{request} {match['message']}",
     )
+
+
+def _wait_seconds(scope: Scope) -> float:
+    """The `wait` query parameter of a long poll: seconds, 0 to `MAX_APPS_WAIT_S` (capped)."""
+    query = parse_qs(scope.get("query_string", b"").decode())
+    raw = query.get("wait", ["0"])[0]
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait) or wait < 0:
+        raise HTTPError(400, f"wait must be a number of seconds (0 or more), got {raw!r}")
+    return min(wait, MAX_APPS_WAIT_S)
 
 
 def _content_length(scope: Scope) -> int | None:

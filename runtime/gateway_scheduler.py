@@ -67,6 +67,7 @@ from skyform.runtime.runner_context import REQUEST_ID_HEADER
 from skyform.runtime.runner_errors import ERROR_TYPE_HEADER
 from skyform.runtime.webhooks import payload as webhook_payload
 
+from .gateway_changes import Changes
 from .gateway_model import (
     ACTIVE,
     AppLimits,
@@ -148,6 +149,8 @@ class Scheduler:
         self._last_compact = 0.0
         # Called after a completed request queued a webhook POST (the sender wakes up).
         self.on_webhook: Callable[[], None] | None = None
+        # Notified when an app or runner changes state: `GET /-/apps?wait=S` answers then.
+        self.changes = Changes()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -284,6 +287,7 @@ class Scheduler:
         )
         if fresh:
             self._spawn(self._prepare(app, generation))
+        self.changes.notify()
         self._pump(app)
         return app
 
@@ -301,6 +305,7 @@ class Scheduler:
                 return
             log.warning("app %s: cannot prepare runners: %s", app.name, exc)
             app.last_error, app.last_error_type = str(exc), _start_error_type(exc)
+            self.changes.notify()
 
     def remove(self, name: str) -> bool:
         app = self.apps.pop(name, None)
@@ -315,6 +320,7 @@ class Scheduler:
         for runner in list(app.runners.values()):
             self._orphans.add(runner)
             self._spawn(self._drain_and_stop(app, runner))
+        self.changes.notify()
         return True
 
     # --- requests -----------------------------------------------------------
@@ -746,6 +752,7 @@ class Scheduler:
         )
         app.runners[runner.id] = runner
         self._spawn(self._bring_up(app, runner))
+        self.changes.notify()
         return runner
 
     def _runner_spec(self, app: AppState, runner: Runner | None = None) -> RunnerSpec:
@@ -795,6 +802,7 @@ class Scheduler:
             return
         runner.state = RunnerState.STARTING
         app.waiting = None
+        self.changes.notify()
         try:
             runner.client = self.lifecycle.connect(runner, handle)
         except SkyformError as exc:
@@ -820,6 +828,7 @@ class Scheduler:
                 # once a new runner is ready no request may reach an old one.
                 old.state = RunnerState.DRAINING
                 self._spawn(self._drain_and_stop(app, old, marked=True))
+        self.changes.notify()  # apply waits for this moment (`GET /-/apps?wait=S`)
         self._pump(app)
 
     def _wait_for_capacity(self, app: AppState, runner: Runner, message: str) -> None:
@@ -850,6 +859,7 @@ class Scheduler:
             return
         app.failures += 1
         app.last_error, app.last_error_type = message, error_type
+        self.changes.notify()
         app.next_start_at = time.monotonic() + start_backoff(app.failures)
         if gives_up(app.failures, error_type):
             detail = message
@@ -870,6 +880,7 @@ class Scheduler:
 
     def _retire(self, app: AppState, runner: Runner, state: RunnerState) -> None:
         runner.state = state
+        self.changes.notify()
         if runner.client is not None:
             runner.client.close()
         if app.runners.pop(runner.id, None) is not None:
@@ -885,6 +896,7 @@ class Scheduler:
         if runner.state not in ACTIVE and not (marked and runner.state == RunnerState.DRAINING):
             return
         runner.state = RunnerState.DRAINING
+        self.changes.notify()
         await self.lifecycle.wait_drained(runner, app.limits.request_timeout + 5.0)
         await self._stop(runner, RunnerState.STOPPED, app)
 
@@ -894,6 +906,7 @@ class Scheduler:
             if runner.state in (RunnerState.STOPPED, RunnerState.FAILED):
                 return
             runner.state = RunnerState.DRAINING
+        self.changes.notify()
         if handle is not None:
             await self.lifecycle.stop(handle)
         app = app or self.apps.get(runner.app)
@@ -901,6 +914,7 @@ class Scheduler:
             self._retire(app, runner, state)
         else:
             runner.state = state
+            self.changes.notify()
         self._orphans.discard(runner)
         if app is not None:
             self._pump(app)

@@ -11,9 +11,11 @@ The runner's life (DESIGN §6, fal's readiness and liveness rules):
    served. The app's secrets go into `os.environ` (not into the process's
    start-up environment, which `/proc/<pid>/environ` shows); the keys go
    nowhere app code looks, and the process is made non-dumpable.
-2. Serve at once, `/health` answering 503 `{"status": "starting"}` while
-   `setup()` runs in a thread; 200 `{"status": "ready", "app", "revision"}`
-   after. `setup()` raising, or outliving `startup_timeout`: its traceback
+2. Start a plain `setup()` in a thread at once (an `async def` one on the
+   loop), and build the API and start serving meanwhile: the runner's own
+   start overlaps the app's imports. `/health` answers 503
+   `{"status": "starting"}` until `setup()` returns, 200
+   `{"status": "ready", "app", "revision"}` after. `setup()` raising, or outliving `startup_timeout`: its traceback
    is logged and the process exits 2, never having answered 200.
 3. Endpoints answer by the status rules (`runner_asgi`, `runner_endpoints`):
    a 503 ends the runner (exit 3) right after the response is written,
@@ -33,31 +35,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
-import math
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import uvicorn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
 from skyform.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.errors import SkyformError
 from skyform.options import option_or_default
-from skyform.runtime.asgi import websocket_protocol
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
-from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
 from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
+
+if TYPE_CHECKING:
+    from skyform.runtime.runner_server import RunnerServer
 
 log = logging.getLogger("skyform.runner")
 
@@ -66,8 +66,6 @@ ENV_RUNNER_TOKEN = "SKYFORM_RUNNER_TOKEN"
 ENV_APP_NAME = "SKYFORM_APP_NAME"
 ENV_GRACE = "SKYFORM_RUNNER_GRACE"
 DEFAULT_GRACE = 30.0
-# Longest wait for an unhealthy runner's last response to leave its buffers.
-_FLUSH_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -216,6 +214,8 @@ class Runner:
         self.sock = sock
         self._exit_code: int | None = None
         self._failed: asyncio.Event | None = None
+        self._server: RunnerServer | None = None  # built while a plain setup() already runs
+        self._stop_asked = False  # a signal came before the server was built
 
     async def serve_then_exit(self) -> NoReturn:
         """Serve, then leave through `os._exit`: stuck user threads must not keep the process."""
@@ -227,6 +227,17 @@ class Runner:
         self._failed = asyncio.Event()
         state = RunnerState(config.app_name, str(config.meta.get("revision", "")), self._fail)
         instance = config.cls()
+        self._install_signals(state)  # before setup() starts: SIGTERM during it exits 0
+        timeout = float(option_or_default(options, "startup_timeout"))
+        setup: asyncio.Future[Any] | None = None
+        if _overrides(config.cls, "setup"):
+            log.info("running setup() (startup_timeout %gs)", timeout)
+            setup = _start_setup(instance.setup)
+        setup_started = time.monotonic()
+        # Imported now, while setup() runs: not before the app's own imports.
+        from skyform.runtime.runner_endpoints import EndpointInvoker, build_api
+        from skyform.runtime.runner_server import let_responses_leave, make_server
+
         endpoints = app_endpoints(config.cls)
         invoker = EndpointInvoker(
             instance,
@@ -238,25 +249,12 @@ class Runner:
         asgi = RunnerASGI(
             api, state, RunnerMetrics(state), {ep.path for ep in endpoints}, config.token
         )
-        server = _Server(
-            uvicorn.Config(
-                asgi,
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                server_header=False,
-                proxy_headers=False,
-                # Websocket endpoints need a server side (the `websockets` package).
-                ws=websocket_protocol()
-                if any(e.kind == "websocket" for e in endpoints)
-                else "none",
-                # uvicorn takes whole seconds: round up, never cutting the drain short.
-                timeout_graceful_shutdown=math.ceil(config.grace),
-                ssl_certfile=str(config.tls[0]) if config.tls else None,
-                ssl_keyfile=str(config.tls[1]) if config.tls else None,
-            )
+        server = make_server(
+            asgi, any(e.kind == "websocket" for e in endpoints), config.grace, config.tls
         )
-        self._install_signals(server, state)
+        self._server = server
+        if self._stop_asked:  # told to stop while the server was being built
+            server.should_exit = True
         host, port = self.sock.getsockname()[:2]
         log.info(
             "serving %s (revision %s) on %s://%s:%s",
@@ -269,10 +267,8 @@ class Runner:
         serving = asyncio.ensure_future(server.serve(sockets=[self.sock]))
         failed = asyncio.ensure_future(self._failed.wait())
 
-        if _overrides(config.cls, "setup"):
-            code = await self._setup(
-                instance, float(option_or_default(options, "startup_timeout")), serving
-            )
+        if setup is not None:
+            code = await self._setup(setup, setup_started, timeout, serving)
             if code is not None:
                 return code
         state.mark_ready()
@@ -281,7 +277,7 @@ class Runner:
 
         await asyncio.wait({serving, failed}, return_when=asyncio.FIRST_COMPLETED)
         if self._exit_code is not None:
-            await _let_responses_leave(server)
+            await let_responses_leave(server)
             return self._exit_code
         serving.result()  # re-raise if uvicorn itself failed
         if not _overrides(config.cls, "teardown"):
@@ -289,14 +285,16 @@ class Runner:
         return await self._teardown(instance)
 
     async def _setup(
-        self, instance: App, timeout: float, serving: asyncio.Future[None]
+        self,
+        setup: asyncio.Future[Any],
+        started: float,
+        timeout: float,
+        serving: asyncio.Future[None],
     ) -> int | None:
-        """Run setup() with its time limit; None when ready, else the exit code."""
-        log.info("running setup() (startup_timeout %gs)", timeout)
-        started = time.monotonic()
-        setup = asyncio.ensure_future(_call(instance.setup))
+        """Wait for setup() within its time limit; None when ready, else the exit code."""
+        left = max(timeout - (time.monotonic() - started), 0.0)
         done, _ = await asyncio.wait(
-            {setup, serving}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {setup, serving}, timeout=left, return_when=asyncio.FIRST_COMPLETED
         )
         if setup in done:
             exc = setup.exception()
@@ -333,10 +331,16 @@ class Runner:
         assert self._failed is not None
         self._failed.set()
 
-    def _install_signals(self, server: _Server, state: RunnerState) -> None:
+    def _install_signals(self, state: RunnerState) -> None:
         loop = asyncio.get_running_loop()
 
         def stop(sig: signal.Signals) -> None:
+            server = self._server
+            if server is None:
+                log.info("%s: stopping once the server is built", sig.name)
+                state.drain()
+                self._stop_asked = True
+                return
             if server.should_exit and sig == signal.SIGINT:
                 server.force_exit = True
                 return
@@ -352,16 +356,17 @@ class Runner:
             loop.add_signal_handler(sig, stop, sig)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal capture: the runner handles signals itself.
+def _start_setup(func: Any) -> asyncio.Future[Any]:
+    """Start the App's setup(): a plain one in a thread at once, a coroutine on the loop.
 
-    (uvicorn re-raises a captured SIGTERM after shutdown, which would end the
-    process by the signal instead of with exit code 0.)
+    A plain setup() (importing torch, loading weights: the long part of a cold
+    start) runs while the runner still builds its API and binds its server,
+    instead of after: health says "starting" until it returns, as before.
     """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    if inspect.iscoroutinefunction(func):
+        return asyncio.ensure_future(func())
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(None, contextvars.copy_context().run, func)
 
 
 async def _call(func: Any) -> Any:
@@ -369,21 +374,6 @@ async def _call(func: Any) -> Any:
     if inspect.iscoroutinefunction(func):
         return await func()
     return await asyncio.to_thread(func)
-
-
-async def _let_responses_leave(server: _Server) -> None:
-    """Wait (briefly) until every connection's write buffer is empty."""
-    deadline = time.monotonic() + _FLUSH_WAIT
-    await asyncio.sleep(0)
-    while time.monotonic() < deadline:
-        pending = 0
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None and not transport.is_closing():
-                pending += transport.get_write_buffer_size()
-        if not pending:
-            return
-        await asyncio.sleep(0.01)
 
 
 def _overrides(cls: type[App], name: str) -> bool:

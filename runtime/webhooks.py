@@ -186,14 +186,21 @@ class WebhookSender:
         self._client: Any = None
 
     def start(self) -> None:
-        import httpx
-
-        # No proxies from the environment: a proxy would connect to whatever the
-        # checked name resolves to on its side. System CAs (and SSL_CERT_FILE).
-        self._client = httpx.AsyncClient(
-            trust_env=False, verify=ssl.create_default_context(), timeout=SEND_TIMEOUT_S
-        )
         self._task = asyncio.create_task(self._loop())
+
+    def _http(self) -> Any:
+        """The HTTP client, made at the first delivery: httpx and the system CAs take
+        tens of milliseconds to load, which a gateway's start (and so `apply`) would wait
+        for, and most gateways never send a webhook."""
+        if self._client is None:
+            import httpx
+
+            # No proxies from the environment: a proxy would connect to whatever the
+            # checked name resolves to on its side. System CAs (and SSL_CERT_FILE).
+            self._client = httpx.AsyncClient(
+                trust_env=False, verify=ssl.create_default_context(), timeout=SEND_TIMEOUT_S
+            )
+        return self._client
 
     def wake(self) -> None:
         self._wake.set()
@@ -253,7 +260,7 @@ class WebhookSender:
             headers["host"] = parts.netloc.rsplit("@", 1)[-1]
             extensions = {"sni_hostname": parts.hostname or ""}
         try:
-            response = await self._client.post(
+            response = await self._http().post(
                 target, content=body, headers=headers, extensions=extensions
             )
             if 200 <= response.status_code < 300:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from skyform.bundle import build_bundle
 from skyform.cli.output import console, human_size, print_json
@@ -41,6 +40,8 @@ def bundle(
             }
         )
         return
+    from rich.table import Table  # only where a table is printed: not at CLI start
+
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()

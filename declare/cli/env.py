@@ -6,7 +6,6 @@ import time
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from skyform.cli.output import console, help_when_bare, human_size, print_json
 
@@ -37,6 +36,8 @@ def env_list(
     if not infos:
         console.print(f"No environments in {envs_dir()}.")
         return
+    from rich.table import Table  # only where a table is printed: not at CLI start
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("key", "python", "requirements", "size", "last used", "in use by"):
         table.add_column(column)

@@ -136,7 +136,7 @@ def apply(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
-    from skyform.engine.apply import Applier, check_plan_current, open_context
+    from skyform.engine.apply import Applier, EarlyGateway, check_plan_current, open_context
     from skyform.engine.planfile import load_plan
     from skyform.engine.render import render_plan
     from skyform.engine.stackfile import load_stack
@@ -149,18 +149,26 @@ def apply(
     ctx = open_context(stack)
     with ctx.backend.lock(operation="apply", timeout=lock_timeout):
         doc = ctx.backend.read()
-        if plan_file is not None:
-            built = load_plan(plan_file, ctx.keys["bundle_key"])
-            check_plan_current(built, doc, str(plan_file))
-        else:
-            built = refresh_and_plan(ctx, doc, _request(target, replace))
-            print_plan_text(render_plan(built))
-            if built.has_changes and not auto_approve:
-                _confirm("apply")
-        started = time.monotonic()
-        with ReadyProgress() as progress:
-            applier = Applier(ctx, built, doc, report, progress=progress.update)
-            doc = applier.run()
+        # Approved in advance: a new stack's gateway starts while the plan is made.
+        early = EarlyGateway.maybe_start(ctx, doc) if auto_approve and not plan_file else None
+        try:
+            if plan_file is not None:
+                built = load_plan(plan_file, ctx.keys["bundle_key"])
+                check_plan_current(built, doc, str(plan_file))
+            else:
+                built = refresh_and_plan(ctx, doc, _request(target, replace))
+                print_plan_text(render_plan(built))
+                if built.has_changes and not auto_approve:
+                    _confirm("apply")
+            started = time.monotonic()
+            with ReadyProgress() as progress:
+                applier = Applier(
+                    ctx, built, doc, report, progress=progress.update, early_gateway=early
+                )
+                doc = applier.run()
+        finally:
+            if early is not None:
+                early.discard()  # unless the apply adopted it
         done = applier.done
     console.print(
         f"\n[bold green]Apply complete![/] Resources: {done['add']} added, "

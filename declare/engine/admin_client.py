@@ -108,6 +108,28 @@ class GatewayClient:
         body = self._call("GET", "/-/apps", "list apps").json()
         return {a["name"]: a for a in body.get("apps", [])}
 
+    def watch_apps(
+        self, seen: str | None, wait: float
+    ) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """Live apps as `list_apps` has them, and the answer's ETag, once they differ from
+        `seen` (an ETag of an earlier answer) or after `wait` seconds, whichever is first.
+
+        The returned ETag is None from a gateway that cannot wait (an older
+        skyform): it answered at once, and the caller must pace itself.
+        """
+        headers = {"If-None-Match": seen} if seen else {}
+        read = self._client.timeout.read  # the answer may take `wait` seconds longer
+        response = self._call(
+            "GET",
+            "/-/apps",
+            "list apps",
+            params={"wait": f"{max(wait, 0.0):.3f}"},
+            headers=headers,
+            timeout=None if read is None else read + wait,
+        )
+        apps = {a["name"]: a for a in response.json().get("apps", [])}
+        return apps, response.headers.get("etag")
+
     def put_app(
         self,
         name: str,

@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 BATCH = 25  # app registrations per state write
 FAILED_RUNNERS_LIMIT = 2  # failed start-ups of a revision before apply gives up waiting
 READY_MARGIN = 60.0  # seconds beyond an app's startup_timeout that apply waits for min_runners
-# How often apply asks the gateway whether min_runners are ready. Each poll costs the
-# CLI and the gateway CPU that a runner importing torch on the same cores would use.
+# Apply long-polls the gateway (`GET /-/apps?wait=S`) for its runners' readiness: it
+# hears of a ready runner at once, and asks about once per READY_WAIT_S meanwhile, which
+# bounds how long a Ctrl-C waits. A gateway that cannot wait is asked every READY_POLL_S
+# (each poll costs CPU that a runner importing torch on the same cores would use).
+READY_WAIT_S = 1.0
 READY_POLL_S = 0.25
 
 Report = Callable[[str], None]
@@ -204,6 +207,105 @@ def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) 
         )
 
 
+def launch_gateway(
+    ctx: StackContext, spec: dict[str, Any], known_urls: tuple[str, ...] = ()
+) -> tuple[Any, bytes | None]:
+    """Start the stack's gateway as `spec` (a plan's `gateway_spec`) describes it.
+
+    Returns its handle and, with `tls: auto`, the certificate it was started
+    with (so that a reissued one can be pushed to it once its address is known).
+    """
+    from skyform.providers.base import GatewaySpec
+
+    tls = gateway_tls(ctx, known_urls)
+    before = tls["tls"].cert.read_bytes() if ctx.stack.tls_mode == "auto" else None
+    handle = ctx.provider.start_gateway(
+        GatewaySpec(
+            stack=ctx.stack.name,
+            port=int(spec["port"]),
+            state_dir=ctx.gateway_state_dir,
+            env=_limits_env(spec),
+            credentials=ctx.gateway_credentials(),
+            public_url=str(spec.get("public_url") or ""),
+            trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
+            **tls,
+        )
+    )
+    return handle, before
+
+
+class EarlyGateway:
+    """A new stack's gateway, started while `apply --auto-approve` still plans.
+
+    A gateway process takes a few tenths of a second to import and bind, and
+    on a stack without one the plan is certain to start it: starting it in a
+    thread as soon as the state is read (lock held) takes that time off the
+    critical path of a first apply. Nothing else changes: the state records
+    the gateway (pending first, then its handle) only when the apply reaches
+    that step, which adopts this process if the plan wants the same gateway
+    (`take`); otherwise, and whenever the apply ends before that step
+    (`discard`: a bad app file, a stale lock, Ctrl-C), the process is stopped.
+    A CLI killed outright leaves it to `stop_orphans`, like any gateway whose
+    start was interrupted.
+
+    Only for providers that run on this host: a cloud gateway costs money
+    before the plan is known to want it.
+    """
+
+    def __init__(self, ctx: StackContext, spec: dict[str, Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ctx = ctx
+        self.spec = spec
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="skyform-early-gateway")
+        self._future = self._pool.submit(self._launch)
+        self._taken = False
+
+    @classmethod
+    def maybe_start(cls, ctx: StackContext, doc: Any) -> EarlyGateway | None:
+        """Start the gateway now when the state has none and it runs on this host."""
+        from skyform.engine.planner import desired_gateway
+
+        if GATEWAY in doc.resources or not ctx.provider.runs_on_this_host:
+            return None
+        return cls(ctx, desired_gateway(ctx.stack))
+
+    def _launch(self) -> tuple[Any, bytes | None]:
+        stop_orphans(self.ctx)  # what an apply that starts a gateway does first
+        return launch_gateway(self.ctx, self.spec)
+
+    def take(self, spec: dict[str, Any]) -> tuple[Any, bytes | None] | None:
+        """The started gateway's (handle, certificate) when `spec` is what it was started as.
+
+        None when it is another spec or the start failed: the caller starts the
+        gateway itself (and reports a failure with its own message).
+        """
+        if spec != self.spec:
+            self.discard()
+            return None
+        try:
+            result = self._future.result()
+        except Exception:
+            self.discard()
+            return None
+        self._taken = True
+        self._pool.shutdown(wait=False)
+        return result
+
+    def discard(self) -> None:
+        """Stop the early gateway unless `take` handed it over (waits for its start to end)."""
+        if self._taken:
+            return
+        self._taken = True
+        try:
+            handle, _before = self._future.result()
+        except Exception:
+            return  # it did not start: nothing runs
+        finally:
+            self._pool.shutdown(wait=False)  # its one job has ended (or a Ctrl-C cut the wait)
+        self.ctx.provider.stop_gateway(handle, grace=5.0)
+
+
 def runtime_dir_for(workdir: Path, stack: str) -> Path:
     """`<stack dir>/.skyform/runtime/<stack>/`: gateway state, runner logs."""
     return Path(workdir) / ".skyform" / "runtime" / stack
@@ -310,8 +412,10 @@ class Applier:
         report: Report,
         wait_ready: bool = True,
         progress: Any = None,
+        early_gateway: EarlyGateway | None = None,
     ) -> None:
         self.ctx = ctx
+        self.early_gateway = early_gateway
         self.plan = plan
         self.doc = doc
         self.report = report
@@ -453,30 +557,19 @@ class Applier:
         self.report("gateway: stopped")
 
     def _start_gateway(self) -> None:
-        from skyform.providers.base import GatewaySpec
-
         spec = self.plan.gateway_spec
         self.report(f"gateway: starting on port {spec['port']}...")
         attrs = {k: spec.get(k) for k in GATEWAY_ATTRS if k != "limits" or k in spec}
         prior = self.doc.resources.get(GATEWAY) or {}
         known = (str(prior["url"]),) if prior.get("url") else ()  # e.g. a SkyPilot head IP
         self._write({GATEWAY: {**attrs, "pending": {"operation": "create"}}})
-        stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
         started = time.monotonic()
-        tls = gateway_tls(self.ctx, known)
-        before = tls["tls"].cert.read_bytes() if self.ctx.stack.tls_mode == "auto" else None
-        handle = self.ctx.provider.start_gateway(
-            GatewaySpec(
-                stack=self.ctx.stack.name,
-                port=int(spec["port"]),
-                state_dir=self.ctx.gateway_state_dir,
-                env=_limits_env(spec),
-                credentials=self.ctx.gateway_credentials(),
-                public_url=str(spec.get("public_url") or ""),
-                trusted_proxies=tuple(spec.get("trusted_proxies") or ()),
-                **tls,
-            )
-        )
+        early = self.early_gateway.take(spec) if self.early_gateway is not None else None
+        if early is not None:
+            handle, before = early  # started while the plan was being made; it is this one
+        else:
+            stop_orphans(self.ctx)  # a gateway whose start was interrupted holds the port
+            handle, before = launch_gateway(self.ctx, spec, known)
         handle_dict = {
             "stack": handle.stack,
             "url": handle.url,
@@ -586,7 +679,7 @@ class Applier:
         if not watched:
             return {}
         with self._client() as client:
-            live = client.list_apps()
+            live, seen = client.watch_apps(None, 0.0)
             deadline = (
                 time.monotonic()
                 + max(float(option_or_default(r, "startup_timeout")) for r in watched.values())
@@ -612,10 +705,12 @@ class Applier:
                             f"see `skyform logs {name}`"
                         )
                     return failed
-                time.sleep(READY_POLL_S)
+                if seen is None:  # a gateway that answers at once: pace the questions
+                    time.sleep(READY_POLL_S)
                 if self._interrupts is not None:
                     self._interrupts.check()  # Ctrl-C while waiting: stop now, the state is whole
-                live = client.list_apps()
+                wait = min(READY_WAIT_S, max(deadline - time.monotonic(), 0.0))
+                live, seen = client.watch_apps(seen, wait)
 
     def _liveness(
         self, name: str, rec: dict[str, Any], app: dict[str, Any] | None, seen: set[str]

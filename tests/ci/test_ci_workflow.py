@@ -27,7 +27,7 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from ci_helpers import EXAMPLES, REPO, fresh_checkout
+from support.ci import EXAMPLES, REPO, fresh_checkout
 from support.pg import temp_postgres
 from support.procs import free_port, kill_all_under, processes_under
 

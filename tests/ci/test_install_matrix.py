@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ci_helpers import REPO, fresh_checkout
+from support.ci import REPO, fresh_checkout
 from support.procs import free_port, kill_all_under, processes_under
 from support.skypilot import SKY_ENV, catalog_rows, make_sky_home
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from ci_helpers import REPO
+from support.ci import REPO
 
 CATALOGS = REPO / "tests" / "data" / "skypilot-catalogs"
 

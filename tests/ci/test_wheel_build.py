@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ci_helpers import REPO
+from support.ci import REPO
 
 from skyform.errors import SkyformError
 from skyform.providers.wheel import SOURCES, _build_args, backend_installed, build_wheel

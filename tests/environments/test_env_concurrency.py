@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.envs import PYTHON_VERSION, ensure_in_subprocess, reaped, run_in
+from support.waiting import wait_for
 
 from skyform.providers.environments import (
     MARKER,
@@ -24,14 +25,6 @@ from skyform.providers.environments import (
 pytestmark = pytest.mark.slow
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_processes_starting_together_build_once(tmp_path: Path) -> None:
     # Two runners of one app, and another app listing the same packages differently.
     variants = [["six", "toolz"], ["toolz", "six"], [" six ", "toolz", "six"]]
@@ -41,7 +34,7 @@ def test_processes_starting_together_build_once(tmp_path: Path) -> None:
         for i, reqs in enumerate(variants)
     ]
     with reaped(*procs):
-        _wait_for(
+        wait_for(
             lambda: all((tmp_path / f"ready{i}").exists() for i in range(len(procs))),
             60,
             "the processes to start",
@@ -86,7 +79,7 @@ def test_a_build_killed_half_way_is_detected_and_rebuilt(tmp_path: Path) -> None
     slow.touch()
     proc = ensure_in_subprocess(reqs)
     with reaped(proc):
-        _wait_for(started.exists, 120, "the installer to be mid-build")
+        wait_for(started.exists, 120, "the installer to be mid-build")
         os.killpg(proc.pid, signal.SIGKILL)  # a crash: no cleanup runs
         proc.wait(timeout=30)
     half = env_path(key)
@@ -111,7 +104,7 @@ def test_a_waiting_process_gets_the_environment_another_one_built(tmp_path: Path
     builder = ensure_in_subprocess(reqs)
     waiter = None
     with reaped(builder):
-        _wait_for(started.exists, 120, "the first build to be under way")
+        wait_for(started.exists, 120, "the first build to be under way")
         waiter = ensure_in_subprocess(reqs)
         with reaped(waiter):
             time.sleep(1.0)

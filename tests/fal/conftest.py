@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fal_helpers import APPS, TLSGateway, make_tls
+from support.fal import APPS, TLSGateway, make_tls
 from support.gateway import BUNDLE_KEY
 from support.procs import assert_none_left
 

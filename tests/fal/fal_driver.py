@@ -3,7 +3,7 @@
     python fal_driver.py SCENARIO APP_ID [ARGS...]
 
 Configured only by the environment a fal-client user sets: FAL_RUN_HOST,
-FAL_QUEUE_RUN_HOST, FAL_KEY and SSL_CERT_FILE (see fal_helpers.run_fal).
+FAL_QUEUE_RUN_HOST, FAL_KEY and SSL_CERT_FILE (see support.fal.run_fal).
 Each scenario returns what the tests assert on; fal-client's own objects are
 turned into plain JSON (`describe`).
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fal_helpers import STACK, TLSGateway, run_fal
+from support.fal import STACK, TLSGateway, run_fal
 
 pytestmark = pytest.mark.slow
 

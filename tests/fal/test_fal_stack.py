@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from fal_helpers import WebhookReceiver, run_fal
 from support.cli import cleanup, sky, write_project
+from support.fal import WebhookReceiver, run_fal
 from support.waiting import wait_for
 
 from skyform.engine.keys import webhook_key

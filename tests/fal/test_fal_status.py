@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from fal_helpers import STACK, TLSGateway, run_fal
+from support.fal import STACK, TLSGateway, run_fal
 from support.gateway import API_KEY
 from support.waiting import wait_for
 

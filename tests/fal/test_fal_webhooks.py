@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from fal_helpers import STACK, WEBHOOK_KEY, TLSGateway, WebhookReceiver, run_fal
+from support.fal import STACK, WEBHOOK_KEY, TLSGateway, WebhookReceiver, run_fal
 from support.gateway import API_KEY
 from support.waiting import wait_for
 

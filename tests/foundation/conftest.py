@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from foundation_helpers import GREETING, HELLO_APP, write_project
+from support.projects import GREETING, HELLO_APP, write_project
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from foundation_helpers import run_python, write_project
+from support.projects import run_python, write_project
 
 from skyform.bundle import (
     MAGIC,

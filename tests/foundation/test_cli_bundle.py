@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from foundation_helpers import run_cli, write_project
+from support.projects import run_cli, write_project
 
 
 def test_bundle_json_describes_and_writes_the_bundle(hello_project: Path) -> None:

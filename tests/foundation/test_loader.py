@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from foundation_helpers import write_project
+from support.projects import write_project
 
 from skyform.errors import AppDefinitionError, AppLoadError
 from skyform.loader import load_app_class, loaded_app, parse_ref

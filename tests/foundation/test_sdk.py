@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from foundation_helpers import run_python
 from pydantic import BaseModel
+from support.projects import run_python
 
 from skyform import MACHINE_TYPES, App, endpoint
 from skyform.app import AppOptions, app_endpoints, app_options

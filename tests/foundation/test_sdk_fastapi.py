@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foundation_helpers import run_cli, write_project
+from support.projects import run_cli, write_project
 
 from skyform.app import app_endpoints
 from skyform.loader import loaded_app

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from isolation_helpers import (
+from support.cli import cleanup, keys_of, sky, state_of
+from support.isolation import (
     CI_CREDENTIAL,
     MY_SECRET,
     admin,
@@ -33,7 +34,6 @@ from isolation_helpers import (
     runner_urls,
     write_probe_project,
 )
-from support.cli import cleanup, keys_of, sky, state_of
 from support.procs import pid_alive, processes_under
 from support.waiting import wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runner_helpers import make_bundle
+from support.runner import make_bundle
 
 
 @pytest.fixture(scope="session")

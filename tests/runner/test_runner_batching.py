@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from runner_helpers import APPS_DIR, KEY, RunnerProcess, running
+from support.runner import APPS_DIR, KEY, RunnerProcess, running
 
 from skyform.bundle import build_bundle
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import KEY, RunnerProcess, running
+from support.runner import KEY, RunnerProcess, running
 
 from skyform.bundle import read_bundle_file, read_bundle_meta
 from skyform.runtime.runner_context import REQUEST_ID_HEADER

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import RunnerProcess, running
+from support.runner import RunnerProcess, running
 
 from skyform.runtime.runner_context import REQUEST_ID_HEADER
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import RunnerProcess, runner_env, running, wait_for_file
+from support.runner import RunnerProcess, runner_env, running, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +114,23 @@ def test_setup_past_startup_timeout_exits_nonzero_never_ready(
     assert code == 2
     assert 200 not in seen
     assert "startup_timeout (1s)" in log
+
+
+def test_a_plain_setup_starts_before_the_server_is_built(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """The app's imports overlap the runner's own start; readiness still waits for setup()."""
+    env = runner_env(tmp_path, PROBE_SETUP="gate")
+    with running(bundles["probe"], tmp_path, env=env) as runner:
+        wait_for_file(tmp_path / "setup-started", runner)
+        for _ in range(200):
+            with contextlib.suppress(httpx.TransportError):
+                starting = runner.health()
+                break
+            time.sleep(0.05)
+        assert starting.status_code == 503
+        log = runner.log()
+        assert log.index("running setup()") < log.index("serving Probe"), log
+        (tmp_path / "setup-gate").write_text("go")
+        runner.wait_ready()
+        assert "setup() finished" in runner.log()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import RunnerProcess, running, wait_for_file
+from support.runner import RunnerProcess, running, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_sigint_on_an_idle_runner_runs_teardown(bundles: dict[str, Path], tmp_pa
 def test_sigterm_during_setup_exits_0_without_teardown(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
-    from runner_helpers import runner_env
+    from support.runner import runner_env
 
     env = runner_env(tmp_path, PROBE_SETUP="gate")
     with running(bundles["probe"], tmp_path, env=env) as runner:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import KEY, runner_env, running
 from support.procs import free_port
+from support.runner import KEY, runner_env, running
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runner_helpers import runner_env, running
 from support.procs import free_port
+from support.runner import runner_env, running
 
 from skyform.engine.tls import ensure_leaf
 from skyform.tlscontext import client_context, runner_server_name

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from state_helpers import Worker
 from support.pg import temp_postgres
+from support.stored import Worker
 
 from skyform.state import StateBackend, StateError, open_backend
 

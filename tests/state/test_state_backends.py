@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from state_helpers import set_stored_text, stored_bytes, stored_text
+from support.stored import set_stored_text, stored_bytes, stored_text
 
 from skyform.state import StateBackend, StateDocument, StateError, StateLockedError
 

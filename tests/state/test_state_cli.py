@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from state_helpers import Worker
+from support.stored import Worker
 
 from skyform.state import open_backend
 

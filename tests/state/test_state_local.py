@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from state_helpers import Worker
+from support.stored import Worker
 
 from skyform.state import StateDocument, StateError, open_backend
 from skyform.state.local import LocalBackend

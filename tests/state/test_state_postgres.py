@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from state_helpers import Worker
+from support.stored import Worker
 
 from skyform.state import StateError, open_backend
 from skyform.state.postgres import STATES_TABLE

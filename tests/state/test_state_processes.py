@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from state_helpers import Worker, stored_text
+from support.stored import Worker, stored_text
 
 from skyform.state import StateBackend, StateError, StateLockedError
 from skyform.state.local import LocalBackend

@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from skyform.state.errors import StateError
+from support.procs import free_port
 
 USER = "skyform"
 START_TIMEOUT = 60.0
@@ -50,12 +50,6 @@ def find_binaries() -> Path | None:
 
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit())
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -97,7 +91,7 @@ def temp_postgres(durable: bool = False) -> Iterator[str]:
              "-E", "UTF8", "--locale=C", "--no-sync"],
             check=True, capture_output=True, env=env, cwd=root, **as_user,
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(port),

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from support.cli import keys_of, stack_yaml, state_of
 from support.procs import free_port
 
-PROBE = Path(__file__).parent / "apps" / "probe.py"
+PROBE = Path(__file__).resolve().parents[1] / "isolation" / "apps" / "probe.py"
 MY_SECRET = "my-5ecret-value-only-for-priv-7731"
 CI_CREDENTIAL = "ci-credential-of-the-deployer-5512"
 

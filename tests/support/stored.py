@@ -22,7 +22,7 @@ class Worker:
     @classmethod
     def start(cls, mode: str, config: Any, stack: str, workdir: Path, *args: str) -> Worker:
         """Run `state_worker.py MODE ...` on `stack` with the backend `config`."""
-        script = Path(__file__).with_name("state_worker.py")
+        script = Path(__file__).resolve().parents[1] / "state" / "state_worker.py"
         proc = subprocess.Popen(
             [sys.executable, str(script), mode, json.dumps(config), stack, str(workdir), *args],
             stdin=subprocess.PIPE,

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from support.gateway import ADMIN, API_KEY, BUNDLE_KEY, RUNNER_TOKEN, GatewayProc
 from support.procs import TAG_VAR
 from support.waiting import wait_for
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "fal"
 APPS = HERE / "apps"
 DRIVER = HERE / "fal_driver.py"
 STACK = "test"  # GatewayProc starts gateways with --stack test

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support.procs import free_port
 
 from skyform.bundle import build_bundle
+from support.procs import free_port
 
-APPS_DIR = Path(__file__).resolve().parent / "runner_apps"
+APPS_DIR = Path(__file__).resolve().parents[1] / "runner" / "runner_apps"
 KEY = "runner-test-key"
 
 
