@@ -203,9 +203,9 @@ def peer_python(name: str) -> Path:
 def install(names: list[str]) -> None:
     """A venv per peer under .bench/, with the user's package index settings (as uv sees them)."""
     from skyform.providers.envconfig import uv_install_config
-    from skyform.providers.environments import _uv_binary
+    from skyform.providers.environments import uv_binary
 
-    uv = _uv_binary()
+    uv = uv_binary()
     if uv is None:
         raise SystemExit("uv is needed to install the peers (pip install uv)")
     config = uv_install_config()

@@ -65,7 +65,7 @@ async def _caller(
 async def _load(port: int, ca_file: str, connections: int, seconds: float) -> dict:
     context = None
     if ca_file:
-        from skyform.tls import client_context
+        from skyform.tlscontext import client_context
 
         context = client_context(ca_file)
     request = (
@@ -98,8 +98,8 @@ def _measure(port: int, ca_file: str, connections: int, seconds: float) -> dict:
 @contextlib.contextmanager
 def _gateway(workdir: Path, tls: bool) -> Iterator[tuple[int, str]]:
     """A gateway (and, on first call, its runner); yields (port, CA file or "")."""
+    from skyform.engine.tls import ensure_leaf
     from skyform.providers.local import free_port
-    from skyform.tls import ensure_leaf
 
     port = free_port()
     state = workdir / "state"
@@ -131,7 +131,7 @@ def _register(port: int, ca_file: str, bundle: bytes) -> None:
     scheme = "https" if ca_file else "http"
     verify: ssl.SSLContext | bool = True
     if ca_file:
-        from skyform.tls import client_context
+        from skyform.tlscontext import client_context
 
         verify = client_context(ca_file)
     with httpx.Client(base_url=f"{scheme}://127.0.0.1:{port}", verify=verify, timeout=60) as c:

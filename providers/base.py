@@ -20,7 +20,7 @@ class TLSMaterial:
     """PEM files for one TLS hop: what the server serves, and what its client trusts.
 
     `server_name` is the name the client checks in the certificate, when it is
-    not the address it dials (runners: see `skyform.tls.runner_server_name`).
+    not the address it dials (runners: see `skyform.tlscontext.runner_server_name`).
     """
 
     cert: Path

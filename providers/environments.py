@@ -434,10 +434,40 @@ def ensure_environment(
     else:
         report(f"environment {key[:12]}: cached")
     if used_by is not None:
-        from skyform.providers.envusage import record_use
-
         record_use(key, used_by)
     return env
+
+
+USERS_FILE = ".skyform-users.json"  # who asked for an environment: see envusage
+
+
+def record_use(key: str, user: EnvUser) -> None:
+    """Note that `user` runs on environment `key` (latest use time per user)."""
+    path = env_path(key)
+    if not path.is_dir():
+        return
+    with key_lock(key):
+        users = read_users(path)
+        workdir = str(Path(user.workdir).resolve())
+        users = [
+            u
+            for u in users
+            if (u.get("stack"), u.get("app"), u.get("workdir")) != (user.stack, user.app, workdir)
+        ]
+        users.append(
+            {"stack": user.stack, "app": user.app, "workdir": workdir, "last_used": time.time()}
+        )
+        write_atomic(path / USERS_FILE, json.dumps({"users": users}, indent=2), fsync=True)
+
+
+def read_users(path: Path) -> list[dict[str, object]]:
+    """The users recorded in environment directory `path` ([] when none, or unreadable)."""
+    try:
+        data = json.loads((path / USERS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    users = data.get("users") if isinstance(data, dict) else None
+    return [u for u in users if isinstance(u, dict)] if isinstance(users, list) else []
 
 
 def _safe(progress: Progress | None) -> Progress:
@@ -462,14 +492,14 @@ def installer_name() -> str:
     forced = _forced_installer()
     if forced == "pip":
         return "pip"
-    if _uv_binary() is not None:
+    if uv_binary() is not None:
         return "uv"
     if forced == "uv":
         raise EnvironmentBuildError("SKYFORM_ENV_INSTALLER=uv but uv is not installed")
     return "pip"
 
 
-def _uv_binary() -> str | None:
+def uv_binary() -> str | None:
     try:
         import uv  # the PyPI package ships the binary
 
@@ -491,7 +521,7 @@ def _build(
     report(f"environment {key[:12]}: building for Python {minor} ({summary}) with {installer}")
     if path.exists() or path.is_symlink():
         report(f"environment {key[:12]}: removing an incomplete earlier build")
-        _remove_tree(path)
+        remove_tree(path)
     log_path = envs_dir() / f"{key}{LOG_SUFFIX}"
     try:
         with open(log_path, "w") as log:
@@ -505,7 +535,7 @@ def _build(
             _share_tree(path)
             _check_imports(path, key)
     except BaseException as exc:
-        _remove_tree(path)
+        remove_tree(path)
         if isinstance(exc, EnvironmentBuildError) and not exc.key:
             exc.key = key
         raise
@@ -604,7 +634,7 @@ def _build_with_uv(
 ) -> None:
     from skyform.providers.envconfig import uv_install_config
 
-    uv = _uv_binary()
+    uv = uv_binary()
     assert uv is not None
     config = uv_install_config()
     env = _installer_env({**tool_env(), **config.env})
@@ -864,7 +894,7 @@ def _check_imports(path: Path, key: str) -> None:
         )
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.exists():

@@ -20,24 +20,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from skyform.files import write_atomic
 from skyform.providers import processes
 from skyform.providers.environments import (
     LOG_SUFFIX,
-    EnvUser,
-    _remove_tree,
-    env_path,
     envs_dir,
     key_lock,
     marker_fields,
     read_marker,
+    read_users,
+    remove_tree,
 )
-
-USERS_FILE = ".skyform-users.json"
 
 
 @dataclass
@@ -75,34 +71,6 @@ class EnvInfo:
         }
 
 
-def record_use(key: str, user: EnvUser) -> None:
-    """Note that `user` runs on environment `key` (latest use time per user)."""
-    path = env_path(key)
-    if not path.is_dir():
-        return
-    with key_lock(key):
-        users = _read_users(path)
-        workdir = str(Path(user.workdir).resolve())
-        users = [
-            u
-            for u in users
-            if (u.get("stack"), u.get("app"), u.get("workdir")) != (user.stack, user.app, workdir)
-        ]
-        users.append(
-            {"stack": user.stack, "app": user.app, "workdir": workdir, "last_used": time.time()}
-        )
-        write_atomic(path / USERS_FILE, json.dumps({"users": users}, indent=2), fsync=True)
-
-
-def _read_users(path: Path) -> list[dict[str, object]]:
-    try:
-        data = json.loads((path / USERS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    users = data.get("users") if isinstance(data, dict) else None
-    return [u for u in users if isinstance(u, dict)] if isinstance(users, list) else []
-
-
 def list_environments(*, with_size: bool = True) -> list[EnvInfo]:
     """Every environment directory in the cache, complete or not, with its users."""
     root = envs_dir()
@@ -111,14 +79,16 @@ def list_environments(*, with_size: bool = True) -> list[EnvInfo]:
     infos: list[EnvInfo] = []
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         marker = read_marker(path) or {}
-        users = _read_users(path)
+        users = read_users(path)
         infos.append(
             EnvInfo(
                 key=path.name,
                 path=path,
                 complete=bool(marker),
                 **marker_fields(marker),
-                last_used=max([float(u.get("last_used", 0) or 0) for u in users], default=0.0),  # type: ignore[arg-type]
+                last_used=max(
+                    [float(cast(float, u.get("last_used", 0) or 0)) for u in users], default=0.0
+                ),
                 size=_tree_size(path) if with_size else 0,
                 users=users,
             )
@@ -215,7 +185,7 @@ def prune_environments(*, dry_run: bool = False) -> list[EnvInfo]:
             fresh = next((i for i in list_environments(with_size=False) if i.key == info.key), None)
             if fresh is None or fresh.in_use:
                 continue
-            _remove_tree(info.path)
+            remove_tree(info.path)
             (envs_dir() / f"{info.key}{LOG_SUFFIX}").unlink(missing_ok=True)
         removed.append(info)
     _remove_stray_files()

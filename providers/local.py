@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skyform.credentials import CREDENTIALS_FLAG, send_credentials
 from skyform.errors import SkyformError
 from skyform.files import private_dir, write_atomic
 from skyform.providers import processes
@@ -71,7 +72,6 @@ from skyform.providers.base import (
     TLSMaterial,
 )
 from skyform.providers.processenv import runtime_env, tool_env
-from skyform.runtime.credentials import CREDENTIALS_FLAG, send_credentials
 
 if TYPE_CHECKING:
     from skyform.providers.environments import EnvUser
@@ -618,7 +618,7 @@ def _health_answers(url: str, ca_file: str | None = None) -> bool:
     """
     context = None
     if url.startswith("https://"):
-        from skyform.tls import client_context
+        from skyform.tlscontext import client_context
 
         context = client_context(ca_file)
     try:

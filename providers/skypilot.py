@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import skyform.providers.skypilot_tasks as tasks
 from skyform.errors import SkyformError
-from skyform.providers import skypilot_tasks as tasks
 from skyform.providers.base import (
     GatewayHandle,
     GatewaySpec,

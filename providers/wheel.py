@@ -97,9 +97,9 @@ def isolated_build_command(src: Path, dist: Path) -> tuple[list[str], dict[str, 
     uv does not read pip's configuration, so the same sources pip would use are
     passed to it (see `skyform.providers.envconfig`).
     """
-    from skyform.providers.environments import _uv_binary  # one way to find uv
+    from skyform.providers.environments import uv_binary  # one way to find uv
 
-    uv = _uv_binary()
+    uv = uv_binary()
     if uv is None:
         return [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(src)], {}
     from skyform.providers.envconfig import uv_install_config

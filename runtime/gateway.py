@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+from skyform.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.errors import SkyformError
 from skyform.files import write_atomic
 from skyform.names import app_name_problem
@@ -58,7 +59,6 @@ from skyform.options import option_or_default
 from skyform.providers.base import TLSMaterial
 from skyform.runtime import fal_compat
 from skyform.runtime.asgi import JSON, Receive, Scope, Send, dump, send_response
-from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.gateway_metrics import GatewayMetrics
 from skyform.runtime.gateway_scheduler import (
     MAX_ATTEMPTS,
@@ -747,7 +747,7 @@ class Gateway:
         URL, from `apply`. The pair is checked before anything is written; the
         server loads the new files within seconds.
         """
-        from skyform.tls import TLSError, server_context
+        from skyform.tlscontext import TLSError, server_context
 
         try:
             payload = json.loads(raw)
@@ -1061,7 +1061,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     """The runner TLS material of the command line: all three files, or none."""
-    from skyform.tls import runner_server_name
+    from skyform.tlscontext import runner_server_name
 
     given = [args.runner_cert, args.runner_key, args.runner_ca]
     if not any(given):
@@ -1071,7 +1071,7 @@ def _tls_args(args: argparse.Namespace) -> TLSMaterial | None:
     for path in given:
         if not path.is_file():
             raise SkyformError(f"no such file: {path}")
-    from skyform.tls import server_context
+    from skyform.tlscontext import server_context
 
     server_context(args.runner_cert, args.runner_key)  # runners would refuse to start with it
     return TLSMaterial(
@@ -1086,7 +1086,7 @@ def _check_args(args: argparse.Namespace) -> None:
     """Bad TLS or URL arguments: one line, before anything is started."""
     import ipaddress
 
-    from skyform.tls import server_context
+    from skyform.tlscontext import server_context
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SkyformError("--tls-cert and --tls-key go together")

@@ -221,7 +221,7 @@ class GatewayServer(uvicorn.Server):
 
     def _reload_certificate(self) -> None:
         """Load renewed certificate files into the live TLS context (new connections use them)."""
-        from skyform.tls import TLSError, load_cert_chain
+        from skyform.tlscontext import TLSError, load_cert_chain
 
         assert self.tls_files is not None
         cert, key = self.tls_files

@@ -2,10 +2,12 @@
 
 fal's queue status (`?logs=1`) lists the lines an endpoint printed or logged
 while serving that one request. The runner already knows which request a
-thread or task serves (`runner_context`), so capture is cheap: a logging
-handler, and the runner's stamped stdout/stderr for whole printed lines,
-append `{message, level, timestamp, source}` to the current request's list;
-nothing at all happens outside a request.
+thread or task serves, so capture is cheap: a logging handler, and the
+runner's stamped stdout/stderr for whole printed lines, append `{message,
+level, timestamp, source}` to the current request's list; nothing at all
+happens outside a request. The capture lives with the request's context
+(`runner_context.record_line`, `RequestLogHandler`); this module holds the
+lines' limits and how they travel, which the gateway reads too.
 
 The lines travel back in one response header, `x-skyform-logs` (base64 of
 the JSON list), written when the response starts: for a plain endpoint every
@@ -21,11 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
-from datetime import UTC, datetime
-
-# The module, not its names: runner_context imports this one back (printed lines).
-from skyform.runtime import runner_context
 
 LOGS_HEADER = "x-skyform-logs"
 # `GET /-/requests/{id}/logs` on a runner: the lines of a request still being served.
@@ -35,49 +32,6 @@ MAX_BYTES = 24 * 1024
 MAX_LINE_CHARS = 2000
 
 LogLine = dict[str, str]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def record_line(message: str, level: str, source: str) -> None:
-    """Append one line to the current request's logs (a no-op outside a request)."""
-    ctx = runner_context.current_request()
-    if ctx is None:
-        return
-    logs = ctx.logs
-    if logs is None:
-        logs = ctx.logs = []
-    if len(logs) > MAX_LINES:
-        return
-    if len(logs) == MAX_LINES:
-        logs.append(
-            {
-                "message": "[more lines left out]",
-                "level": "WARN",
-                "timestamp": _now(),
-                "source": "skyform",
-            }
-        )
-        return
-    logs.append(
-        {"message": message[:MAX_LINE_CHARS], "level": level, "timestamp": _now(), "source": source}
-    )
-
-
-class RequestLogHandler(logging.Handler):
-    """Logging records made while serving a request become that request's log lines."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if runner_context.current_request() is None:
-            return
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
-        record_line(message, level, "user" if not record.name.startswith("skyform") else "skyform")
 
 
 def encode_logs(logs: list[LogLine]) -> bytes:

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from skyform.app import App, app_endpoints
 from skyform.bundle import open_bundle, read_bundle_file
+from skyform.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.errors import SkyformError
 from skyform.options import option_or_default
-from skyform.runtime.credentials import CREDENTIALS_FLAG, harden_process, read_credentials
 from skyform.runtime.runner_asgi import Phase, RunnerASGI, RunnerMetrics, RunnerState
 from skyform.runtime.runner_context import configure_logging, flush_logs, stamp_output
 from skyform.runtime.runner_errors import EXIT_BAD_START, EXIT_SETUP_FAILED, user_traceback
@@ -181,7 +181,7 @@ def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
         return None
     if cert is None or key is None:
         raise SkyformError("--tls-cert and --tls-key go together")
-    from skyform.tls import server_context
+    from skyform.tlscontext import server_context
 
     server_context(cert, key)  # a TLSError names the file that is wrong
     return cert, key

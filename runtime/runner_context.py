@@ -1,4 +1,4 @@
-"""Per-request context of the runner (request id, fate) and its log format.
+"""Per-request context of the runner (request id, fate, its own log lines) and its log format.
 
 The request id travels in a context variable so every log line written while
 a request is served, the user's included and from worker threads, carries it
@@ -13,12 +13,11 @@ import sys
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TextIO
 
 from skyform.logformat import NO_REQUEST, log_line, utc_stamp
-
-# The module, not its names: request_logs imports this one back (current_request).
-from skyform.runtime import request_logs
+from skyform.runtime.request_logs import MAX_LINE_CHARS, MAX_LINES
 
 REQUEST_ID_HEADER = "x-skyform-request-id"
 _FAL_LEVEL = {"WARNING": "WARN"}  # printed lines' levels as fal's request logs spell them
@@ -56,6 +55,52 @@ def enter_request(ctx: RequestContext) -> object:
 
 def leave_request(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
+
+
+# -- each request's own log lines (request_logs holds their shape and wire format) ------
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_line(message: str, level: str, source: str) -> None:
+    """Append one line to the current request's logs (a no-op outside a request)."""
+    ctx = current_request()
+    if ctx is None:
+        return
+    logs = ctx.logs
+    if logs is None:
+        logs = ctx.logs = []
+    if len(logs) > MAX_LINES:
+        return
+    if len(logs) == MAX_LINES:
+        logs.append(
+            {
+                "message": "[more lines left out]",
+                "level": "WARN",
+                "timestamp": _now(),
+                "source": "skyform",
+            }
+        )
+        return
+    logs.append(
+        {"message": message[:MAX_LINE_CHARS], "level": level, "timestamp": _now(), "source": source}
+    )
+
+
+class RequestLogHandler(logging.Handler):
+    """Logging records made while serving a request become that request's log lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if current_request() is None:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
+        record_line(message, level, "user" if not record.name.startswith("skyform") else "skyform")
 
 
 class RequestIdFilter(logging.Filter):
@@ -121,7 +166,7 @@ class StampedStream(io.TextIOBase):
                 line = line.rstrip("\r")
                 if line.strip() and _current.get() is not None:
                     level = _FAL_LEVEL.get(self._level, self._level)
-                    request_logs.record_line(line, level, self._name)
+                    record_line(line, level, self._name)
                 self._target.write(stamp_line(self._name, self._level, line) + "\n")
             if whole:
                 self._target.flush()
@@ -152,7 +197,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.addHandler(request_logs.RequestLogHandler())  # each request's own lines (fal's `logs`)
+    root.addHandler(RequestLogHandler())  # each request's own lines (fal's `logs`)
     # uvicorn's own start/stop chatter is replaced by the runner's lines.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

@@ -34,10 +34,8 @@ from skyform.runtime.runner_context import current_request
 from skyform.runtime.runner_errors import (
     ERROR_TYPE_HEADER,
     EXIT_REQUEST_TIMEOUT,
-    EXIT_UNHEALTHY,
     error_body,
-    is_cuda_failure,
-    user_traceback,
+    failure_of,
 )
 
 if TYPE_CHECKING:
@@ -170,29 +168,6 @@ def _failed(ep: Endpoint, exc: BaseException) -> JSONResponse:
     status, detail, error_type = failure_of(ep, exc)
     ctx = current_request()
     return _json(status, detail, error_type, ctx.request_id if ctx else None)
-
-
-def failure_of(ep: Endpoint, exc: BaseException) -> tuple[int, str, str]:
-    """(status, detail, error_type) of an endpoint's exception; logs it, decides the fate.
-
-    CUDA failures, `SystemExit` and `KeyboardInterrupt` make the runner
-    unhealthy (503, then it ends itself); anything else is the app's error (500).
-    """
-    ctx = current_request()
-    cuda = is_cuda_failure(exc)
-    if cuda or isinstance(exc, (SystemExit, KeyboardInterrupt)):
-        log.error(
-            "%s failed; the runner is unhealthy, answering 503 and stopping\n%s",
-            ep.name,
-            user_traceback(exc),
-        )
-        if ctx is not None:
-            ctx.end_runner(EXIT_UNHEALTHY, f"{ep.name} raised {type(exc).__name__}")
-        error_type = "cuda_error" if cuda else "runner_exit"
-        return 503, f"{type(exc).__name__}: {exc}", error_type
-    log.error("%s raised an exception\n%s", ep.name, user_traceback(exc))
-    detail = f"internal error in {ep.name} ({type(exc).__name__}); the runner log has the traceback"
-    return 500, detail, "internal_error"
 
 
 async def serve_websocket(ep: Endpoint, method: Any, kwargs: dict[str, Any]) -> None:

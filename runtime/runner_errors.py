@@ -10,10 +10,16 @@ no exception can be one of its classes.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from skyform.runtime.runner_context import current_request
+
+if TYPE_CHECKING:
+    from skyform.app import Endpoint
 
 # Exit codes of the runner process.
 EXIT_BAD_START = 1  # bad arguments, key or bundle: nothing was served
@@ -22,6 +28,8 @@ EXIT_UNHEALTHY = 3  # an endpoint answered 503 (or hit a CUDA error)
 EXIT_REQUEST_TIMEOUT = 4  # a request ran past request_timeout
 
 ERROR_TYPE_HEADER = "x-skyform-error-type"
+
+log = logging.getLogger("skyform.runner")
 
 # Substrings of RuntimeError messages raised by CUDA, its libraries and torch's wrappers.
 _CUDA_MARKERS = ("CUDA", "CUBLAS", "CUDNN", "cuDNN", "NCCL error", "CUFFT", "CUSOLVER")
@@ -63,3 +71,26 @@ def user_traceback(exc: BaseException) -> str:
 
 def _is_internal(filename: str) -> bool:
     return filename.startswith((_RUNTIME_DIR, _FUTURES_DIR)) or "/asyncio/" in filename
+
+
+def failure_of(ep: Endpoint, exc: BaseException) -> tuple[int, str, str]:
+    """(status, detail, error_type) of an endpoint's exception; logs it, decides the fate.
+
+    CUDA failures, `SystemExit` and `KeyboardInterrupt` make the runner
+    unhealthy (503, then it ends itself); anything else is the app's error (500).
+    """
+    ctx = current_request()
+    cuda = is_cuda_failure(exc)
+    if cuda or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        log.error(
+            "%s failed; the runner is unhealthy, answering 503 and stopping\n%s",
+            ep.name,
+            user_traceback(exc),
+        )
+        if ctx is not None:
+            ctx.end_runner(EXIT_UNHEALTHY, f"{ep.name} raised {type(exc).__name__}")
+        error_type = "cuda_error" if cuda else "runner_exit"
+        return 503, f"{type(exc).__name__}: {exc}", error_type
+    log.error("%s raised an exception\n%s", ep.name, user_traceback(exc))
+    detail = f"internal error in {ep.name} ({type(exc).__name__}); the runner log has the traceback"
+    return 500, detail, "internal_error"

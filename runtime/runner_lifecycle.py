@@ -127,7 +127,7 @@ def _runner_ssl_context(material: TLSMaterial | None) -> ssl.SSLContext | None:
     """The context verifying runners against the stack CA (None without runner TLS)."""
     if material is None or material.ca is None:
         return None
-    from skyform.tls import client_context
+    from skyform.tlscontext import client_context
 
     return client_context(material.ca)
 

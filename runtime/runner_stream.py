@@ -29,6 +29,7 @@ from pydantic_core import to_jsonable_python
 
 from skyform.app import Endpoint
 from skyform.runtime.runner_context import current_request
+from skyform.runtime.runner_errors import failure_of
 
 log = logging.getLogger("skyform.runner")
 
@@ -82,8 +83,6 @@ class EventStream:
 
     async def events(self, first: Any) -> AsyncIterator[bytes]:
         """The SSE bytes: `first`, then every further value; an error event on failure."""
-        from skyform.runtime.runner_endpoints import failure_of
-
         try:
             value = first
             while value is not _END:

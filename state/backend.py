@@ -14,7 +14,6 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from skyform.keys import ENV_NAMES
 from skyform.state.errors import StateError
 from skyform.state.lock import LockInfo
 from skyform.state.model import (
@@ -23,8 +22,9 @@ from skyform.state.model import (
     find_secret_values,
     validate_resources,
 )
+from skyform.workdir import KEY_ENV_NAMES
 
-ALWAYS_SECRET = frozenset(ENV_NAMES.values())
+ALWAYS_SECRET = frozenset(KEY_ENV_NAMES.values())
 """The stack's own keys and tokens: never in state, whether or not a resource names them."""
 
 GRACE = 0.25

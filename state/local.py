@@ -21,11 +21,11 @@ import os
 from pathlib import Path
 
 from skyform.files import private_dir, temp_name, write_atomic
-from skyform.keys import SKYFORM_DIR
 from skyform.state.backend import GRACE, StateBackend
 from skyform.state.errors import StateError
 from skyform.state.lock import LockInfo, locked_error, wait_for
 from skyform.state.model import StateDocument
+from skyform.workdir import SKYFORM_DIR
 
 LOCK_HINT = "Wait for it to finish, or pass --lock-timeout SECS to wait."
 

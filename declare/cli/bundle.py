@@ -8,7 +8,7 @@ import typer
 
 from skyform.bundle import build_bundle
 from skyform.cli.output import console, human_size, print_json
-from skyform.keys import stack_secret
+from skyform.engine.keys import stack_secret
 
 
 def register(app: typer.Typer) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import typer
 
 from skyform.cli.output import console, err_console
+from skyform.engine.stackfile import DEFAULT_FILE, DEFAULT_PORT
 from skyform.errors import SkyformError
-from skyform.stackfile import DEFAULT_FILE, DEFAULT_PORT
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +70,7 @@ def _raise_interrupt(_signum: int, _frame: Any) -> None:
 
 
 def _stack(ref: str | None, file: Path | None) -> Any:
-    from skyform.stackfile import AppEntry, GatewayConfig, Stack, StackModel, load_stack
+    from skyform.engine.stackfile import AppEntry, GatewayConfig, Stack, StackModel, load_stack
 
     if ref is not None and file is not None:
         raise SkyformError("give either FILE.py::Class or -f FILE, not both")
@@ -105,18 +105,18 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _start(stack: Any, workdir: Path, port: int) -> Any:
-    from skyform.apply import Applier, open_context
     from skyform.bundle import read_bundle_meta
-    from skyform.cli.stack import _ReadyProgress, _refresh_and_plan, _report
-    from skyform.plan import PlanRequest
+    from skyform.cli.common import ReadyProgress, refresh_and_plan, report
+    from skyform.engine.apply import Applier, open_context
+    from skyform.engine.plan import PlanRequest
 
     ctx = open_context(stack, workdir=workdir, state="local")
     with ctx.backend.lock(operation="run", timeout=0):
         doc = ctx.backend.read()
         err_console.print(f"Building {len(stack.apps)} app(s)...")
-        plan = _refresh_and_plan(ctx, doc, PlanRequest(mode="run", port=port), quiet=True)
-        with _ReadyProgress() as progress:
-            doc = Applier(ctx, plan, doc, _report, progress=progress.update).run()
+        plan = refresh_and_plan(ctx, doc, PlanRequest(mode="run", port=port), quiet=True)
+        with ReadyProgress() as progress:
+            doc = Applier(ctx, plan, doc, report, progress=progress.update).run()
     outputs = doc.outputs
     console.print(f"\n[bold]skyform run[/]: stack {stack.name}, gateway {outputs['gateway_url']}")
     for name, urls in sorted(outputs["apps"].items()):
@@ -139,9 +139,9 @@ def _start(stack: Any, workdir: Path, port: int) -> Any:
 
 
 def _stream_logs(ctx: Any) -> None:
-    from skyform.cli.stack import LogFollower
-    from skyform.gatewayclient import GatewayClient, GatewayError
-    from skyform.plan import GATEWAY
+    from skyform.cli.common import LogFollower
+    from skyform.engine.admin_client import GatewayClient, GatewayError
+    from skyform.engine.plan import GATEWAY
     from skyform.providers.base import GatewayHandle
 
     doc = ctx.backend.read()
@@ -161,8 +161,8 @@ def _stream_logs(ctx: Any) -> None:
 
 
 def _cleanup(ctx: Any, stack: Any, workdir: Path) -> None:
-    from skyform.apply import open_context, should_stop, stop_orphans
-    from skyform.plan import GATEWAY
+    from skyform.engine.apply import open_context, should_stop, stop_orphans
+    from skyform.engine.plan import GATEWAY
     from skyform.providers.base import GatewayHandle
 
     try:

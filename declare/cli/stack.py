@@ -8,7 +8,6 @@ bad file fails before anything is locked or started. `plan`, `apply` and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -19,9 +18,10 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from skyform.cli.output import console, err_console, print_json, print_warning
+from skyform.cli.common import LogFollower, ReadyProgress, refresh_and_plan, report
+from skyform.cli.output import console, print_json, print_warning
+from skyform.engine.stackfile import DEFAULT_FILE
 from skyform.errors import SkyformError
-from skyform.stackfile import DEFAULT_FILE
 
 FILE_OPTION = typer.Option(Path(DEFAULT_FILE), "--file", "-f", help="The stack file.")
 LOCK_TIMEOUT = typer.Option(
@@ -59,7 +59,7 @@ def plan(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Show what apply would change: the stack file against what is live."""
-    from skyform.plan import save_plan
+    from skyform.engine.planfile import save_plan
 
     fmt = "json" if as_json else _check_format(fmt)
     ctx, built = _make_plan(file, "plan", target, replace, lock_timeout, quiet=fmt != "text")
@@ -91,39 +91,23 @@ def _make_plan(
     lock_timeout: float,
     quiet: bool = False,
 ) -> tuple[Any, Any]:
-    from skyform.apply import open_context
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import open_context
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation=operation, timeout=lock_timeout):
-        built = _refresh_and_plan(ctx, ctx.backend.read(), _request(target, replace), quiet)
+        built = refresh_and_plan(ctx, ctx.backend.read(), _request(target, replace), quiet)
     return ctx, built
 
 
 def _request(target: list[str] | None, replace: list[str] | None) -> Any:
-    from skyform.plan import PlanRequest
+    from skyform.engine.plan import PlanRequest
 
     return PlanRequest(targets=tuple(target or ()), replace=tuple(replace or ()))
 
 
-def _refresh_and_plan(ctx: Any, doc: Any, request: Any, quiet: bool = False) -> Any:
-    """Refresh `doc` against what is live, then diff the stack file against it (lock held)."""
-    from skyform.plan import build_plan, refresh
-
-    with _status("Refreshing state...", quiet):
-        live = refresh(doc.resources, ctx.provider, ctx.keys["admin_token"], ctx.gateway_ca_file())
-    with _status("Building bundles...", quiet):
-        return build_plan(ctx.stack, doc, live, ctx.keys, request, provider=ctx.provider)
-
-
-def _status(message: str, quiet: bool) -> Any:
-    if quiet or not err_console.is_terminal:
-        return contextlib.nullcontext()
-    return err_console.status(message)
-
-
 def _print_plan(built: Any, fmt: str) -> None:
-    from skyform.render import render_markdown, render_plan
+    from skyform.engine.render import render_markdown, render_plan
 
     if fmt == "json":
         print_json(built.to_dict())
@@ -152,10 +136,10 @@ def apply(
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> None:
     """Make the stack match its file; a saved PLAN is applied exactly, or refused if stale."""
-    from skyform.apply import Applier, EarlyGateway, check_plan_current, open_context
-    from skyform.plan import load_plan
-    from skyform.render import render_plan
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import Applier, EarlyGateway, check_plan_current, open_context
+    from skyform.engine.planfile import load_plan
+    from skyform.engine.render import render_plan
+    from skyform.engine.stackfile import load_stack
 
     if plan_file is not None and (target or replace):
         raise SkyformError(
@@ -172,14 +156,14 @@ def apply(
                 built = load_plan(plan_file, ctx.keys["bundle_key"])
                 check_plan_current(built, doc, str(plan_file))
             else:
-                built = _refresh_and_plan(ctx, doc, _request(target, replace))
+                built = refresh_and_plan(ctx, doc, _request(target, replace))
                 print_plan_text(render_plan(built))
                 if built.has_changes and not auto_approve:
                     _confirm("apply")
             started = time.monotonic()
-            with _ReadyProgress() as progress:
+            with ReadyProgress() as progress:
                 applier = Applier(
-                    ctx, built, doc, _report, progress=progress.update, early_gateway=early
+                    ctx, built, doc, report, progress=progress.update, early_gateway=early
                 )
                 doc = applier.run()
         finally:
@@ -205,15 +189,15 @@ def destroy(
     ),
 ) -> None:
     """Stop the gateway and every runner of the stack, and empty its state."""
-    from skyform.apply import Applier, open_context, remove_queue, stop_orphans
-    from skyform.plan import PlanRequest
-    from skyform.render import render_plan
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import Applier, open_context, remove_queue, stop_orphans
+    from skyform.engine.plan import PlanRequest
+    from skyform.engine.render import render_plan
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     with ctx.backend.lock(operation="destroy", timeout=lock_timeout):
         doc = ctx.backend.read()
-        built = _refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
+        built = refresh_and_plan(ctx, doc, PlanRequest(mode="destroy"), quiet=True)
         if not built.has_changes:
             stopped = stop_orphans(ctx)
             if not keep_queue:
@@ -226,7 +210,7 @@ def destroy(
         print_plan_text(render_plan(built))
         if not auto_approve:
             _confirm("destroy")
-        applier = Applier(ctx, built, doc, _report)
+        applier = Applier(ctx, built, doc, report)
         applier.run()
         stop_orphans(ctx)
         if not keep_queue:
@@ -248,55 +232,6 @@ def _confirm(what: str) -> None:
     answer = typer.prompt("  Enter a value", default="", show_default=False)
     if answer.strip() != "yes":
         raise SkyformError(f"{what} cancelled (the answer was not 'yes'); nothing was changed")
-
-
-def _report(message: str) -> None:
-    err_console.print(message, markup=False)  # installer lines carry `[notice]`, extras, ...
-
-
-class _ReadyProgress:
-    """How many of each app's min_runners are ready: a live bar on a terminal, lines otherwise."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, str] = {}
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _ReadyProgress:
-        if err_console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} runners ready"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=False,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(
-        self, app: str, ready: int, wanted: int, states: dict[str, int] | None = None
-    ) -> None:
-        others = ", ".join(f"{n} {s}" for s, n in sorted((states or {}).items()))
-        detail = f" ({others})" if others else ""
-        if self._progress is not None:
-            if app not in self._tasks:
-                self._tasks[app] = self._progress.add_task(f"app.{app}", total=wanted)
-            self._progress.update(
-                self._tasks[app], completed=min(ready, wanted), description=f"app.{app}{detail}"
-            )
-            return
-        line = f"app.{app}: {min(ready, wanted)}/{wanted} runners ready{detail}"
-        if self._seen.get(app) != line:
-            self._seen[app] = line
-            err_console.print(line, markup=False)
 
 
 # -- inspect -------------------------------------------------------------------------------
@@ -335,7 +270,7 @@ def output(
     Like Terraform's outputs: `api_key` is sensitive, so it is shown only when
     named (`skyform output api_key`), never in the full listing.
     """
-    from skyform.stackfile import load_stack
+    from skyform.engine.stackfile import load_stack
     from skyform.state import open_backend
 
     if raw and as_json:
@@ -375,7 +310,7 @@ def output(
 
 def _output_value(stack: Any, outputs: dict[str, Any], name: str) -> Any:
     """The value of output `name`; an unknown name, or a stack never applied, is an error."""
-    from skyform.keys import keys_path, stack_secret
+    from skyform.engine.keys import keys_path, stack_secret
     from skyform.suggest import did_you_mean
 
     if not outputs:
@@ -406,9 +341,11 @@ def status(
     from rich.markup import escape
     from rich.table import Table
 
-    from skyform.apply import open_context
-    from skyform.plan import APP_PREFIX, GATEWAY, app_urls, refresh, tainted_reason
-    from skyform.stackfile import load_stack
+    from skyform.engine.apply import open_context
+    from skyform.engine.outputs import app_urls
+    from skyform.engine.plan import APP_PREFIX, GATEWAY, tainted_reason
+    from skyform.engine.refresh import refresh
+    from skyform.engine.stackfile import load_stack
 
     ctx = open_context(load_stack(file))
     doc = ctx.backend.read()
@@ -503,10 +440,11 @@ def logs(
 
     Each line: time (UTC), runner, level, source and, inside a request, its id.
     """
-    from skyform.apply import open_context
-    from skyform.gatewayclient import GatewayClient
-    from skyform.plan import GATEWAY, refresh
-    from skyform.stackfile import load_stack
+    from skyform.engine.admin_client import GatewayClient
+    from skyform.engine.apply import open_context
+    from skyform.engine.plan import GATEWAY
+    from skyform.engine.refresh import refresh
+    from skyform.engine.stackfile import load_stack
     from skyform.suggest import did_you_mean
 
     if tail < 0:
@@ -546,26 +484,8 @@ def logs(
             sys.stdout.flush()
 
 
-class LogFollower:
-    """Turns repeated `tail` snapshots into only the lines not printed yet.
-
-    Snapshots are merged by time across runners, so a new line may land
-    before the last one printed; every line carries its time (to the
-    millisecond) and runner, so "not in the previous snapshot" means new.
-    """
-
-    def __init__(self) -> None:
-        self._last: set[str] = set()
-
-    def new_lines(self, text: str) -> list[str]:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        fresh = [ln for ln in lines if ln not in self._last]
-        self._last = set(lines)
-        return fresh
-
-
 def schema() -> None:
     """Print the JSON Schema of skyform.yaml (for editors)."""
-    from skyform.stackfile import stack_json_schema
+    from skyform.engine.stackfile import stack_json_schema
 
     print_json(stack_json_schema())

@@ -16,8 +16,8 @@ from typing import Any
 import typer
 
 from skyform.cli.output import console, err_console, help_when_bare, print_json
+from skyform.engine.stackfile import DEFAULT_FILE
 from skyform.errors import SkyformError
-from skyform.stackfile import DEFAULT_FILE
 
 FILE_OPTION = typer.Option(Path(DEFAULT_FILE), "--file", "-f", help="The stack file.")
 STACK_OPTION = typer.Option(
@@ -130,7 +130,7 @@ def _backend(file: Path, stack: str | None, state: str | None) -> Any:
         return open_backend(_parse_state_option(state), stack, Path.cwd())
     if state is not None:
         raise SkyformError("--state needs --stack (otherwise the stack file says where state is)")
-    from skyform.stackfile import load_stack
+    from skyform.engine.stackfile import load_stack
 
     loaded = load_stack(file)
     return open_backend(loaded.model.state, loaded.name, loaded.base_dir)

@@ -36,7 +36,7 @@ def skyform(*args: str, capture: bool = False) -> str:
 
 
 def call_hello() -> None:
-    from skyform.keys import stack_secret
+    from skyform.engine.keys import stack_secret
 
     outputs = json.loads(skyform("output", "--json", capture=True))
     url = outputs["apps"]["hello"]["url"]

@@ -31,13 +31,13 @@ from support.ci import EXAMPLES, REPO, fresh_checkout
 from support.pg import temp_postgres
 from support.procs import free_port, kill_all_under, processes_under
 
-from skyform.keys import ENV_NAMES
+from skyform.workdir import KEY_ENV_NAMES
 
 WORKFLOW = EXAMPLES / "ci" / ".github" / "workflows" / "skyform.yml"
 # Steps GitHub performs, not skyform: the test does their part itself.
 SIMULATED = {"install", "upload", "comment", "download"}
 # Every key skyform would otherwise generate into .skyform/ (lost with the CI job).
-SECRETS = tuple(ENV_NAMES.values())
+SECRETS = tuple(KEY_ENV_NAMES.values())
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

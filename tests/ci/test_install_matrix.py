@@ -27,7 +27,7 @@ from support.procs import free_port, kill_all_under, processes_under
 from support.skypilot import SKY_ENV, catalog_rows, make_sky_home
 
 from skyform.providers.envconfig import uv_install_config
-from skyform.providers.environments import _uv_binary
+from skyform.providers.environments import uv_binary
 from skyform.providers.wheel import build_wheel
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def fresh_venv(path: Path) -> Path:
 
 
 def install(python: Path, *requirements: str) -> None:
-    uv = _uv_binary()
+    uv = uv_binary()
     assert uv is not None, "uv is a core dependency of skyform"
     config = uv_install_config()
     cmd = [uv, "pip", "install", "--quiet", "--python", str(python), *config.args, *requirements]

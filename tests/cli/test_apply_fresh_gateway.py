@@ -1,4 +1,4 @@
-"""A first `apply --auto-approve` starts the gateway while it plans (`skyform.apply.EarlyGateway`).
+"""A first `apply --auto-approve` starts the gateway while it plans (`skyform.engine.apply.EarlyGateway`).
 
 The gateway process of a new stack is started as soon as the state is read,
 so that its start overlaps the plan. What must hold: an apply that fails

@@ -132,7 +132,7 @@ def test_missing_import_in_a_helper_module_points_at_the_helper(tmp_path: Path) 
 
 
 def test_log_follower_prints_each_line_once_even_when_merged_out_of_order() -> None:
-    from skyform.cli.stack import LogFollower
+    from skyform.cli.common import LogFollower
 
     follower = LogFollower()
     first = "T1 a-1 INFO x one\nT3 b-2 INFO x three\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from skyform.engine.planfile import PLAN_FILE_MAGIC, load_plan
 from skyform.errors import SkyformError
-from skyform.plan import PLAN_FILE_MAGIC, load_plan
 from skyform.signing import sign
 
 

@@ -20,9 +20,9 @@ import pytest
 from rich.text import Text
 from support.cli import SKYFORM, cli_env, write_project
 
+from skyform.engine.plan import Action, Plan, ResourceChange
+from skyform.engine.render import render_plan, render_text
 from skyform.errors import SkyformError
-from skyform.plan import Action, Plan, ResourceChange
-from skyform.render import render_plan, render_text
 
 DESIGN_ACTIONS = [
     ["create"],

@@ -9,21 +9,16 @@ from typing import Any
 import pytest
 from support.cli import set_apps, sky, write_project
 
-from skyform.apply import check_plan_current
+from skyform.engine.apply import check_plan_current
+from skyform.engine.plan import Plan, PlanRequest
+from skyform.engine.planfile import load_plan, save_plan
+from skyform.engine.planner import build_plan, host_has_gpu
+from skyform.engine.refresh import Live
+from skyform.engine.render import render_markdown, render_text
+from skyform.engine.stackfile import load_stack
 from skyform.errors import SkyformError
-from skyform.plan import (
-    Live,
-    Plan,
-    PlanRequest,
-    build_plan,
-    host_has_gpu,
-    load_plan,
-    save_plan,
-)
 from skyform.providers.base import Price
 from skyform.providers.local import LocalProvider
-from skyform.render import render_markdown, render_text
-from skyform.stackfile import load_stack
 from skyform.state import StateDocument, open_backend
 
 KEYS = {"bundle_key": "k" * 32, "admin_token": "a", "runner_token": "r", "api_key": "p"}
@@ -424,7 +419,7 @@ def test_on_a_gpu_host_plan_says_how_many_runners_of_each_gpu_app_fit(
     from skyform.providers import gpus
 
     recorded = Path(__file__).resolve().parents[1] / "data" / "gpus" / "h200x1.csv"
-    monkeypatch.setattr("skyform.plan.host_has_gpu", lambda: True)
+    monkeypatch.setattr("skyform.engine.planner.host_has_gpu", lambda: True)
     monkeypatch.setattr(gpus, "inventory", lambda: gpus.parse_nvidia_smi_csv(recorded.read_text()))
     monkeypatch.delenv("SKYFORM_ALLOW_CPU_FALLBACK", raising=False)
     set_apps(
@@ -445,7 +440,7 @@ def test_on_a_gpu_host_plan_says_how_many_runners_of_each_gpu_app_fit(
 
 
 def test_gateway_limits_replace_the_gateway_and_reach_its_environment(root: Path) -> None:
-    from skyform.apply import _limits_env
+    from skyform.engine.apply import _limits_env
 
     doc, live = applied(plan_for(root))
     assert "limits" not in plan_for(root).gateway_spec  # unset: no attribute, no change

@@ -283,7 +283,7 @@ def test_interrupted_apply_converges(root: Path, sig: signal.Signals) -> None:
 
 def test_stray_app_registered_by_hand_is_removed_by_apply(root: Path) -> None:
     from skyform.bundle import build_bundle
-    from skyform.gatewayclient import GatewayClient
+    from skyform.engine.admin_client import GatewayClient
 
     keys = keys_of(root)
     bundle = build_bundle(str(root / "other.py") + "::Other", root, keys["bundle_key"])

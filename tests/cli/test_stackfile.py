@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support.cli import sky, write_project
 
-from skyform.stackfile import StackFileError, load_stack, parse_stack
+from skyform.engine.stackfile import StackFileError, load_stack, parse_stack
 
 GOOD = """\
 stack: demo
@@ -230,8 +230,8 @@ def test_gateway_limits_parse_with_units_and_defaults_stay_unset() -> None:
 def test_gateway_limit_keys_are_the_gateways() -> None:
     from dataclasses import fields
 
+    from skyform.engine.stackfile import GatewayLimitsConfig
     from skyform.runtime.limits import GatewayLimits
-    from skyform.stackfile import GatewayLimitsConfig
 
     assert list(GatewayLimitsConfig.model_fields) == [f.name for f in fields(GatewayLimits)]
 

@@ -18,8 +18,9 @@ import pytest
 from cryptography import x509
 from support.cli import sky, write_project
 
-from skyform.stackfile import StackFileError, load_stack, parse_stack
-from skyform.tls import RENEW_BEFORE, ensure_leaf, gateway_server_name, runner_server_name
+from skyform.engine.stackfile import StackFileError, load_stack, parse_stack
+from skyform.engine.tls import RENEW_BEFORE, ensure_leaf
+from skyform.tlscontext import gateway_server_name, runner_server_name
 
 
 def stack_text(gateway: str, provider: str = "local") -> str:
@@ -226,7 +227,7 @@ def test_load_stack_resolves_against_the_file_not_the_cwd(tmp_path: Path, monkey
 
 
 def test_what_a_remote_gateway_is_told_once_its_address_is_known(tmp_path: Path) -> None:
-    from skyform.apply import address_update
+    from skyform.engine.apply import address_update
     from skyform.providers.base import GatewayHandle
 
     plain = load(stack_text("{tls: auto}"), tmp_path)

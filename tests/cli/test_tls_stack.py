@@ -24,7 +24,7 @@ from support.cli import cleanup, sky, state_of, write_project
 from support.procs import processes_under
 from support.waiting import wait_until
 
-from skyform.tls import client_context, runner_server_name
+from skyform.tlscontext import client_context, runner_server_name
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +122,9 @@ def test_a_cloud_gateway_learns_its_address_from_apply(root: Path) -> None:
     the certificate names the address, and the gateway is told its public URL."""
     from dataclasses import replace
 
-    from skyform.apply import open_context, push_gateway_identity
+    from skyform.engine.apply import open_context, push_gateway_identity
+    from skyform.engine.stackfile import load_stack
     from skyform.providers.base import GatewayHandle
-    from skyform.stackfile import load_stack
 
     ctx = open_context(load_stack(root / "skyform.yaml"))
     record = state_of(root)["resources"]["gateway"]
@@ -143,7 +143,7 @@ def test_another_machine_verifies_with_its_own_copy_of_the_ca(root: Path) -> Non
     """The recorded CA path is the applying machine's; elsewhere the stack's own copy counts."""
     from dataclasses import replace
 
-    from skyform.gatewayclient import GatewayClient
+    from skyform.engine.admin_client import GatewayClient
     from skyform.providers.base import GatewayHandle
 
     record = state_of(root)["resources"]["gateway"]
@@ -165,7 +165,7 @@ def _served_expiry(port: int) -> dt.datetime:
 
 
 def test_apply_renews_a_certificate_close_to_expiry(root: Path) -> None:
-    from skyform.tls import LEAF_LIFETIME, RENEW_BEFORE, ensure_leaf
+    from skyform.engine.tls import LEAF_LIFETIME, RENEW_BEFORE, ensure_leaf
 
     port = state_of(root)["resources"]["gateway"]["port"]
     now = dt.datetime.now(dt.UTC)
@@ -189,7 +189,7 @@ def test_destroy_stops_everything_over_tls(root: Path) -> None:
 
 
 def test_a_user_certificate_through_apply(tmp_path: Path) -> None:
-    from skyform.tls import ensure_leaf
+    from skyform.engine.tls import ensure_leaf
 
     root = write_project(tmp_path / "proj", apps={})
     # The user's own CA and certificate, kept beside the stack file.

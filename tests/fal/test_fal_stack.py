@@ -18,7 +18,7 @@ from support.cli import cleanup, sky, write_project
 from support.fal import WebhookReceiver, run_fal
 from support.waiting import wait_for
 
-from skyform.keys import webhook_key
+from skyform.engine.keys import webhook_key
 from skyform.runtime.webhooks import SIGNATURE_HEADER, verify_signature
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from skyform.apply import StackContext
-from skyform.keys import webhook_key
-from skyform.plan import desired_gateway
-from skyform.stackfile import StackFileError, parse_stack
+from skyform.engine.apply import StackContext
+from skyform.engine.keys import webhook_key
+from skyform.engine.planner import desired_gateway
+from skyform.engine.stackfile import StackFileError, parse_stack
 
 BASE = """\
 stack: demo

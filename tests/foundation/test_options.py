@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from skyform import App, endpoint
 from skyform.app import app_options
+from skyform.engine.stackfile import AppEntry
 from skyform.options import DEFAULTS, OPTION_NAMES, AppOptions, option_or_default
 from skyform.runtime.gateway_scheduler import AppLimits
-from skyform.stackfile import AppEntry
 
 # The one option a stack file cannot override (a gateway-side body limit set in code).
 NOT_IN_STACK_FILE = {"max_body_mb"}

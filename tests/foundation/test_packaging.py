@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ["skyform", "skyform.cli", "skyform.state", "skyform.providers", "skyform.runtime"]
+SUBPACKAGES = [
+    "skyform",
+    "skyform.engine",
+    "skyform.cli",
+    "skyform.state",
+    "skyform.providers",
+    "skyform.runtime",
+]
 
 
 def test_editable_install_maps_folders_to_subpackages() -> None:
@@ -39,7 +46,7 @@ def test_wheel_contains_only_the_skyform_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"skyform"}
-    for sub in ("", "cli/", "state/", "providers/", "runtime/"):
+    for sub in ("", "engine/", "cli/", "state/", "providers/", "runtime/"):
         assert f"skyform/{sub}__init__.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "skyform = skyform.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from skyform.engine.costs import estimate_costs
 from skyform.errors import SkyformError
-from skyform.plan import estimate_costs
 from skyform.providers import provider_class
 from skyform.providers.base import (
     GatewayHandle,

@@ -390,7 +390,7 @@ def test_an_app_stored_under_a_broken_name_can_still_be_removed(
     """A name an older gateway accepted ("pwn\\n") is listed and removed, never a traceback."""
     import sqlite3
 
-    from skyform.gatewayclient import GatewayClient
+    from skyform.engine.admin_client import GatewayClient
 
     gateway.register("echo", bundles["echo_public"])
     refused = gateway.admin("PUT", "/-/apps/pwn%0A", json={"bundle_b64": "x"})

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from support.gateway import ADMIN, GatewayProc
 
-from skyform.gatewayclient import GatewayClient
+from skyform.engine.admin_client import GatewayClient
 
 pytestmark = pytest.mark.slow
 

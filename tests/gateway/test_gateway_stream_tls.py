@@ -22,7 +22,7 @@ from support.gateway import API_KEY, APPS, BUNDLE_KEY, GatewayProc
 from support.procs import assert_none_left
 
 from skyform.bundle import build_bundle
-from skyform.tls import ensure_leaf
+from skyform.engine.tls import ensure_leaf
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stream"

@@ -19,7 +19,8 @@ import pytest
 from support.gateway import GatewayProc
 from support.waiting import wait_for
 
-from skyform.tls import CertFiles, client_context, ensure_leaf
+from skyform.engine.tls import CertFiles, ensure_leaf
+from skyform.tlscontext import client_context
 
 pytestmark = pytest.mark.slow
 

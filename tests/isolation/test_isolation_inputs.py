@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from skyform.engine.stackfile import StackFileError, parse_stack
 from skyform.errors import SkyformError
 from skyform.providers.processenv import tool_env
 from skyform.runtime.queue_store import QueueStore, StoredApp
 from skyform.runtime.sealing import Sealer
-from skyform.stackfile import StackFileError, parse_stack
 
 STACK = """stack: demo
 apps:

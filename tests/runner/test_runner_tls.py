@@ -12,7 +12,8 @@ import pytest
 from support.procs import free_port
 from support.runner import runner_env, running
 
-from skyform.tls import client_context, ensure_leaf, runner_server_name
+from skyform.engine.tls import ensure_leaf
+from skyform.tlscontext import client_context, runner_server_name
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from support.skypilot import catalog_rows
 
+from skyform.engine.costs import estimate_costs
 from skyform.errors import SkyformError
-from skyform.plan import estimate_costs
 from skyform.providers import create_provider
 from skyform.providers.skypilot import (
     ProvisioningError,

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from skyform.bundle import Bundle
-from skyform.tls import client_context
+from skyform.tlscontext import client_context
 from support.procs import TAG_VAR, free_port
 from support.waiting import wait_for
 

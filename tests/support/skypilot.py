@@ -48,8 +48,9 @@ def stack_tls(work: Path, stack: str = "demo") -> dict[str, Any]:
 
     `tls` and `runner_tls` as a GatewaySpec takes them (RunnerSpec takes `runner_tls` as `tls`).
     """
+    from skyform.engine.tls import ensure_leaf
     from skyform.providers.base import TLSMaterial
-    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
+    from skyform.tlscontext import gateway_server_name, runner_server_name
 
     gateway = ensure_leaf(work, stack, "gateway", [])
     runner = ensure_leaf(work, stack, "runner", [])

@@ -256,7 +256,7 @@ def _check_tls_files(value: dict[str, Any], base_dir: Path | None) -> dict[str, 
     """
     import ssl
 
-    from skyform.tls import TLSError, load_cert_chain
+    from skyform.tlscontext import TLSError, load_cert_chain
 
     for name in value:
         if name not in TLS_FILE_KEYS:

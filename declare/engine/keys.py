@@ -14,16 +14,7 @@ from pathlib import Path
 
 from skyform.errors import SkyformError
 from skyform.files import private_dir, write_atomic
-
-ENV_NAMES: dict[str, str] = {
-    "bundle_key": "SKYFORM_BUNDLE_KEY",  # signs and verifies bundles
-    "admin_token": "SKYFORM_ADMIN_TOKEN",  # the gateway's admin API
-    "runner_token": "SKYFORM_RUNNER_TOKEN",  # gateway -> runner calls
-    "api_key": "SKYFORM_API_KEY",  # callers of private apps
-}
-
-SKYFORM_DIR = ".skyform"
-
+from skyform.workdir import KEY_ENV_NAMES, SKYFORM_DIR
 
 WEBHOOK_KEY_ENV = "SKYFORM_WEBHOOK_KEY"
 
@@ -50,7 +41,7 @@ def keys_path(workdir: Path, stack: str) -> Path:
 
 def stack_secret(name: str, workdir: Path, stack: str) -> str:
     """The value of key `name` for `stack`: `$SKYFORM_...` if set, else the stored one."""
-    env_name = ENV_NAMES[name]
+    env_name = KEY_ENV_NAMES[name]
     from_env = os.environ.get(env_name)
     if from_env:
         return from_env
@@ -63,8 +54,8 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
     Environment values win over stored ones and are never written to disk.
     """
     path = keys_path(workdir, stack)
-    resolved = {n: os.environ[e] for n, e in ENV_NAMES.items() if os.environ.get(e)}
-    if len(resolved) == len(ENV_NAMES):
+    resolved = {n: os.environ[e] for n, e in KEY_ENV_NAMES.items() if os.environ.get(e)}
+    if len(resolved) == len(KEY_ENV_NAMES):
         return resolved  # all from the environment (CI): nothing to generate or store
     try:
         private_dir(path.parent)
@@ -72,7 +63,7 @@ def stack_secrets(workdir: Path, stack: str) -> dict[str, str]:
         with os.fdopen(lock_fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = _read(path)
-            missing = [n for n in ENV_NAMES if n not in stored]
+            missing = [n for n in KEY_ENV_NAMES if n not in stored]
             if missing:
                 stored.update({n: secrets.token_urlsafe(32) for n in missing})
                 text = json.dumps(stored, indent=2, sort_keys=True)

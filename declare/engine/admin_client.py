@@ -45,7 +45,7 @@ class GatewayClient:
         self.url = url.rstrip("/")
         verify: Any = True
         if self.url.startswith("https://"):
-            from skyform.tls import client_context
+            from skyform.tlscontext import client_context
 
             verify = client_context(ca_file)
         # httpx checks the certificate against this name instead of the URL's host.

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.text import Text
 
-from skyform.plan import (
+from skyform.engine.plan import (
     BOOKKEEPING,
     FORCES_NEW_REVISION,
     SENSITIVE,

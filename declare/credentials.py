@@ -12,6 +12,10 @@ live on its heap, not in the kernel's copy of its start-up environment.
 `harden_process` makes the calling process non-dumpable: its `/proc/<pid>/`
 files (environ, mem, fd) become root's and it cannot be ptraced, so another
 process of the same user cannot read what it holds in memory.
+
+It sits at the top of `skyform`, not in the runtime: the writer is a provider
+(`send_credentials`, from `skyform.providers.local`) and the readers are the
+runner and the gateway it starts, and providers never import the runtime.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TLS for a stack: its own CA, the gateway's and the runners' certificates, client trust.
+"""The stack CA: issues the gateway's and the runners' certificates, on the deploying side.
 
 Why a per-stack CA rather than self-signed leaves: one `ca.pem` is all a
 client needs to trust (the CLI, fal-client through `SSL_CERT_FILE`, curl
@@ -16,14 +16,10 @@ Leaf certificates are reissued when they no longer name every host asked for,
 were signed by another CA, or expire within `RENEW_BEFORE`: each `apply` renews
 them, and a running gateway reloads its certificate files when they change.
 
-Runner certificates name a fixed DNS name (`runner_server_name`): runner
-machines get their addresses only once they exist, so the gateway checks that
-name, not the address it dials. The gateway's certificate also names a fixed
-`gateway_server_name`, so the CLI can verify a gateway whose public IP was not
-known when its certificate was made.
-
-Only the standard library is imported at module level: the gateway process
-loads certificates with `ssl` alone; `cryptography` is needed only to issue.
+The certificates name the fixed server names of `skyform.tlscontext`
+(`gateway_server_name`, `runner_server_name`), where the contexts that load
+and verify them are made: the gateway and the runners use that module, never
+this one. `cryptography` is imported only to issue.
 """
 
 from __future__ import annotations
@@ -33,14 +29,14 @@ import datetime as dt
 import fcntl
 import ipaddress
 import os
-import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skyform.errors import SkyformError
 from skyform.files import write_atomic
+from skyform.tlscontext import TLSError, gateway_server_name, runner_server_name
+from skyform.workdir import SKYFORM_DIR
 
 TLS_DIR = "tls"
 CA_LIFETIME = dt.timedelta(days=3650)
@@ -48,10 +44,6 @@ LEAF_LIFETIME = dt.timedelta(days=90)
 RENEW_BEFORE = dt.timedelta(days=30)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 LOCAL_NAMES = ("127.0.0.1", "localhost")
-
-
-class TLSError(SkyformError):
-    """A certificate or key cannot be read, issued or used; says which file and why."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +57,7 @@ class CertFiles:
 
 def tls_dir(workdir: Path, stack: str) -> Path:
     """`<workdir>/.skyform/tls/<stack>/`."""
-    return Path(workdir) / ".skyform" / TLS_DIR / stack
-
-
-def gateway_server_name(stack: str) -> str:
-    """The DNS name every gateway certificate of `stack` carries (see the module docstring)."""
-    return f"gateway.{stack}.skyform.internal"
-
-
-def runner_server_name(stack: str) -> str:
-    """The DNS name every runner certificate of `stack` carries; the gateway verifies it."""
-    return f"runner.{stack}.skyform.internal"
+    return Path(workdir) / SKYFORM_DIR / TLS_DIR / stack
 
 
 # --- issuing (deploying side) -------------------------------------------------------
@@ -271,47 +253,3 @@ def _unique(items: Sequence[str]) -> list[str]:
         if item and item not in ("0.0.0.0", "::") and item not in out:
             out.append(item)
     return out
-
-
-# --- using (both sides; standard library only) -------------------------------------
-
-
-def server_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
-    """A TLS server context serving `cert` (TLS 1.2+); raises TLSError naming the file."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    load_cert_chain(context, cert, key)
-    return context
-
-
-def load_cert_chain(context: ssl.SSLContext, cert: Path | str, key: Path | str) -> None:
-    """`context.load_cert_chain`, with one clear error when the files are wrong."""
-    try:
-        context.load_cert_chain(str(cert), str(key))
-    except FileNotFoundError as exc:
-        raise TLSError(f"no such file: {exc.filename}") from None
-    except OSError as exc:
-        if isinstance(exc, ssl.SSLError) and "KEY_VALUES_MISMATCH" in str(exc):
-            raise TLSError(f"key {key} does not belong to certificate {cert}") from None
-        raise TLSError(
-            f"cannot load certificate {cert} with key {key}: {getattr(exc, 'reason', None) or exc}"
-        ) from None
-
-
-def client_context(ca_file: Path | str | None) -> ssl.SSLContext:
-    """A verifying client context: the system's CAs plus `ca_file` when given.
-
-    `ca_file` may be a CA or the server's own certificate (a user-provided
-    certificate pinned as its own trust anchor): partial chains are accepted.
-    Host names are always checked.
-    """
-    context = ssl.create_default_context()
-    if ca_file:
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except FileNotFoundError:
-            raise TLSError(f"no such CA file: {ca_file}") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSError(f"cannot read CA file {ca_file}: {exc}") from None
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skyform.errors import SkyformError
-from skyform.options import option_or_default
-from skyform.plan import (
+from skyform.engine.outputs import stack_outputs
+from skyform.engine.plan import (
     APP_PREFIX,
     GATEWAY,
     GATEWAY_ATTRS,
@@ -38,9 +37,10 @@ from skyform.plan import (
     Plan,
     ResourceChange,
     app_address,
-    stack_outputs,
 )
-from skyform.stackfile import Stack
+from skyform.engine.stackfile import Stack
+from skyform.errors import SkyformError
+from skyform.options import option_or_default
 
 if TYPE_CHECKING:
     from skyform.providers.base import Provider
@@ -77,7 +77,7 @@ class StackContext:
         """This machine's CA file for the stack's gateway (None: the system's CAs)."""
         mode = self.stack.tls_mode
         if mode == "auto":
-            from skyform.tls import tls_dir
+            from skyform.engine.tls import tls_dir
 
             return str(tls_dir(self.workdir, self.stack.name) / "ca.pem")
         files = self.stack.tls_files()
@@ -95,7 +95,7 @@ class StackContext:
 
     def _webhook_env(self) -> dict[str, str]:
         """The webhook signing key and `gateway.webhook_hosts`, for the gateway process."""
-        from skyform.keys import WEBHOOK_KEY_ENV, webhook_key
+        from skyform.engine.keys import WEBHOOK_KEY_ENV, webhook_key
 
         env = {WEBHOOK_KEY_ENV: webhook_key(self.keys)}
         hosts = self.stack.model.gateway.webhook_hosts
@@ -133,8 +133,9 @@ def gateway_tls(ctx: StackContext, known_urls: tuple[str, ...] = ()) -> dict[str
     """
     from urllib.parse import urlsplit
 
+    from skyform.engine.tls import ensure_leaf
     from skyform.providers.base import TLSMaterial
-    from skyform.tls import ensure_leaf, gateway_server_name, runner_server_name
+    from skyform.tlscontext import gateway_server_name, runner_server_name
 
     stack = ctx.stack
     gw = stack.model.gateway
@@ -188,7 +189,7 @@ def address_update(
 
 def push_gateway_identity(ctx: StackContext, handle: Any, before: bytes | None) -> None:
     """Reissue the gateway certificate for its (now known) address and hand it over."""
-    from skyform.gatewayclient import GatewayClient
+    from skyform.engine.admin_client import GatewayClient
 
     if ctx.stack.tls_mode != "auto" or handle is None or not handle.url:
         return
@@ -263,7 +264,7 @@ class EarlyGateway:
     @classmethod
     def maybe_start(cls, ctx: StackContext, doc: Any) -> EarlyGateway | None:
         """Start the gateway now when the state has none and it runs on this host."""
-        from skyform.plan import desired_gateway
+        from skyform.engine.planner import desired_gateway
 
         if GATEWAY in doc.resources or not ctx.provider.runs_on_this_host:
             return None
@@ -316,7 +317,7 @@ def open_context(stack: Stack, workdir: Path | None = None, state: Any = None) -
     `workdir` and `state` override where `.skyform/` lives and the state
     backend (`run` keeps both in a temporary directory).
     """
-    from skyform.keys import stack_secrets
+    from skyform.engine.keys import stack_secrets
     from skyform.providers import create_provider
     from skyform.state import open_backend
 
@@ -535,7 +536,7 @@ class Applier:
         return GatewayHandle(**handle) if handle else None
 
     def _client(self) -> Any:
-        from skyform.gatewayclient import GatewayClient
+        from skyform.engine.admin_client import GatewayClient
 
         handle = self._handle()
         if handle is None:
@@ -582,7 +583,7 @@ class Applier:
 
     def _renew_certificates(self) -> None:
         """Reissue certificates close to expiry; a local gateway reloads them by itself."""
-        from skyform.tls import tls_dir
+        from skyform.engine.tls import tls_dir
 
         record = self.doc.resources.get(GATEWAY) or {}
         if self.ctx.stack.tls_mode == "auto" or runner_tls_wanted(self.ctx.stack):
