@@ -425,6 +425,10 @@ class Applier:
         self._interrupts: _Interrupts | None = None
         self._shown: set[str] = set()  # apps whose readiness progress has been shown
 
+    def _progress_of(self, address: str) -> Callable[[str], None]:
+        """Reports one environment build's lines, each prefixed with its app's address."""
+        return lambda line: self.report(f"{address}: {line}")
+
     # -- state bookkeeping ---------------------------------------------------------
 
     def _write(self, updates: dict[str, dict[str, Any] | None], outputs: Any = None) -> None:
@@ -514,7 +518,7 @@ class Applier:
                 env = ensure_environment(
                     meta["requirements"],
                     meta["python"],
-                    progress=lambda line, a=change.address: self.report(f"{a}: {line}"),
+                    progress=self._progress_of(change.address),
                     used_by=EnvUser(self.ctx.stack.name, change.name, self.ctx.workdir),
                 )
             except EnvironmentBuildError as exc:
