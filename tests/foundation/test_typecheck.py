@@ -47,10 +47,7 @@ def test_cross_module_errors_fail_and_name_the_real_files(tmp_path: Path) -> Non
             "top/core.py": "def double(x: int) -> int:\n    return 2 * x\n",
             "lower/__init__.py": "",
             "lower/use.py": (
-                "from pkg.core import double\n"
-                "from pkg.nothing import thing\n"
-                "\n"
-                'double("two")\n'
+                'from pkg.core import double\nfrom pkg.nothing import thing\n\ndouble("two")\n'
             ),
         },
     )
