@@ -16,6 +16,7 @@ Usage: python scripts/typecheck.py [MYPY_ARGS...]   (what `make lint` runs)
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -82,12 +83,20 @@ def typecheck(root: Path, argv: list[str], out: TextIO) -> int:
     """Run mypy over the project at `root` as its packages import; mypy's exit status."""
     root = root.resolve()
     mapping = package_dirs(root / "pyproject.toml")
-    # Each top package (one not inside another mapped one) is a target; mypy
-    # finds the rest, mapped or not, by walking the tree.
-    tops = [n for n in mapping if not any(n.startswith(f"{m}.") for m in mapping)]
     # A fixed place, so mypy's incremental cache (keyed by path) stays valid from
     # run to run; it is rebuilt each time and removed afterwards.
     tree = root / ".mypy_cache" / "package-tree"
+    tree.parent.mkdir(exist_ok=True)
+    # Two lints of one checkout (an editor's and `make lint`) take turns on the tree.
+    with (tree.parent / "package-tree.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run(root, mapping, tree, argv, out)
+
+
+def _run(root: Path, mapping: dict[str, Path], tree: Path, argv: list[str], out: TextIO) -> int:
+    # Each top package (one not inside another mapped one) is a target; mypy
+    # finds the rest, mapped or not, by walking the tree.
+    tops = [n for n in mapping if not any(n.startswith(f"{m}.") for m in mapping)]
     shutil.rmtree(tree, ignore_errors=True)  # left by a run that was killed
     try:
         folders = build_tree(mapping, tree)
@@ -114,5 +123,5 @@ def typecheck(root: Path, argv: list[str], out: TextIO) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(typecheck(ROOT, sys.argv[1:], sys.stdout))
-    except KeyboardInterrupt:  # the tree is gone already (typecheck's finally)
+    except KeyboardInterrupt:  # the tree is gone already (_run's finally)
         sys.exit(130)
