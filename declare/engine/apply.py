@@ -482,12 +482,33 @@ class Applier:
                 broken.update(self._wait_live(names, before, skip=frozenset(broken)))
             if self.plan.mode != "destroy":
                 self._taint(broken)
-            self._write({}, outputs=self._outputs())
+            self._write(self._settled(), outputs=self._outputs())
         if broken:
             raise SkyformError(
                 "; ".join(f"app {name}: {message}" for name, message in sorted(broken.items()))
             )
         return self.doc
+
+    def _settled(self) -> dict[str, dict[str, Any]]:
+        """Records an interrupted apply left pending that turned out to be done.
+
+        A process killed after the gateway took a change but before the state
+        recorded it leaves a `pending` record whose change is live: refresh
+        sees the live revision, the plan has nothing to do for it, and without
+        this the marker (and the plan's "an interrupted change is reconciled"
+        drift) would stay for good. Such a record becomes what is live.
+        """
+        settled: dict[str, dict[str, Any]] = {}
+        for change in self.plan.changes:
+            record = self.doc.resources.get(change.address)
+            if change.action is not Action.NOOP or record is None or "pending" not in record:
+                continue
+            if change.type == "app" and change.before is not None:
+                settled[change.address] = dict(change.before)
+            elif change.type == "gateway" and record.get("handle"):
+                # A live gateway (refresh found it by its handle): its stop never happened.
+                settled[change.address] = {k: v for k, v in record.items() if k != "pending"}
+        return settled
 
     def _build_environments(self, registers: list[ResourceChange]) -> dict[str, str]:
         """Build (or find cached) each changing app's environment before it is registered.

@@ -281,6 +281,29 @@ def test_interrupted_apply_converges(root: Path, sig: signal.Signals) -> None:
     assert all("pending" not in r for r in state_of(root)["resources"].values())
 
 
+def test_pending_change_that_is_live_is_settled_by_the_next_apply(root: Path) -> None:
+    # What a kill leaves when it lands after the gateway took the change but before
+    # the state recorded it: pending markers on records whose change is live.
+    path = root / ".skyform" / "demo.state.json"
+    doc = json.loads(path.read_text())
+    app = next(a for a in doc["resources"] if a.startswith("app."))
+    doc["resources"][app]["pending"] = {"operation": "update"}
+    doc["resources"]["gateway"]["pending"] = {"operation": "delete"}
+    path.write_text(json.dumps(doc))
+    plan = sky(root, "plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr  # nothing to change...
+    assert "an interrupted update is reconciled" in plan.stdout  # ...but drift to settle
+    before = gateway_pid(root)
+    proc = sky(root, "apply", "--auto-approve")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 added, 0 changed, 0 destroyed" in proc.stdout
+    resources = state_of(root)["resources"]
+    assert [a for a, r in resources.items() if "pending" in r] == []
+    assert gateway_pid(root) == before  # settled, not restarted
+    assert "reconciled" not in sky(root, "plan").stdout
+    assert_all_accounted_for(root)
+
+
 def test_stray_app_registered_by_hand_is_removed_by_apply(root: Path) -> None:
     from skyform.bundle import build_bundle
     from skyform.engine.admin_client import GatewayClient
