@@ -23,7 +23,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -431,7 +431,7 @@ class Applier:
 
     # -- state bookkeeping ---------------------------------------------------------
 
-    def _write(self, updates: dict[str, dict[str, Any] | None], outputs: Any = None) -> None:
+    def _write(self, updates: Mapping[str, dict[str, Any] | None], outputs: Any = None) -> None:
         resources = dict(self.doc.resources)
         for address, record in updates.items():
             if record is None:
