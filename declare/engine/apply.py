@@ -495,7 +495,7 @@ class Applier:
         drift) would stay for good. Such a record becomes what is live.
         """
         settled: dict[str, dict[str, Any]] = {}
-        for change in self.plan.changes:
+        for change in self.plan.resource_changes:  # `changes` leaves the no-ops out
             record = self.doc.resources.get(change.address)
             if change.action is not Action.NOOP or record is None or "pending" not in record:
                 continue
