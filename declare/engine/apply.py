@@ -489,7 +489,7 @@ class Applier:
             )
         return self.doc
 
-    def _settled(self) -> dict[str, dict[str, Any]]:
+    def _settled(self) -> dict[str, dict[str, Any] | None]:
         """Records an interrupted apply left pending that turned out to be done.
 
         A process killed after the gateway took a change but before the state
@@ -498,8 +498,8 @@ class Applier:
         this the marker (and the plan's "an interrupted change is reconciled"
         drift) would stay for good. Such a record becomes what is live.
         """
-        settled: dict[str, dict[str, Any]] = {}
-        for change in self.plan.changes:
+        settled: dict[str, dict[str, Any] | None] = {}
+        for change in self.plan.resource_changes:  # `changes` leaves the no-ops out
             record = self.doc.resources.get(change.address)
             if change.action is not Action.NOOP or record is None or "pending" not in record:
                 continue
