@@ -37,7 +37,7 @@ demo: $(DEMO_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python scripts/typecheck.py
 
 # Cheap checks first, so CI fails fast; the suite includes the install matrix
 # (tests/ci: fresh venvs, plain and [skypilot]) and the CI example's workflow.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +39,7 @@ def dump(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-def websocket_protocol() -> str:
+def websocket_protocol() -> Literal["websockets-sansio", "websockets"]:
     """uvicorn's websocket implementation to use: the sans-I/O one where this uvicorn has it.
 
     (It needs no deprecated `websockets` API; uvicorn before 0.35 only has the older one.)

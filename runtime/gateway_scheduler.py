@@ -182,9 +182,9 @@ class Scheduler:
                 secrets=stored.secrets,
             )
         poison_after = self.gateway_limits.poison_after_deaths
-        for stored in self.store.open_requests():
-            app = self.apps.get(stored.app)
-            req = LiveRequest(**stored.__dict__)
+        for open_request in self.store.open_requests():
+            app = self.apps.get(open_request.app)
+            req = LiveRequest(**open_request.__dict__)
             if req.status == "IN_PROGRESS":
                 # In flight when the previous gateway process died: it may have
                 # run (at-least-once); it runs again unless that keeps happening.
@@ -193,7 +193,9 @@ class Scheduler:
                 self.store.requeue(req)
             req.status = "IN_QUEUE"
             if app is None:
-                self._complete_error(req, "app_removed", f"app {stored.app!r} is not registered")
+                self._complete_error(
+                    req, "app_removed", f"app {open_request.app!r} is not registered"
+                )
                 continue
             if req.deaths >= poison_after:
                 self._complete_error(
@@ -973,7 +975,7 @@ class Scheduler:
     # --- views --------------------------------------------------------------
 
     def runner_counts(self) -> list[tuple[str, str, int]]:
-        out = []
+        out: list[tuple[str, str, int]] = []
         for app in self.apps.values():
             every = [*app.runners.values(), *app.retired]
             for state in RUNNER_STATES:

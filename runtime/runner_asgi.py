@@ -188,9 +188,9 @@ class RunnerASGI:
         extra = [(_REQUEST_ID_BYTES, request_id.encode())]
 
         if self._auth is not None and not _same(authorization, self._auth):
-            body = error_body("missing or wrong runner token", "unauthorized", request_id)
+            refusal = error_body("missing or wrong runner token", "unauthorized", request_id)
             await send_response(
-                send, 401, dump(body), JSON, [*extra, (b"www-authenticate", b"Bearer")]
+                send, 401, dump(refusal), JSON, [*extra, (b"www-authenticate", b"Bearer")]
             )
             return
         if path == "/metrics":
@@ -205,8 +205,8 @@ class RunnerASGI:
             return
         if self.state.phase is not Phase.READY:
             detail = f"runner is {self.state.phase.value}, not taking requests"
-            body = error_body(detail, "runner_not_ready", request_id)
-            await send_response(send, 503, dump(body), JSON, extra)
+            refusal = error_body(detail, "runner_not_ready", request_id)
+            await send_response(send, 503, dump(refusal), JSON, extra)
             return
         await self._serve(scope, receive, send, path, request_id, extra)
 
@@ -248,8 +248,8 @@ class RunnerASGI:
         except Exception:
             log.exception("unhandled error while serving %s", path)
             if status == 0:
-                body = error_body("internal error", "internal_error", request_id)
-                await send_response(send, 500, dump(body), JSON, extra)
+                failure = error_body("internal error", "internal_error", request_id)
+                await send_response(send, 500, dump(failure), JSON, extra)
                 status = 500
         finally:
             self.metrics.in_flight.value -= 1

@@ -160,7 +160,10 @@ def _timed_out(ep: Endpoint, timeout: float) -> JSONResponse:
     if ctx is not None:
         ctx.end_runner(EXIT_REQUEST_TIMEOUT, reason)
     return _json(
-        504, f"request timed out after {timeout:g}s", "request_timeout", ctx and ctx.request_id
+        504,
+        f"request timed out after {timeout:g}s",
+        "request_timeout",
+        ctx.request_id if ctx else None,
     )
 
 

@@ -356,7 +356,8 @@ def status(
         {a[len(APP_PREFIX) :] for a in doc.resources if a.startswith(APP_PREFIX)}
         | set(live.apps or {})
     )
-    apps = []
+    # One JSON row per app (the `--json` body), read back below for the table.
+    apps: list[dict[str, Any]] = []
     for name in names:
         record = doc.resources.get(APP_PREFIX + name) or {}
         app = (live.apps or {}).get(name) or {}

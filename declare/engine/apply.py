@@ -23,7 +23,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,9 +425,13 @@ class Applier:
         self._interrupts: _Interrupts | None = None
         self._shown: set[str] = set()  # apps whose readiness progress has been shown
 
+    def _progress_of(self, address: str) -> Callable[[str], None]:
+        """Reports one environment build's lines, each prefixed with its app's address."""
+        return lambda line: self.report(f"{address}: {line}")
+
     # -- state bookkeeping ---------------------------------------------------------
 
-    def _write(self, updates: dict[str, dict[str, Any] | None], outputs: Any = None) -> None:
+    def _write(self, updates: Mapping[str, dict[str, Any] | None], outputs: Any = None) -> None:
         resources = dict(self.doc.resources)
         for address, record in updates.items():
             if record is None:
@@ -535,7 +539,7 @@ class Applier:
                 env = ensure_environment(
                     meta["requirements"],
                     meta["python"],
-                    progress=lambda line, a=change.address: self.report(f"{a}: {line}"),
+                    progress=self._progress_of(change.address),
                     used_by=EnvUser(self.ctx.stack.name, change.name, self.ctx.workdir),
                 )
             except EnvironmentBuildError as exc:

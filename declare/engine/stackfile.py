@@ -295,7 +295,7 @@ class AppEntry(BaseModel):
 
     app: str = Field(..., description="FILE.py::Class, relative to the stack file.")
     machine_type: str | list[str] | None = Field(
-        None, description="CPU, GPU-H100, GPU-B200 ... or an ordered fallback list."
+        default=None, description="CPU, GPU-H100, GPU-B200 ... or an ordered fallback list."
     )
     # Overrides of App options: unset unless written, bounded by the option's own rule.
     requirements: list[str] | None = override_field("requirements")
@@ -390,9 +390,12 @@ class StackModel(BaseModel):
 
     stack: str = Field(..., pattern=NAME_PATTERN, description="The stack's name.")
     provider: str | dict[str, dict[str, Any] | None] = Field(
-        "local", description='"local", or {skypilot: {clouds: [...], use_spot, autostop_minutes}}'
+        default="local",
+        description='"local", or {skypilot: {clouds: [...], use_spot, autostop_minutes}}',
     )
-    state: str | dict[str, Any] = Field("local", description='"local", or {postgres: {url: ...}}')
+    state: str | dict[str, Any] = Field(
+        default="local", description='"local", or {postgres: {url: ...}}'
+    )
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     apps: dict[str, AppEntry] = Field(default_factory=dict)
 
