@@ -27,9 +27,10 @@ authenticates, queues, schedules and retries.
 
 With `--baseline PYTHON` (the interpreter of another checkout's venv, e.g.
 the commit before a refactor), a second gateway started by that interpreter
-serves the same app beside the first, and takes its turn in every round:
-the table gains its column and the ratios of this checkout to it, measured
-in one run.
+serves the same app beside the first, and takes its turn in every round
+(first in every other round: two builds of the same code differ by 2-4 %
+depending on which goes first): the table gains its column and the ratios
+of this checkout to it, measured in one run. Use an odd --rounds >= 5.
 
 Targets: gateway >= 0.7x direct throughput, <= 0.25 ms added median latency
 with one caller, >= 1000 queue submissions/s.
@@ -329,7 +330,12 @@ def main() -> None:
         # CPU is counted for a gateway and the runner serving that side.
         direct = (runner_url, "/double", {"authorization": f"Bearer {RUNNER_TOKEN}"})
         direct_pids = {"gateway": gateways["gateway"][1], "runner": direct_pid}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
+            # Every other round the gateways take their turns the other way round:
+            # the side measured first in a round runs a few percent slower here.
+            order = list(gateways.items())
+            if round_ % 2:
+                order.reverse()
             for key, conns in (("direct", c), ("d1", 1)):
                 runs.setdefault(key, []).append(_measure(*direct, conns, sec, direct_pids))
             if proxy is not None:
@@ -337,7 +343,7 @@ def main() -> None:
                 pids = {"nginx": proxy[1], "runner": direct_pid}
                 runs.setdefault("nginx", []).append(_measure(*forwarded, c, sec, pids))
                 runs.setdefault("nginx1", []).append(_measure(*forwarded, 1, sec, pids))
-            for side, (url, pid) in gateways.items():
+            for side, (url, pid) in order:
                 pids = {"gateway": pid, "runner": _runner_pid(pid)}
                 through = (url, "/bench/double", {})
                 runs.setdefault(side, []).append(_measure(*through, c, sec, pids))
