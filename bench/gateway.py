@@ -30,7 +30,7 @@ the commit before a refactor), a second gateway started by that interpreter
 serves the same app beside the first, and takes its turn in every round
 (first in every other round: two builds of the same code differ by 2-4 %
 depending on which goes first): the table gains its column and the ratios
-of this checkout to it, measured in one run. Use an odd --rounds >= 5.
+of this checkout to it, measured in one run. An even --rounds balances the turns.
 
 Targets: gateway >= 0.7x direct throughput, <= 0.25 ms added median latency
 with one caller, >= 1000 queue submissions/s.
