@@ -252,11 +252,13 @@ def process(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> It
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wait_answering(url: str, body: bytes, log: Path, limit: float = 600) -> None:
+def wait_answering(
+    url: str, body: bytes, log: Path, limit: float = 600, headers: dict | None = None
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            answer = httpx.post(url, content=body, timeout=30, headers=_JSON)
+            answer = httpx.post(url, content=body, timeout=30, headers={**_JSON, **(headers or {})})
             if answer.status_code == 200:
                 return
         time.sleep(0.5)
@@ -296,6 +298,12 @@ def _model_env_python() -> Path:
     return ensure_environment(MODEL_REQS, minor).python  # the skyform runner's (has FastAPI)
 
 
+def _plain_env_python() -> Path:
+    from skyform.providers.environments import ensure_environment
+
+    return ensure_environment([], f"{sys.version_info.major}.{sys.version_info.minor}").python
+
+
 @contextlib.contextmanager
 def skyform_stack(kind: str, work: Path) -> Iterator[tuple[str, str]]:
     """A gateway with one app (its runner in a built environment); (runner URL, gateway URL)."""
@@ -325,8 +333,19 @@ def skyform_stack(kind: str, work: Path) -> Iterator[tuple[str, str]]:
         body = {"bundle_b64": base64.b64encode(bundle.data).decode(), "auth": "public"}
         _admin(url, "PUT", "/-/apps/bench", {**body, "env": {"BENCH_KIND": kind}})
         wait_answering(f"{url}/bench/{kind}", BODIES[kind], work / f"gateway-{kind}.log")
-        runner = _admin(url, "GET", "/-/runners")["runners"][0]["url"]
-        yield f"{runner}/{kind}", f"{url}/bench/{kind}"
+        # The "runner" row: the same bundle on a runner started by hand in the same
+        # environment (the gateway's own runners take a token only the gateway knows).
+        bundle_path = bundle.write(work / f"{kind}.bundle")
+        python = str(_model_env_python() if reqs else _plain_env_python())
+        runner = f"http://127.0.0.1:{free_port()}"
+        command = [python, "-m", "skyform.runtime.runner", "--bundle", str(bundle_path)]
+        command += ["--port", runner.rsplit(":", 1)[1]]
+        runner_env = {**env, "BENCH_KIND": kind}
+        log = work / f"runner-{kind}.log"
+        with process(command, work, runner_env, log):
+            auth = {"authorization": f"Bearer {RUNNER_TOKEN}"}
+            wait_answering(f"{runner}/{kind}", BODIES[kind], log, headers=auth)
+            yield f"{runner}/{kind}", f"{url}/bench/{kind}"
 
 
 def _admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
