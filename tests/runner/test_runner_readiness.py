@@ -26,17 +26,22 @@ def _statuses_until_exit(runner: RunnerProcess, limit: float = 30) -> list[int]:
     return seen
 
 
+def _health_once_setup_started(runner: RunnerProcess, tmp_path: Path) -> httpx.Response:
+    """The runner's first `/health` answer after the probe's setup() has begun."""
+    wait_for_file(tmp_path / "setup-started", runner)
+    for _ in range(200):
+        with contextlib.suppress(httpx.TransportError):
+            return runner.health()
+        time.sleep(0.05)
+    raise AssertionError("the runner never answered /health while setup() ran")
+
+
 def test_health_is_503_starting_during_setup_then_200_ready(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     env = runner_env(tmp_path, PROBE_SETUP="gate")
     with running(bundles["probe"], tmp_path, env=env) as runner:
-        wait_for_file(tmp_path / "setup-started", runner)
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                starting = runner.health()
-                break
-            time.sleep(0.05)
+        starting = _health_once_setup_started(runner, tmp_path)
         assert starting.status_code == 503
         assert starting.json() == {"status": "starting"}
         early = httpx.post(f"{runner.url}/", json={"x": 1}, timeout=5)
@@ -122,12 +127,7 @@ def test_a_plain_setup_starts_before_the_server_is_built(
     """The app's imports overlap the runner's own start; readiness still waits for setup()."""
     env = runner_env(tmp_path, PROBE_SETUP="gate")
     with running(bundles["probe"], tmp_path, env=env) as runner:
-        wait_for_file(tmp_path / "setup-started", runner)
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                starting = runner.health()
-                break
-            time.sleep(0.05)
+        starting = _health_once_setup_started(runner, tmp_path)
         assert starting.status_code == 503
         log = runner.log()
         assert log.index("running setup()") < log.index("serving Probe"), log
