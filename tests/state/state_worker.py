@@ -8,6 +8,7 @@ Prints one JSON object per line so the test can follow along.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ def say(**data: object) -> None:
 
 
 def main() -> int:
+    # Ctrl-C, as a person's terminal delivers it, even when the suite itself runs
+    # as a background job (which starts every child with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, config, stack, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
     args = sys.argv[5:]
     backend = open_backend(config, stack, Path(workdir))
