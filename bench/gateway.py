@@ -52,7 +52,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import loadgen
@@ -102,6 +102,21 @@ def _measure(
 # --- orchestration -------------------------------------------------------------
 
 
+def _wait_started(
+    proc: subprocess.Popen[bytes], probe: Callable[[], object], limit: float, what: str
+) -> None:
+    """Until `probe()` stops raising OSError; exits naming `what` if `proc` dies or `limit` passes."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            probe()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{what} did not start; see its log") from None
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _gateway(workdir: Path, python: str = sys.executable) -> Iterator[tuple[str, int]]:
     """A gateway started by `python` (this venv's, or a baseline checkout's)."""
@@ -137,15 +152,9 @@ def _gateway(workdir: Path, python: str = sys.executable) -> Iterator[tuple[str,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _admin(url, "GET", "/-/health")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the gateway did not start; see {name}.log") from None
-                time.sleep(0.1)
+        _wait_started(
+            proc, lambda: _admin(url, "GET", "/-/health"), 30, f"the gateway ({name}.log)"
+        )
         yield url, proc.pid
     finally:
         proc.terminate()
@@ -171,16 +180,9 @@ def _direct_runner(workdir: Path, bundle_path: Path) -> Iterator[tuple[str, int]
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the runner did not start; see runner.log") from None
-                time.sleep(0.1)
+        # urlopen raises (an OSError) on anything but a 2xx: 503 while starting.
+        probe = lambda: urllib.request.urlopen(url + "/health", timeout=2).close()  # noqa: E731
+        _wait_started(proc, probe, 60, "the runner (runner.log)")
         yield url, proc.pid
     finally:
         proc.terminate()
@@ -227,15 +229,8 @@ def _nginx(workdir: Path, runner_url: str) -> Iterator[tuple[str, int]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("nginx did not start; see nginx.log") from None
-                time.sleep(0.05)
+        probe = lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()  # noqa: E731
+        _wait_started(proc, probe, 10, "nginx (nginx.log)")
         yield url, _nginx_worker(proc.pid)
     finally:
         proc.terminate()

@@ -616,17 +616,10 @@ def _interpreter_candidates(minor: str) -> list[str]:
 
 
 def _python_minor_of(executable: str) -> str | None:
-    try:
-        result = subprocess.run(
-            [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
+    from skyform.providers.processes import command_output
+
+    out = command_output([executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    return out.strip() if out is not None else None
 
 
 def _build_with_uv(

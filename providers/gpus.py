@@ -23,7 +23,6 @@ import contextlib
 import functools
 import re
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -122,17 +121,10 @@ def _from_nvidia_smi() -> list[Gpu] | None:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=index,name,memory.total", "--format=csv"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_nvidia_smi_csv(out.stdout) if out.returncode == 0 else None
+    from skyform.providers.processes import command_output
+
+    out = command_output([smi, "--query-gpu=index,name,memory.total", "--format=csv"])
+    return parse_nvidia_smi_csv(out) if out is not None else None
 
 
 # --------------------------------------------------------------------------- placement

@@ -1,4 +1,4 @@
-"""Finding, checking and stopping processes on this machine, through psutil.
+"""Finding, checking, stopping and probing processes on this machine, through psutil.
 
 Why psutil and not `/proc`: the same calls work on Linux and macOS (a laptop
 running the local provider has no `/proc`), and a `psutil.Process` remembers
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,21 @@ _POLL_S = 0.05
 KILL_WAIT_S = 5.0
 # States of a process that no longer runs.
 _GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def command_output(cmd: Sequence[str], timeout: float = 30) -> str | None:
+    """`cmd`'s standard output, or None when it cannot run, fails or outlives `timeout`.
+
+    For probes whose failure only means "not here" (no `nvidia-smi`, an
+    interpreter that does not start): the caller falls back, it does not fail.
+    """
+    try:
+        result = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -177,12 +177,7 @@ class RunnerASGI:
             await send_response(send, status, body)
             return
 
-        request_id = authorization = None
-        for name, value in scope["headers"]:
-            if name == _REQUEST_ID_BYTES:
-                request_id = _valid_request_id(value)
-            elif name == b"authorization":
-                authorization = value
+        request_id, authorization = _id_and_token(scope)
         if request_id is None:
             request_id = self._new_request_id()
         extra = [(_REQUEST_ID_BYTES, request_id.encode())]
@@ -268,12 +263,7 @@ class RunnerASGI:
         Refused before the handshake completes, the client sees HTTP 403 (wrong
         token) or a close with 1013 (not ready: try again later).
         """
-        request_id = authorization = None
-        for name, value in scope["headers"]:
-            if name == _REQUEST_ID_BYTES:
-                request_id = _valid_request_id(value)
-            elif name == b"authorization":
-                authorization = value
+        request_id, authorization = _id_and_token(scope)
         if self._auth is not None and not _same(authorization, self._auth):
             await send({"type": "websocket.close", "code": 1008, "reason": "runner token"})
             return
@@ -304,6 +294,17 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _id_and_token(scope: Scope) -> tuple[str | None, bytes | None]:
+    """The caller's valid request id and its Authorization header, in one pass over the headers."""
+    request_id = authorization = None
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_BYTES:
+            request_id = _valid_request_id(value)
+        elif name == b"authorization":
+            authorization = value
+    return request_id, authorization
 
 
 def _valid_request_id(value: bytes) -> str | None:
